@@ -1,0 +1,1 @@
+"""Code shared by every process of the cluster: config, logging, snapshot access, wire format, gRPC bootstrap."""

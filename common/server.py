@@ -1,0 +1,162 @@
+"""The gRPC server bootstrap every process shares: health, reflection, port reporting, graceful stop.
+
+A server process builds its servicer (loading its snapshot first), then ``GrpcServer`` binds it,
+serves ``grpc.health.v1`` (NOT_SERVING until ``set_serving``) and server reflection, writes the bound
+port to ``--port-file`` when asked (port 0 lets the OS pick), and on SIGTERM/SIGINT reports
+NOT_SERVING, stops accepting new calls and drains in-flight ones for ``grace_s``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.log import Logger
+
+
+@dataclass
+class ServerOptions:
+    """Network options shared by every server config (embedded as ``server`` in each)."""
+
+    host: str = "127.0.0.1"          # loopback unless configured otherwise
+    port: int = 0                    # 0: the OS picks; see port_file
+    threads: int = 8                 # gRPC handler threads
+    max_message_mb: int = 16
+    grace_s: float = 2.0             # drain time on shutdown
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server.port must be in 0..65535, got {self.port}")
+        if self.threads < 1:
+            raise ValueError(f"server.threads must be >= 1, got {self.threads}")
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """gRPC options setting the message size limits, for servers and clients alike."""
+    size = max_message_mb << 20
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+class GrpcServer:
+    """One gRPC server with health and reflection; add services, then ``start`` and ``wait``."""
+
+    def __init__(self, component: str, options: ServerOptions, log: Logger):
+        self.component = component
+        self.options = options
+        self.log = log
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.threads,
+                                                             thread_name_prefix=component),
+                                  options=channel_options(options.max_message_mb))
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
+        """Register ``servicer`` (``add_XServicer_to_server``) under its full service name."""
+        add_to_server(servicer, self.server)
+        self.service_names.append(full_name)
+
+    def start(self, port_file: str | None = None) -> int:
+        """Bind, start, enable reflection; write the bound port to ``port_file``; return the port."""
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        address = f"{self.options.host}:{self.options.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}: is the port in use?")
+        self.server.start()
+        self.set_serving(False)
+        if port_file:
+            tmp = f"{port_file}.tmp"
+            Path(tmp).write_text(str(self.port))
+            os.replace(tmp, port_file)
+        self.log.info("server_started", host=self.options.host, port=self.port, pid=os.getpid())
+        return self.port
+
+    def set_serving(self, serving: bool) -> None:
+        """Report SERVING / NOT_SERVING for the whole server and each service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def stop(self) -> None:
+        """Stop taking calls, drain in-flight ones for ``grace_s``, and release ``wait``."""
+        if self._stopped.is_set():
+            return
+        self.set_serving(False)
+        self.log.info("server_stopping", grace_s=self.options.grace_s)
+        self.server.stop(self.options.grace_s).wait()
+        self._stopped.set()
+        self.log.info("server_stopped")
+
+    def wait(self) -> None:
+        """Block until SIGTERM/SIGINT (then stop gracefully) or until ``stop`` is called."""
+        def on_signal(signum, _frame):
+            self.log.info("signal_received", signal=signal.Signals(signum).name)
+            threading.Thread(target=self.stop, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self._stopped.wait(0.5):
+            pass
+
+
+def server_arg_parser(description: str):
+    """The flags every server process takes: config file, overrides, snapshot, port, port file."""
+    import argparse
+
+    from common.config import add_config_flags
+
+    parser = argparse.ArgumentParser(description=description)
+    add_config_flags(parser)
+    parser.add_argument("--snapshot", help="snapshot root or version directory (overrides config)")
+    parser.add_argument("--port", type=int, help="port to bind (0: the OS picks; overrides config)")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    return parser
+
+
+def run_server(component: str, config_cls: type, argv: list[str] | None, description: str,
+               build: Callable[[object, Logger], list[tuple[Callable, object, str]]]) -> int:
+    """Main of a server process: config → ``build`` (loads artifacts) → serve until signalled.
+
+    ``build(config, log)`` returns ``(add_to_server, servicer, full_service_name)`` triples. Start-up
+    failures (bad config, missing or corrupted snapshot) print one clear line and exit with status 2.
+    """
+    import sys
+
+    from common.config import ConfigError, load_config
+    from common.log import get_logger
+    from common.snapshot import SnapshotError
+
+    args = server_arg_parser(description).parse_args(argv)
+    overrides = list(args.overrides)
+    if args.snapshot:
+        overrides.append(f"snapshot={args.snapshot}")
+    if args.port is not None:
+        overrides.append(f"server.port={args.port}")
+    log = get_logger(component)
+    try:
+        config = load_config(config_cls, args.config, overrides)
+        services = build(config, log)
+    except (ConfigError, SnapshotError, ValueError, KeyError) as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"{component}: cannot start: {exc}", file=sys.stderr)
+        return 2
+    server = GrpcServer(component, config.server, log)
+    for add_to_server, servicer, name in services:
+        server.add(add_to_server, servicer, name)
+    server.start(args.port_file)
+    server.set_serving(True)
+    log.info("serving", services=server.service_names)
+    server.wait()
+    return 0

@@ -1,0 +1,139 @@
+"""Offline evaluation metrics (numpy only).
+
+``auc`` matches sklearn's ``roc_auc_score`` for binary labels (tied scores
+count one half); the top-k metrics take a padded prediction matrix and the
+held-out truth in CSR form (``truth_items[truth_indptr[u]:truth_indptr[u+1]]``
+are user ``u``'s items).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _tied_ranks(sorted_scores: np.ndarray, block_key: np.ndarray | None = None) -> np.ndarray:
+    """1-based ranks of already-sorted values, ties given their average rank.
+
+    A new tie block starts wherever the score (or ``block_key``) changes.
+    """
+    m = sorted_scores.shape[0]
+    change = np.empty(m, dtype=bool)
+    change[0] = True
+    change[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    if block_key is not None:
+        change[1:] |= block_key[1:] != block_key[:-1]
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], m)  # exclusive
+    # Positions start..end-1 hold 1-based ranks start+1..end; their mean:
+    avg = (starts + 1 + ends) / 2.0
+    return np.repeat(avg, ends - starts)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative).
+
+    Labels are 0/1 (any truthy value counts as positive); tied scores count one
+    half. Returns NaN when only one class is present.
+    """
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
+    n_pos = int(y.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    ranks = _tied_ranks(s[order])
+    pos_rank_sum = ranks[y[order]].sum()
+    return float((pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC: per-group AUC averaged with weights = group size (rows).
+
+    Only groups holding both classes take part (others have no AUC). Returns
+    NaN when no group does.
+    """
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    g = np.asarray(groups).reshape(-1)
+    if not (y.shape == s.shape == g.shape):
+        raise ValueError("labels, scores and groups must have the same length")
+    if y.shape[0] == 0:
+        return float("nan")
+    _, gi = np.unique(g, return_inverse=True)
+    gi = gi.reshape(-1)
+    order = np.lexsort((s, gi))
+    gs, ss, ys = gi[order], s[order], y[order]
+    n_groups = int(gi.max()) + 1
+    size = np.bincount(gs, minlength=n_groups)
+    n_pos = np.bincount(gs, weights=ys, minlength=n_groups)
+    n_neg = size - n_pos
+    # Global tied ranks within (group, score) blocks, shifted to be 1-based
+    # within each group: rows of a group are contiguous after the lexsort.
+    ranks = _tied_ranks(ss, block_key=gs)
+    group_start = np.concatenate(([0], np.cumsum(size)[:-1]))
+    ranks = ranks - group_start[gs]
+    pos_rank_sum = np.bincount(gs, weights=np.where(ys, ranks, 0.0), minlength=n_groups)
+    ok = (n_pos > 0) & (n_neg > 0)
+    if not ok.any():
+        return float("nan")
+    group_auc = (pos_rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
+    w = size[ok].astype(np.float64)
+    return float((group_auc * w).sum() / w.sum())
+
+
+def _hits_and_truth(
+    pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per user: number of distinct top-k items in the truth, distinct truth size."""
+    pred = np.asarray(pred)
+    indptr = np.asarray(truth_indptr, dtype=np.int64)
+    items = np.asarray(truth_items, dtype=np.int64)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must be [U, K], got {pred.shape}")
+    n_users = indptr.shape[0] - 1
+    if pred.shape[0] != n_users:
+        raise ValueError(f"pred has {pred.shape[0]} rows but truth has {n_users} users")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    top = pred[:, :k].astype(np.int64)
+    width = int(max(items.max(initial=-1), top.max(initial=-1))) + 1
+    # Encode (user, item) pairs as one int64 key so set operations vectorise;
+    # np.unique drops duplicate predictions and duplicate truth items.
+    truth_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
+    truth_keys = np.unique(truth_user * width + items)
+    pred_user = np.repeat(np.arange(n_users, dtype=np.int64), top.shape[1])
+    flat = top.reshape(-1)
+    valid = flat >= 0
+    pred_keys = np.unique(pred_user[valid] * width + flat[valid])
+    hit_keys = pred_keys[np.isin(pred_keys, truth_keys, assume_unique=True)]
+    hits = np.bincount(hit_keys // width, minlength=n_users)
+    n_truth = np.bincount(truth_keys // width, minlength=n_users)
+    return hits, n_truth
+
+
+def recall_at_k(
+    pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
+) -> float:
+    """Mean over users with >= 1 truth item of |top-k ∩ truth| / |truth|.
+
+    ``pred`` is int [U, K'] with each user's ranked items, padded with -1;
+    only its first ``k`` columns count. Returns NaN when no user has truth.
+    """
+    hits, n_truth = _hits_and_truth(pred, truth_indptr, truth_items, k)
+    has = n_truth > 0
+    if not has.any():
+        return float("nan")
+    return float((hits[has] / n_truth[has]).mean())
+
+
+def hit_rate_at_k(
+    pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
+) -> float:
+    """Fraction of users with >= 1 truth item that have a truth item in their top k."""
+    hits, n_truth = _hits_and_truth(pred, truth_indptr, truth_items, k)
+    has = n_truth > 0
+    if not has.any():
+        return float("nan")
+    return float((hits[has] > 0).mean())

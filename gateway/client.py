@@ -1,0 +1,123 @@
+"""A small typed client for the Gateway, and the ``recommend`` CLI for people.
+
+    client = RecommendClient("127.0.0.1:50050")
+    rec = client.recommend("196", k=20)
+    for item in rec.items: print(item.item_id, item.score, item.channels)
+
+Retries only on UNAVAILABLE (the server was not reached, so a retry cannot duplicate work), with a
+short exponential backoff, all within the call's deadline.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from common.server import channel_options
+from protos import recsys_pb2, recsys_pb2_grpc
+
+
+@dataclass
+class Item:
+    item_id: str
+    score: float
+    task_scores: dict[str, float]
+    channels: list[str]
+    title: str = ""
+
+
+@dataclass
+class Recommendation:
+    items: list[Item]
+    stage_ms: dict[str, float]
+    degraded: list[str]
+    snapshot_version: str
+    request_id: str
+    raw: recsys_pb2.RecommendResponse = field(repr=False, default=None)
+
+
+def parse_response(reply: recsys_pb2.RecommendResponse) -> Recommendation:
+    """The columnar reply as a list of items."""
+    tasks = list(reply.task_names)
+    names = list(reply.channel_names)
+    items = []
+    for i, item_id in enumerate(reply.item_ids):
+        row = reply.task_scores[i * len(tasks):(i + 1) * len(tasks)]
+        mask = reply.channel_masks[i] if i < len(reply.channel_masks) else 0
+        items.append(Item(item_id, reply.scores[i], dict(zip(tasks, row)),
+                          [n for c, n in enumerate(names) if mask >> c & 1],
+                          reply.titles[i] if i < len(reply.titles) else ""))
+    return Recommendation(items, {t.stage: t.ms for t in reply.stage_timings}, list(reply.degraded),
+                          reply.snapshot_version, reply.request_id, reply)
+
+
+class RecommendClient:
+    """Long-lived channel to one gateway; thread safe."""
+
+    def __init__(self, addr: str, timeout_s: float = 1.0, retries: int = 2, max_message_mb: int = 16):
+        self.channel = grpc.insecure_channel(addr, options=channel_options(max_message_mb))
+        self.stub = recsys_pb2_grpc.GatewayStub(self.channel)
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    def recommend(self, user_id: str, k: int = 20, exclude: list[str] = (), deadline_ms: int = 0,
+                  timestamp: int = 0, debug: bool = False, timeout_s: float | None = None) -> Recommendation:
+        """One Recommend call; raises ``grpc.RpcError`` for anything but a transient UNAVAILABLE."""
+        request = recsys_pb2.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude),
+                                              deadline_ms=deadline_ms, debug=debug,
+                                              context=recsys_pb2.Context(timestamp=timestamp))
+        end = time.monotonic() + (timeout_s or self.timeout_s)
+        for attempt in range(self.retries + 1):
+            try:
+                return parse_response(self.stub.Recommend(request, timeout=max(end - time.monotonic(), 0.001)))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+                time.sleep(min(0.05 * 2 ** attempt, max(end - time.monotonic(), 0)))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RecommendClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``recommend USER [--k 20] [--addr host:port]``: print one recommendation list."""
+    parser = argparse.ArgumentParser(prog="recommend", description="Ask the gateway what USER should see next")
+    parser.add_argument("user_id")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--addr", default="127.0.0.1:50050")
+    parser.add_argument("--exclude", action="append", default=[], help="item id never to return; repeatable")
+    parser.add_argument("--deadline-ms", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=2.0, help="client-side timeout, seconds")
+    args = parser.parse_args(argv)
+    try:
+        with RecommendClient(args.addr, timeout_s=args.timeout) as client:
+            rec = client.recommend(args.user_id, args.k, args.exclude, args.deadline_ms, debug=True)
+    except grpc.RpcError as exc:
+        print(f"recommend: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    print(format_recommendation(args.user_id, rec))
+    return 0
+
+
+def format_recommendation(user_id: str, rec: Recommendation) -> str:
+    """A readable table of one reply."""
+    lines = [f"user {user_id}  snapshot {rec.snapshot_version}  degraded: {', '.join(rec.degraded) or 'none'}",
+             "  " + "  ".join(f"{s} {ms:.2f} ms" for s, ms in rec.stage_ms.items())]
+    for rank, item in enumerate(rec.items, 1):
+        lines.append(f"  {rank:>3}. {item.item_id:>6}  {item.score:.4f}  {item.title[:42]:<42}  "
+                     f"{'+'.join(item.channels)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

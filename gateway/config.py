@@ -1,0 +1,50 @@
+"""Configuration of the gateway process."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.server import ServerOptions
+
+
+@dataclass
+class Budget:
+    """Fractions of the request deadline each stage may use; the rest is the gateway's own margin."""
+
+    recall: float = 0.3
+    rank: float = 0.4
+    rerank: float = 0.2
+
+    def validate(self) -> None:
+        for name in ("recall", "rank", "rerank"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"budget.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.recall + self.rank + self.rerank > 1.0 + 1e-9:
+            raise ValueError("budget.recall + budget.rank + budget.rerank must be <= 1")
+
+
+@dataclass
+class GatewayConfig:
+    """Everything the gateway reads at start-up."""
+
+    snapshot: str = "snapshots"
+    server: ServerOptions = field(default_factory=ServerOptions)
+    recall_addr: str = "127.0.0.1:50051"
+    rank_addr: str = "127.0.0.1:50052"
+    rerank_addr: str = "127.0.0.1:50053"
+    deadline_ms: int = 50            # default request deadline; the caller's gRPC deadline wins if tighter
+    max_deadline_ms: int = 10000
+    budget: Budget = field(default_factory=Budget)
+    reserve_ms: float = 1.0          # kept back from each stage call for the gateway's own work
+    recall_n: int = 1000
+    rank_n: int = 200                # candidates sent to rerank
+    max_k: int = 100
+    max_exclude: int = 1000
+    max_user_id_len: int = 256
+
+    def validate(self) -> None:
+        self.server.validate()
+        self.budget.validate()
+        if not 1 <= self.deadline_ms <= self.max_deadline_ms:
+            raise ValueError(f"deadline_ms must be in 1..max_deadline_ms ({self.max_deadline_ms})")
+        if not 1 <= self.max_k <= self.rank_n <= self.recall_n:
+            raise ValueError("need 1 <= max_k <= rank_n <= recall_n")

@@ -1,0 +1,80 @@
+"""``make demo``: export a snapshot if there is none, start the cluster, send real requests, stop.
+
+Prints a few recommendation lists with titles (real users and one unknown user: cold start), then
+per-stage and end-to-end latency percentiles over a few hundred sequential requests.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.snapshot import Snapshot, SnapshotError
+from gateway.client import RecommendClient, format_recommendation
+from gateway.cluster import Cluster, ClusterConfig
+
+
+def percentiles(values: list[float]) -> str:
+    a = np.asarray(values)
+    return f"p50 {np.percentile(a, 50):7.2f}  p90 {np.percentile(a, 90):7.2f}  p99 {np.percentile(a, 99):7.2f}  " \
+           f"max {a.max():7.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--snapshot", default="snapshots", help="snapshot root")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--deadline-ms", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    root = Path(args.snapshot)
+    if not (root / "CURRENT").exists():
+        print(f"no snapshot in {root}: exporting one from ML-100K (about a minute)", flush=True)
+        from export.__main__ import main as export_main
+        if export_main(["--out", str(root)]) != 0:
+            return 2
+    try:
+        snapshot = Snapshot.open(root, verify=False)
+    except SnapshotError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    metrics = snapshot.manifest["metrics"]
+    print(f"\nsnapshot {snapshot.version}: recall@50 merged {metrics['recall']['merged']['recall@50']}, "
+          f"DeepFM AUC {metrics['rank']['deepfm']['like']['auc']}")
+    users = snapshot.features.array("user_ids").tolist()
+
+    print("starting the cluster ...", flush=True)
+    t0 = time.monotonic()
+    with Cluster(ClusterConfig(snapshot=str(root), gateway_port=0)) as cluster:
+        print(f"cluster ready in {time.monotonic() - t0:.1f} s: gateway {cluster.gateway_addr}\n")
+        with RecommendClient(cluster.gateway_addr, timeout_s=5.0) as client:
+            for user_id in users[:3] + ["new-user-never-seen"]:
+                rec = client.recommend(user_id, k=args.k, deadline_ms=args.deadline_ms, debug=True)
+                print(format_recommendation(user_id, rec) + "\n")
+            for user_id in users[:50]:  # warm-up: JIT caches, onnxruntime arenas
+                client.recommend(user_id, k=args.k, deadline_ms=args.deadline_ms)
+            rng = np.random.default_rng(0)
+            stage: dict[str, list[float]] = {}
+            total, degraded = [], 0
+            for user_id in rng.choice(users, args.requests):
+                t = time.perf_counter()
+                rec = client.recommend(str(user_id), k=args.k, deadline_ms=args.deadline_ms)
+                total.append((time.perf_counter() - t) * 1000.0)
+                degraded += bool(rec.degraded)
+                for name, ms in rec.stage_ms.items():
+                    stage.setdefault(name, []).append(ms)
+    print(f"latency over {args.requests} sequential requests (k={args.k}, ms):")
+    for name, values in stage.items():
+        print(f"  {name:<13} {percentiles(values)}")
+    print(f"  {'client e2e':<13} {percentiles(total)}")
+    print(f"  degraded replies: {degraded}/{args.requests}")
+    print("cluster stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The funnel under one deadline: recall → rank → rerank, each with a budget and a fallback (DESIGN §5).
+
+``run_funnel`` is plain logic over three stage callables (gRPC stubs in production, fakes in tests).
+Each stage call gets ``min(fraction × deadline, remaining − reserve)`` as its timeout. A stage that
+errors, times out or returns a malformed reply is recorded in ``degraded`` and replaced:
+
+* recall → the snapshot's popular items minus what the user has seen and excluded
+* rank   → recall order and scores
+* rerank → rank order, top k
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import numpy as np
+
+from common import wire
+from common.log import Logger
+from common.snapshot import Snapshot
+from gateway.config import GatewayConfig
+from protos import recsys_pb2
+
+FALLBACK_CHANNEL = "fallback_popular"
+
+
+@dataclass
+class Stages:
+    """The three stage calls: ``call(request, timeout=seconds, metadata=...) -> response``."""
+
+    recall: Callable
+    rank: Callable
+    rerank: Callable
+
+
+@dataclass
+class FunnelResult:
+    """Final items (dense ids of ``snapshot``) with scores and what happened on the way."""
+
+    item_idx: np.ndarray
+    scores: np.ndarray
+    task_names: list[str]
+    task_scores: np.ndarray          # [k, T]
+    channel_names: list[str]
+    channel_masks: np.ndarray        # uint32 [k]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class StageFailed(Exception):
+    """A stage could not be used; ``reason`` goes to the log."""
+
+
+def popular_fallback(snapshot: Snapshot, popular: np.ndarray, user_id: str, exclude: np.ndarray,
+                     n: int) -> np.ndarray:
+    """The most popular items the user has not seen and did not exclude."""
+    record = snapshot.features.user(user_id)
+    banned = exclude if record is None else np.concatenate([exclude, record.seen])
+    keep = popular[~np.isin(popular, banned)] if banned.size else popular
+    return keep[:n].astype(np.int32)
+
+
+def _call(stage: str, fn: Callable, request, budget_s: float, deadline: float, reserve_s: float,
+          metadata) -> object:
+    remaining = deadline - time.monotonic() - reserve_s
+    timeout = min(budget_s, remaining)
+    if timeout <= 0.0005:
+        raise StageFailed(f"no time left for {stage} ({remaining * 1000:.1f} ms remaining)")
+    try:
+        return fn(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        raise StageFailed(f"{stage} failed: {code.name if code else 'error'}: "
+                          f"{exc.details() if hasattr(exc, 'details') else exc}") from None
+
+
+def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
+               user_id: str, k: int, context: recsys_pb2.Context, exclude_ids: list[str],
+               deadline: float, metadata=(), log: Logger | None = None) -> FunnelResult:
+    """Run the funnel for one request; never raises for a stage failure, degrades instead."""
+    version = snapshot.version
+    budget_ms = (deadline - time.monotonic()) * 1000.0
+    reserve = config.reserve_ms / 1000.0
+    degraded: list[str] = []
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
+
+    # ---- recall
+    t0 = time.perf_counter()
+    try:
+        reply = _call("recall", stages.recall,
+                      recsys_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids),
+                      config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
+        if reply.snapshot_version != version:
+            raise StageFailed(f"recall serves snapshot {reply.snapshot_version}, gateway {version}")
+        cand = wire.decode(reply.item_idx, wire.INT32, "recall.item_idx")
+        cand_scores = wire.decode(reply.scores, wire.FLOAT32, "recall.scores", cand.size)
+        masks = wire.decode(reply.channel_masks, wire.UINT32, "recall.channel_masks", cand.size)
+        if cand.size and (cand.min() < 0 or cand.max() >= snapshot.item_ids.shape[0]):
+            raise StageFailed("recall returned ids outside the snapshot")
+        channel_names = list(reply.channel_names)
+    except (StageFailed, wire.WireError) as exc:
+        degraded.append("recall")
+        errors["recall"] = str(exc)
+        cand = popular_fallback(snapshot, popular, user_id, exclude, config.recall_n)
+        cand_scores = np.linspace(1.0, 0.0, cand.size, endpoint=False, dtype=np.float32)
+        masks = np.ones(cand.size, np.uint32)
+        channel_names = [FALLBACK_CHANNEL]
+    timings["recall"] = (time.perf_counter() - t0) * 1000.0
+
+    # ---- rank
+    t0 = time.perf_counter()
+    task_names: list[str] = []
+    task_scores = np.zeros((cand.size, 0), np.float32)
+    try:
+        if cand.size == 0:
+            raise StageFailed("nothing to rank")
+        reply = _call("rank", stages.rank,
+                      recsys_pb2.RankRequest(user_id=user_id, context=context,
+                                             item_idx=wire.encode(cand, wire.INT32), snapshot_version=version),
+                      config.budget.rank * budget_ms / 1000.0, deadline, reserve, metadata)
+        ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
+        fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
+        names = list(reply.task_names)
+        ts = wire.decode(reply.task_scores, wire.FLOAT32, "rank.task_scores", ranked.size * len(names))
+        if not np.isfinite(fused).all():
+            raise StageFailed("rank returned NaN or inf scores")
+        keep = np.isin(cand, ranked)  # rank keeps request order and drops only unknown ids
+        if not np.array_equal(cand[keep], ranked):
+            raise StageFailed("rank reply does not match the candidates it was given")
+        masks = masks[keep]
+        top = np.lexsort((np.arange(fused.size), -fused))[: config.rank_n]
+        cand, masks = ranked[top], masks[top]
+        cand_scores = fused[top]
+        task_names, task_scores = names, ts.reshape(ranked.size, len(names))[top]
+    except (StageFailed, wire.WireError) as exc:
+        if cand.size:
+            degraded.append("rank")
+            errors["rank"] = str(exc)
+        cand, cand_scores, masks = cand[: config.rank_n], cand_scores[: config.rank_n], masks[: config.rank_n]
+        task_scores = np.zeros((cand.size, 0), np.float32)
+    timings["rank"] = (time.perf_counter() - t0) * 1000.0
+
+    # ---- rerank
+    t0 = time.perf_counter()
+    try:
+        if cand.size == 0:
+            raise StageFailed("nothing to rerank")
+        reply = _call("rerank", stages.rerank,
+                      recsys_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
+                                               scores=wire.encode(cand_scores, wire.FLOAT32),
+                                               k=min(k, cand.size), snapshot_version=version),
+                      config.budget.rerank * budget_ms / 1000.0, deadline, reserve, metadata)
+        positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
+        if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
+                positions.max() >= cand.size)) or np.unique(positions).size != positions.size):
+            raise StageFailed("rerank returned invalid positions")
+    except (StageFailed, wire.WireError) as exc:
+        if cand.size:
+            degraded.append("rerank")
+            errors["rerank"] = str(exc)
+        positions = np.arange(min(k, cand.size), dtype=np.int32)  # rank order (or recall order)
+    timings["rerank"] = (time.perf_counter() - t0) * 1000.0
+
+    if log is not None and errors:
+        log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
+    return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
+                        channel_names, masks[positions], timings, degraded, errors)

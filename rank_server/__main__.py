@@ -1,0 +1,5 @@
+import sys
+
+from rank_server.server import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""ONNX ranking models: one onnxruntime session per model, checked against the feature schema."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from common.rank_features import RankSchema
+from common.snapshot import SnapshotError
+
+
+class RankModel:
+    """A multi-task ranking model: ``(sparse, bag) -> [n, T]`` task probabilities."""
+
+    def __init__(self, path: Path, schema: RankSchema, task_names: list[str], threads: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
+        self.path = path
+        self.task_names = list(task_names)
+        self._check(schema)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def _check(self, schema: RankSchema) -> None:
+        """Refuse a model whose inputs do not match the schema, naming both sides."""
+        expected = {"sparse": len(schema.field_names), "bag": len(schema.bag_names)}
+        got = {i.name: i.shape for i in self.session.get_inputs()}
+        if set(got) != set(expected):
+            raise SnapshotError(f"model {self.path} has inputs {sorted(got)}, the feature schema needs "
+                                f"{sorted(expected)}; export the model and snapshot together")
+        for name, width in expected.items():
+            shape = got[name]
+            if len(shape) != 2 or shape[1] != width:
+                raise SnapshotError(f"model {self.path} input '{name}' has shape {shape}, the feature schema "
+                                    f"needs [batch, {width}] ({name} fields: "
+                                    f"{schema.field_names if name == 'sparse' else schema.bag_names})")
+
+    def predict(self, sparse: np.ndarray, bag: np.ndarray) -> np.ndarray:
+        """Task probabilities, float32 [n, T] in ``task_names`` order."""
+        outs = self.session.run(None, {"sparse": sparse, "bag": bag})
+        scores = np.stack([np.asarray(o, np.float32).reshape(-1) for o in outs], axis=1)
+        return scores[:, : len(self.task_names)]

@@ -1,0 +1,37 @@
+"""Configuration of the recall server process."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.server import ServerOptions
+
+
+@dataclass
+class RecallConfig:
+    """Everything the recall server reads at start-up; load with ``common.config.load_config``."""
+
+    snapshot: str = "snapshots"          # snapshot root (follows CURRENT) or a version directory
+    server: ServerOptions = field(default_factory=ServerOptions)
+    default_n: int = 1000                # candidates returned when the request leaves n at 0
+    max_n: int = 5000
+    max_exclude: int = 10000             # longest exclude / history list a request may carry
+    channels: list[str] = field(default_factory=lambda: ["ann", "itemcf", "popular"])
+    quotas: dict[str, int] = field(default_factory=lambda: {"ann": 500, "itemcf": 400, "popular": 200})
+    hnsw_ef: int = 200                   # query-time ef; raised to k when k is larger
+    recency_decay: float = 0.9           # i2i weight of the item t steps before the latest: decay**t
+    onnx_threads: int = 1
+
+    def validate(self) -> None:
+        """Reject inconsistent settings with a message naming the key."""
+        from recall_server.channels import CHANNELS
+
+        self.server.validate()
+        for name in self.channels:
+            if name not in CHANNELS:
+                raise ValueError(f"channels: unknown channel '{name}'; known: {', '.join(sorted(CHANNELS))}")
+            if self.quotas.get(name, 0) < 0:
+                raise ValueError(f"quotas.{name} must be >= 0")
+        if not 1 <= self.default_n <= self.max_n:
+            raise ValueError(f"default_n must be in 1..max_n ({self.max_n}), got {self.default_n}")
+        if not 0.0 < self.recency_decay <= 1.0:
+            raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")

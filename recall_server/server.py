@@ -1,0 +1,73 @@
+"""gRPC Recall servicer: validate the request, call ``recall``, encode the reply."""
+from __future__ import annotations
+
+import sys
+
+import grpc
+
+from common import wire
+from common.log import Logger
+from common.snapshot import Snapshot
+from protos import recsys_pb2, recsys_pb2_grpc
+from recall_server.config import RecallConfig
+from recall_server.recall import recall
+from recall_server.state import load_state
+
+
+class RecallServicer(recsys_pb2_grpc.RecallServicer):
+    """Thin adapter between the Recall proto and ``recall_server.recall.recall``."""
+
+    def __init__(self, config: RecallConfig, log: Logger):
+        self.config = config
+        self.log = log
+        self.state = load_state(Snapshot.open(config.snapshot), config)
+        log.info("snapshot_loaded", version=self.state.snapshot.version, n_items=self.state.n_items)
+
+    def validate(self, request: recsys_pb2.RecallRequest) -> str | None:
+        """The first problem with ``request``, or None."""
+        cfg = self.config
+        if not request.user_id:
+            return "user_id must not be empty"
+        if not 0 <= request.n <= cfg.max_n:
+            return f"n must be in 1..{cfg.max_n} (0 for the default {cfg.default_n}), got {request.n}"
+        if len(request.exclude_item_ids) > cfg.max_exclude:
+            return f"exclude_item_ids has {len(request.exclude_item_ids)} ids, the limit is {cfg.max_exclude}"
+        if len(request.history_item_ids) > cfg.max_exclude:
+            return f"history_item_ids has {len(request.history_item_ids)} ids, the limit is {cfg.max_exclude}"
+        for name, quota in request.quotas.items():
+            if name not in cfg.channels:
+                return f"quotas: unknown channel '{name}'; serving channels: {', '.join(cfg.channels)}"
+            if quota < 0:
+                return f"quotas.{name} must be >= 0, got {quota}"
+        return None
+
+    def Recall(self, request, context):
+        problem = self.validate(request)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        result = recall(self.state, self.config, request.user_id, request.n or self.config.default_n,
+                        history_override=list(request.history_item_ids) if request.override_history else None,
+                        exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas))
+        return recsys_pb2.RecallResponse(
+            item_idx=wire.encode(result.ids, wire.INT32),
+            scores=wire.encode(result.scores, wire.FLOAT32),
+            channel_masks=wire.encode(result.channel_masks, wire.UINT32),
+            channel_names=result.channel_names,
+            snapshot_version=self.state.snapshot.version,
+            cold_start=result.cold_start,
+        )
+
+
+def build(config: RecallConfig, log: Logger):
+    """Load the snapshot and return the services this process serves."""
+    return [(recsys_pb2_grpc.add_RecallServicer_to_server, RecallServicer(config, log), "recsys.v1.Recall")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.server import run_server
+
+    return run_server("recall", RecallConfig, argv, "Recall server: multi-channel candidate generation", build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

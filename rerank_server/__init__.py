@@ -1,0 +1,1 @@
+"""Rerank stage: orders ranked candidates for relevance and diversity (DESIGN §1)."""

@@ -1,0 +1,77 @@
+"""The rerank stage as a plain function: pick k of n candidates with NONE, MMR, DPP or DPP_WINDOW."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.dpp import dpp_select
+from kernels.mmr import mmr_select
+from rerank_server.config import RerankConfig
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    """Resolved parameters of one request."""
+
+    method: str
+    mmr_lambda: float
+    dpp_alpha: float
+    window: int
+    epsilon: float
+
+
+class ParamError(ValueError):
+    """A rerank parameter is out of range; the message names it."""
+
+
+def resolve_params(config: RerankConfig, method: str | None, mmr_lambda: float | None = None,
+                   dpp_alpha: float | None = None, window: int | None = None,
+                   epsilon: float | None = None) -> RerankParams:
+    """Request values over config defaults, validated."""
+    method = method or config.method
+    params = RerankParams(
+        method=method,
+        mmr_lambda=config.mmr_lambda if mmr_lambda is None else float(mmr_lambda),
+        dpp_alpha=config.dpp_alpha if dpp_alpha is None else float(dpp_alpha),
+        window=(config.dpp_window if method == "DPP_WINDOW" else config.window) if window is None else int(window),
+        epsilon=config.epsilon if epsilon is None else float(epsilon),
+    )
+    if not 0.0 <= params.mmr_lambda <= 1.0:
+        raise ParamError(f"params.lambda must be in [0, 1], got {params.mmr_lambda}")
+    if not 0.0 <= params.dpp_alpha <= 50.0:
+        raise ParamError(f"params.alpha must be in [0, 50], got {params.dpp_alpha}")
+    if params.window < 0 or (method == "DPP_WINDOW" and params.window < 1):
+        raise ParamError(f"params.window must be >= {1 if method == 'DPP_WINDOW' else 0}, got {params.window}")
+    if not 0.0 <= params.epsilon < 1.0:
+        raise ParamError(f"params.epsilon must be in [0, 1), got {params.epsilon}")
+    return params
+
+
+def normalise_relevance(scores: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] so λ and α mean the same whatever the ranker's score range."""
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi - lo < 1e-12:
+        return np.ones_like(scores, dtype=np.float32)
+    return ((scores - lo) / (hi - lo)).astype(np.float32)
+
+
+def rerank(item_emb: np.ndarray, item_idx: np.ndarray, scores: np.ndarray, k: int,
+           params: RerankParams) -> np.ndarray:
+    """Positions (int32 indices into ``item_idx``) of the chosen items in final order, at most k."""
+    if item_idx.size == 0:
+        return np.empty(0, np.int32)
+    k = min(k, item_idx.size)
+    if params.method == "NONE":
+        return np.lexsort((np.arange(scores.size), -scores))[:k].astype(np.int32)
+    relevance = normalise_relevance(scores)
+    emb = np.ascontiguousarray(item_emb[item_idx], dtype=np.float32)
+    if params.method == "MMR":
+        return mmr_select(relevance, emb, k, params.mmr_lambda, params.window)
+    window = params.window if params.method == "DPP_WINDOW" else 0
+    chosen = dpp_select(relevance, emb, k, params.dpp_alpha, params.epsilon, window)
+    if chosen.size < k:  # DPP stopped early (no diversity gain left): fill up by relevance
+        order = np.lexsort((np.arange(scores.size), -scores))
+        rest = order[~np.isin(order, chosen)]
+        chosen = np.concatenate([chosen, rest[: k - chosen.size]]).astype(np.int32)
+    return chosen

@@ -1,0 +1,74 @@
+"""gRPC Rerank servicer: validate, call ``rerank``, encode."""
+from __future__ import annotations
+
+import sys
+
+import grpc
+import numpy as np
+
+from common import wire
+from common.log import Logger
+from common.snapshot import Snapshot
+from protos import recsys_pb2, recsys_pb2_grpc
+from rerank_server.config import RerankConfig
+from rerank_server.rerank import ParamError, rerank, resolve_params
+
+
+class RerankServicer(recsys_pb2_grpc.RerankServicer):
+    """Thin adapter between the Rerank proto and ``rerank_server.rerank.rerank``."""
+
+    def __init__(self, config: RerankConfig, log: Logger):
+        self.config = config
+        self.log = log
+        self.snapshot = Snapshot.open(config.snapshot)
+        self.item_emb = self.snapshot.load_array("item_emb.npy")
+        log.info("snapshot_loaded", version=self.snapshot.version, n_items=int(self.item_emb.shape[0]))
+
+    def Rerank(self, request, context):
+        cfg = self.config
+        version = self.snapshot.version
+        if request.snapshot_version and request.snapshot_version != version:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"candidates belong to snapshot {request.snapshot_version}, this server serves {version}")
+        if not 1 <= request.k <= cfg.max_k:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{cfg.max_k}, got {request.k}")
+        try:
+            item_idx = wire.decode(request.item_idx, wire.INT32, "item_idx")
+            scores = wire.decode(request.scores, wire.FLOAT32, "scores", length=item_idx.size)
+        except wire.WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if item_idx.size > cfg.max_candidates:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"item_idx has {item_idx.size} candidates, the limit is {cfg.max_candidates}")
+        if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= self.item_emb.shape[0]):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"item_idx holds ids outside 0..{self.item_emb.shape[0] - 1} of snapshot {version}")
+        if not np.isfinite(scores).all():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scores contain NaN or inf")
+        p = request.params
+        try:
+            params = resolve_params(
+                cfg, recsys_pb2.Method.Name(request.method) if request.method else None,
+                getattr(p, "lambda") if p.HasField("lambda") else None,
+                p.alpha if p.HasField("alpha") else None,
+                p.window if p.HasField("window") else None,
+                p.epsilon if p.HasField("epsilon") else None)
+        except ParamError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        positions = rerank(self.item_emb, item_idx, scores, request.k, params)
+        return recsys_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method=params.method,
+                                         snapshot_version=version)
+
+
+def build(config: RerankConfig, log: Logger):
+    return [(recsys_pb2_grpc.add_RerankServicer_to_server, RerankServicer(config, log), "recsys.v1.Rerank")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.server import run_server
+
+    return run_server("rerank", RerankConfig, argv, "Rerank server: MMR / DPP diversity", build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
