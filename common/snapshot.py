@@ -171,10 +171,11 @@ class Snapshot:
         return self.manifest["schema"]
 
     def file(self, name: str) -> Path:
-        """Path of a file the manifest lists; ``SnapshotError`` when it does not."""
-        if name not in self.manifest.get("files", {}) and not (self.path / name).is_dir():
-            raise SnapshotError(f"snapshot {self.path} has no file {name}; re-run export")
-        return self.path / name
+        """Path of a file of the snapshot; ``SnapshotError`` naming it when it is absent."""
+        path = self.path / name
+        if not path.exists():
+            raise SnapshotError(f"snapshot file {path} is missing; re-run export")
+        return path
 
     def load_array(self, name: str, mmap: bool = False) -> np.ndarray:
         """A ``.npy`` file of the snapshot (never unpickled)."""

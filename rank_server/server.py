@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import grpc
+import numpy as np
 
 from common import wire
 from common.log import Logger
@@ -21,6 +22,14 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         self.log = log
         self.state = load_state(Snapshot.open(config.snapshot), config)
         log.info("snapshot_loaded", version=self.state.snapshot.version, model=str(self.state.model.path))
+        self.self_test()
+
+    def self_test(self) -> None:
+        """Score a real batch once before reporting SERVING; refuse to serve non-finite scores."""
+        n = min(self.state.items.n_items, 200)
+        result = rank(self.state, self.config, "", np.arange(n, dtype=np.int32), 0)
+        if not np.isfinite(result.fused).all() or result.fused.size != n:
+            raise ValueError(f"self-test: model {self.state.model.path} produced invalid scores")
 
     def Rank(self, request, context):
         version = self.state.snapshot.version

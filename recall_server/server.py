@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import grpc
+import numpy as np
 
 from common import wire
 from common.log import Logger
@@ -22,6 +23,15 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         self.log = log
         self.state = load_state(Snapshot.open(config.snapshot), config)
         log.info("snapshot_loaded", version=self.state.snapshot.version, n_items=self.state.n_items)
+        self.self_test()
+
+    def self_test(self) -> None:
+        """Run real queries once before reporting SERVING: compiles kernels, checks the artifacts agree."""
+        known = str(self.state.snapshot.features.array("user_ids")[0])
+        for user_id in (known, "\x00self-test-unknown-user"):
+            result = recall(self.state, self.config, user_id, self.config.default_n)
+            if result.ids.size == 0 or np.unique(result.ids).size != result.ids.size:
+                raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
 
     def validate(self, request: recsys_pb2.RecallRequest) -> str | None:
         """The first problem with ``request``, or None."""

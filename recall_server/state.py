@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.snapshot import Snapshot, SnapshotError
+from kernels.i2i_score import check_neighbor_table
 from recall_server.config import RecallConfig
 
 
@@ -56,6 +57,10 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     index.set_ef(config.hnsw_ef)
     index.set_num_threads(1)
     cf = snapshot.load_npz("i2i_itemcf.npz")
+    try:
+        check_neighbor_table(cf["indptr"], cf["indices"], cf["scores"], int(schema["n_items"]))
+    except (KeyError, ValueError) as exc:
+        raise SnapshotError(f"i2i table {snapshot.path / 'i2i_itemcf.npz'} is invalid: {exc}") from None
     popular = snapshot.load_array("popular.npy").astype(np.int32)
     return RecallState(
         snapshot=snapshot,

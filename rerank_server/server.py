@@ -23,6 +23,17 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         self.snapshot = Snapshot.open(config.snapshot)
         self.item_emb = self.snapshot.load_array("item_emb.npy")
         log.info("snapshot_loaded", version=self.snapshot.version, n_items=int(self.item_emb.shape[0]))
+        self.self_test()
+
+    def self_test(self) -> None:
+        """Run every method once before reporting SERVING (compiles the kernels)."""
+        n = min(self.item_emb.shape[0], 50)
+        idx = np.arange(n, dtype=np.int32)
+        scores = np.linspace(1.0, 0.0, n, dtype=np.float32)
+        for method in ("NONE", "MMR", "DPP", "DPP_WINDOW"):
+            positions = rerank(self.item_emb, idx, scores, min(10, n), resolve_params(self.config, method))
+            if np.unique(positions).size != positions.size:
+                raise ValueError(f"self-test: {method} returned duplicate positions")
 
     def Rerank(self, request, context):
         cfg = self.config

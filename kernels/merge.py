@@ -1,0 +1,144 @@
+"""Quota-based merge of several recall channels into one deduplicated list.
+
+Channel scores are not comparable across channels (a cosine, a co-occurrence
+count, a popularity...), so each kept candidate gets a rank-normalised score
+``1 - rank / quota_c`` in its channel and an item found by several channels
+keeps its best one. The inputs are flat arrays (one concatenated candidate
+list plus channel offsets) because that is what njit code handles well.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._validate import (
+    check_array,
+    check_finite,
+    check_int,
+    check_offsets,
+    check_same_length,
+    check_sorted_desc_segments,
+)
+from .topk_heap import heap_push, heap_sort_desc
+
+MAX_CHANNELS = 32  # one bit per channel in the uint32 mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_quota(ids, offsets, quotas, exclude, n):
+    n_channels = quotas.shape[0]
+    excluded = np.sort(exclude)  # small; sorted once for binary searches
+    total = 0
+    for c in range(n_channels):
+        total += min(quotas[c], offsets[c + 1] - offsets[c])
+    cand = np.empty(total, np.int32)
+    cand_score = np.empty(total, np.float64)
+    cand_channel = np.empty(total, np.int64)
+    k = 0
+    for c in range(n_channels):
+        quota = quotas[c]
+        kept = 0
+        for t in range(offsets[c], offsets[c + 1]):
+            if kept >= quota:
+                break
+            x = ids[t]
+            if x < 0:
+                continue  # padding
+            e = np.searchsorted(excluded, x)
+            if e < excluded.shape[0] and excluded[e] == x:
+                continue  # excluded items do not use up quota
+            cand[k] = x
+            cand_score[k] = 1.0 - kept / quota
+            cand_channel[k] = c
+            k += 1
+            kept += 1
+
+    # Dedupe by sorting on id: O(K log K) in the K kept candidates, no
+    # O(n_items) scratch.
+    order = np.argsort(cand[:k], kind="mergesort")
+    cap = min(n, k)
+    heap_scores = np.empty(cap, np.float32)
+    heap_ids = np.empty(cap, np.int32)
+    heap_masks = np.zeros(k, np.int64)  # mask per unique id, looked up after the sort
+    uniq_ids = np.empty(k, np.int32)
+    n_uniq = 0
+    size = 0
+    t = 0
+    while t < k:
+        j = cand[order[t]]
+        best = -np.inf
+        mask = 0
+        while t < k and cand[order[t]] == j:
+            best = max(best, cand_score[order[t]])
+            mask |= 1 << cand_channel[order[t]]
+            t += 1
+        uniq_ids[n_uniq] = j
+        heap_masks[n_uniq] = mask
+        n_uniq += 1
+        size = heap_push(heap_scores, heap_ids, size, np.float32(best), j)
+    heap_sort_desc(heap_scores, heap_ids, size)
+    out_mask = np.empty(size, np.uint32)
+    for r in range(size):
+        # uniq_ids is ascending, so the mask of a selected id is a binary search away.
+        out_mask[r] = heap_masks[np.searchsorted(uniq_ids[:n_uniq], heap_ids[r])]
+    return heap_ids[:size].copy(), heap_scores[:size].copy(), out_mask
+
+
+def merge_quota(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    channel: np.ndarray,
+    offsets: np.ndarray,
+    quotas: np.ndarray,
+    exclude: np.ndarray,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge per-channel candidate lists under per-channel quotas.
+
+    Channel c's candidates are ``ids[offsets[c]:offsets[c+1]]``, best first.
+    From each channel the first ``quotas[c]`` candidates that are neither
+    excluded nor padding (id < 0) are kept; the r-th kept one (0-based) scores
+    ``1 - r / quotas[c]``. Items kept by several channels are merged into one
+    entry with the maximum of those scores and a mask with bit c set for
+    every channel that kept it. A channel is expected to list an id once; a
+    repeat uses up another quota slot and, scoring lower, changes nothing else.
+
+    Args:
+        ids: int32[T] concatenated candidate ids.
+        scores: float32[T] channel scores; only checked to be finite and
+            non-increasing within each channel (the merge uses ranks).
+        channel: int32[T] channel of each candidate; must equal c on
+            ``offsets[c]:offsets[c+1]`` (checked, otherwise unused).
+        offsets: int64[C+1] channel boundaries, 0 = offsets[0] <= ... = T.
+        quotas: int32[C] candidates kept per channel (>= 0); C <= 32.
+        exclude: int32[E] ids to drop (any order, duplicates fine).
+        n: maximum number of results (>= 0).
+
+    Returns:
+        ``(ids int32[n'], scores float32[n'], channel_mask uint32[n'])``
+        ordered by merged score descending then id ascending.
+    """
+    ids = check_array("ids", ids, np.int32)
+    scores = check_array("scores", scores, np.float32)
+    channel = check_array("channel", channel, np.int32)
+    offsets = check_array("offsets", offsets, np.int64)
+    quotas = check_array("quotas", quotas, np.int32)
+    exclude = check_array("exclude", exclude, np.int32)
+    n = check_int("n", n, minimum=0)
+    check_same_length("scores", scores, "ids", ids)
+    check_same_length("channel", channel, "ids", ids)
+    n_channels = quotas.shape[0]
+    if n_channels > MAX_CHANNELS:
+        raise ValueError(f"quotas: at most {MAX_CHANNELS} channels fit the uint32 mask, got {n_channels}")
+    if offsets.shape[0] != n_channels + 1:
+        raise ValueError(f"offsets must have len(quotas) + 1 = {n_channels + 1} elements, "
+                         f"got {offsets.shape[0]}")
+    check_offsets("offsets", offsets, ids.shape[0])
+    if n_channels and int(quotas.min()) < 0:
+        raise ValueError(f"quotas must be >= 0, got {int(quotas.min())}")
+    expected = np.repeat(np.arange(n_channels, dtype=np.int32), np.diff(offsets))
+    if not np.array_equal(channel, expected):
+        raise ValueError("channel must equal c on offsets[c]:offsets[c+1] for every channel c")
+    check_finite("scores", scores)
+    check_sorted_desc_segments("scores", scores, offsets)
+    return _merge_quota(ids, offsets, quotas, exclude, n)

@@ -1,0 +1,103 @@
+"""Maximal Marginal Relevance re-ranking (Carbonell & Goldstein, 1998).
+
+Greedy: the first pick is the most relevant item; each later pick maximises
+
+    lam * rel(i) - (1 - lam) * max_{j in S'} cos(i, j)
+
+over the items not yet picked, where S' is every picked item (window = 0) or
+only the last ``window`` picks (a sliding window: an item only has to differ
+from what the user sees nearby). Ties go to the lowest index.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._rerank_inputs import normalize_rows, validate_rerank_inputs
+from ._validate import check_real
+
+
+@numba.njit(cache=True, nogil=True)
+def _mmr_select(relevance, emb, k, lam, window):
+    n, d = emb.shape
+    k = min(k, n)
+    out = np.empty(k, np.int32)
+    if k == 0:
+        return out
+    unit = normalize_rows(emb)
+    picked = np.zeros(n, np.bool_)
+    # Running max cosine to the picked set, updated with one new column per
+    # pick: O(N * D) per step instead of re-scanning S'.
+    max_sim = np.full(n, -np.inf)
+    # With a window the max must forget old picks, so the per-pick cosines
+    # are kept and the max re-taken over the window's columns: O(N * window).
+    sims = np.empty((n if window > 0 else 0, k), np.float64)
+
+    best = 0
+    for i in range(1, n):
+        if relevance[i] > relevance[best]:
+            best = i
+    for step in range(k):
+        if step > 0:
+            best = -1
+            best_val = -np.inf
+            for i in range(n):
+                if picked[i]:
+                    continue
+                val = lam * np.float64(relevance[i]) - (1.0 - lam) * max_sim[i]
+                if best < 0 or val > best_val:  # strict: ties keep the lowest index
+                    best = i
+                    best_val = val
+        out[step] = best
+        picked[best] = True
+        if step == k - 1:
+            break
+        first = max(0, step - window + 1)
+        for i in range(n):
+            if picked[i]:
+                continue
+            s = 0.0
+            for t in range(d):
+                s += unit[i, t] * unit[best, t]
+            if window == 0:
+                if s > max_sim[i]:
+                    max_sim[i] = s
+            else:
+                sims[i, step] = s
+                m = -np.inf
+                for col in range(first, step + 1):
+                    if sims[i, col] > m:
+                        m = sims[i, col]
+                max_sim[i] = m
+    return out
+
+
+def mmr_select(
+    relevance: np.ndarray,
+    emb: np.ndarray,
+    k: int,
+    lam: float,
+    window: int = 0,
+) -> np.ndarray:
+    """Greedy MMR selection of k items (see the module docstring).
+
+    Args:
+        relevance: float32[N] finite relevance scores
+            (else ``ValueError("relevance contains NaN or inf")``).
+        emb: float32[N, D] finite item embeddings. Rows are L2-normalised
+            here (callers may pass raw vectors); an all-zero row counts as
+            orthogonal to every item.
+        k: number of items to pick; k >= N returns all N items, re-ordered.
+        lam: trade-off in [0, 1]; 1 = pure relevance, 0 = pure diversity
+            (after the first, most relevant, pick).
+        window: 0 = penalise similarity to every pick; w > 0 = only to the
+            last w picks.
+
+    Returns:
+        int32[min(k, N)] indices into the inputs, in pick order.
+
+    Cost O(N * k * D) (+ O(N * k * window) with a window).
+    """
+    relevance, emb, k, window = validate_rerank_inputs(relevance, emb, k, window)
+    lam = check_real("lam", lam, minimum=0.0, maximum=1.0)
+    return _mmr_select(relevance, emb, k, lam, window)

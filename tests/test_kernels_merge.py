@@ -1,0 +1,87 @@
+"""kernels.merge.merge_quota against the numpy reference in tests.kernel_refs."""
+import numpy as np
+import pytest
+
+from kernels.merge import merge_quota
+from tests.kernel_refs import ref_merge_quota
+
+
+def channels(lists):
+    """Flat merge inputs from per-channel id lists (scores made descending)."""
+    ids = np.concatenate([np.asarray(x, np.int32) for x in lists] + [np.empty(0, np.int32)])
+    scores = np.concatenate([np.linspace(1.0, 0.0, len(x), dtype=np.float32) for x in lists]
+                            + [np.empty(0, np.float32)])
+    channel = np.repeat(np.arange(len(lists), dtype=np.int32), [len(x) for x in lists])
+    offsets = np.r_[0, np.cumsum([len(x) for x in lists])].astype(np.int64)
+    return ids, scores, channel, offsets
+
+
+def assert_same(got, want):
+    assert got[0].dtype == np.int32 and got[1].dtype == np.float32 and got[2].dtype == np.uint32
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    np.testing.assert_array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_merge_random(seed):
+    rng = np.random.default_rng(seed)
+    n_channels = int(rng.integers(1, 7))
+    lists = [rng.choice(200, int(rng.integers(0, 80)), replace=False) for _ in range(n_channels)]
+    if n_channels > 1:
+        lists[1][:3] = -1  # padding entries
+    quotas = rng.integers(0, 60, n_channels).astype(np.int32)
+    exclude = rng.integers(0, 200, 30).astype(np.int32)
+    ids, scores, channel, offsets = channels(lists)
+    for n in (0, 5, 40, 1000):
+        got = merge_quota(ids, scores, channel, offsets, quotas, exclude, n)
+        assert_same(got, ref_merge_quota(ids, scores, channel, offsets, quotas, exclude, n))
+    assert len(set(got[0].tolist())) == got[0].shape[0]
+
+
+def test_merge_hand_example():
+    ids, scores, channel, offsets = channels([[7, 3, 9, 4], [3, 8, 7], [5]])
+    quotas = np.array([2, 4, 1], np.int32)
+    got = merge_quota(ids, scores, channel, offsets, quotas, np.array([3], np.int32), 10)
+    # ch0 keeps 7 (1.0), 9 (0.5); ch1 keeps 8 (1.0), 7 (0.75); ch2 keeps 5 (1.0).
+    np.testing.assert_array_equal(got[0], [5, 7, 8, 9])
+    np.testing.assert_allclose(got[1], [1.0, 1.0, 1.0, 0.5])
+    np.testing.assert_array_equal(got[2], [4, 3, 2, 1])
+
+
+def test_merge_empty_and_zero_quota():
+    ids, scores, channel, offsets = channels([])
+    got = merge_quota(ids, scores, channel, offsets, np.empty(0, np.int32), np.empty(0, np.int32), 5)
+    assert all(x.shape == (0,) for x in got)
+    ids, scores, channel, offsets = channels([[1, 2], []])
+    got = merge_quota(ids, scores, channel, offsets, np.array([0, 3], np.int32),
+                      np.empty(0, np.int32), 5)
+    assert all(x.shape == (0,) for x in got)
+
+
+def test_merge_32_channels_fill_the_mask():
+    lists = [[42]] * 32
+    ids, scores, channel, offsets = channels(lists)
+    got = merge_quota(ids, scores, channel, offsets, np.ones(32, np.int32), np.empty(0, np.int32), 3)
+    np.testing.assert_array_equal(got[0], [42])
+    assert got[2][0] == np.uint32(0xFFFFFFFF)
+
+
+def test_merge_validation():
+    ids, scores, channel, offsets = channels([[1, 2, 5], [3]])
+    quotas = np.array([1, 1], np.int32)
+    e = np.empty(0, np.int32)
+    with pytest.raises(ValueError, match="^channel"):
+        merge_quota(ids, scores, np.zeros(4, np.int32), offsets, quotas, e, 5)
+    with pytest.raises(ValueError, match="^scores"):
+        merge_quota(ids, scores[::-1].copy(), channel, offsets, quotas, e, 5)
+    with pytest.raises(ValueError, match="^offsets"):
+        merge_quota(ids, scores, channel, np.array([0, 2], np.int64), quotas, e, 5)
+    with pytest.raises(ValueError, match="^quotas"):
+        merge_quota(ids, scores, channel, offsets, np.array([1, -1], np.int32), e, 5)
+    with pytest.raises(ValueError, match="^quotas"):
+        merge_quota(*channels([[1]] * 33), np.ones(33, np.int32), e, 5)
+    with pytest.raises(ValueError, match="^ids"):
+        merge_quota(ids.astype(np.int64), scores, channel, offsets, quotas, e, 5)
+    with pytest.raises(ValueError, match="^n"):
+        merge_quota(ids, scores, channel, offsets, quotas, e, -3)
