@@ -9,6 +9,7 @@ is inside the model) so the exported ONNX graph needs no post-processing.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,14 +229,19 @@ def export_deepfm_onnx(model: DeepFM, path: str, n_fields: int, n_bag: int) -> N
     was_training = model.training
     model.eval()
     dummy = (torch.zeros((2, n_fields), dtype=torch.int64), torch.zeros((2, n_bag), dtype=torch.float32))
-    torch.onnx.export(
-        model,
-        dummy,
-        path,
-        input_names=["sparse", "bag"],
-        output_names=["prob"],
-        dynamic_axes={"sparse": {0: "batch"}, "bag": {0: "batch"}, "prob": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    # dynamo=False on purpose: the TorchScript exporter needs no onnxscript
+    # and handles dynamic_axes directly; torch is pinned, so its
+    # deprecation notice is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            dummy,
+            path,
+            input_names=["sparse", "bag"],
+            output_names=["prob"],
+            dynamic_axes={"sparse": {0: "batch"}, "bag": {0: "batch"}, "prob": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     model.train(was_training)

@@ -12,6 +12,7 @@ gets a useful vector from its categorical features (and, for users, history).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,14 +270,19 @@ def export_user_tower_onnx(user_tower: UserTower, path: str, n_user_fields: int,
             [torch.ones((1, history_len), dtype=torch.int64), torch.zeros((1, history_len), dtype=torch.int64)]
         ),
     )
-    torch.onnx.export(
-        user_tower,
-        dummy,
-        path,
-        input_names=["user_code", "user_cat", "hist"],
-        output_names=["user_emb"],
-        dynamic_axes={"user_code": {0: "batch"}, "user_cat": {0: "batch"}, "hist": {0: "batch"}, "user_emb": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    # dynamo=False on purpose: the TorchScript exporter needs no onnxscript
+    # and handles dynamic_axes directly; torch is pinned, so its
+    # deprecation notice is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            user_tower,
+            dummy,
+            path,
+            input_names=["user_code", "user_cat", "hist"],
+            output_names=["user_emb"],
+            dynamic_axes={"user_code": {0: "batch"}, "user_cat": {0: "batch"}, "hist": {0: "batch"}, "user_emb": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     user_tower.train(was_training)

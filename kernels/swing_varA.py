@@ -1,0 +1,194 @@
+"""Swing item-item similarity (Yang et al., Alibaba, 2020) as a top-M table.
+
+    sim(i, j) = sum_{u < v, both in U(i) & U(j)}  w_u * w_v / (alpha + |I(u) & I(v)|)
+    w_u       = |I(u)| ** (-user_damping)        (user_damping = 0 disables)
+
+Two users who both took i and j are strong evidence for (i, j) unless they
+overlap on many items anyway, hence the 1/(alpha + overlap) factor.
+
+Cost control: only the first ``max_users_per_item`` users of each item's row
+in ``item_users`` enter the pair loop for that item (rows built by
+``kernels.csr.transpose_csr`` are in ascending user id, so that is the lowest
+ids, a deterministic but not random sample; renumber users, e.g. by recency,
+before building the CSRs if a different subset should win). The cap makes
+sim asymmetric for capped items: sim(i, j) uses i's capped user list, while
+the overlaps |I(u) & I(v)| and membership in U(j) always use full lists.
+
+Algorithm, per item i with (capped) users u_0..u_{m-1}:
+
+1. bucket the users by item: for every j, L_j = [a : j in I(u_a)] (ascending a);
+2. overlaps: for every bucket and every pair a < b in it, C[a, b] += 1, which
+   yields C[a, b] = |I(u_a) & I(u_b)| (the bucket of i itself holds everyone);
+3. W[a, b] = w_a w_b / (alpha + C[a, b]); sim(i, j) = sum over pairs in L_j.
+
+This costs sum_j |L_j|^2 per item, i.e. proportional to the overlaps, instead
+of the |I(u)| + |I(v)| of merge-intersecting every user pair, which is many
+times larger when users overlap on a small part of their histories.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._neighbors import compact_rows, n_chunks_for, validate_interactions
+from ._validate import check_int, check_real
+from .topk_heap import heap_push, heap_sort_desc
+
+# Scratch for the per-item pair tables (int32 overlap + float64 weight,
+# m^2 entries each, one per chunk) is refused above this size; it can only
+# be reached by lifting the user cap on very popular items.
+_MAX_PAIR_SCRATCH_BYTES = 4 << 30
+
+
+@numba.njit(cache=True, parallel=True)
+def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
+                alpha, user_damping, cap, max_m, n_chunks):
+    n_users = user_indptr.shape[0] - 1
+    user_w = np.empty(n_users, np.float64)
+    for u in range(n_users):
+        deg = user_indptr[u + 1] - user_indptr[u]
+        user_w[u] = float(deg) ** (-user_damping) if deg > 0 else 0.0
+
+    out_ids = np.empty((n_items, top_m), np.int32)
+    out_scores = np.empty((n_items, top_m), np.float32)
+    counts = np.zeros(n_items, np.int64)
+
+    # Scratch is per chunk (see itemcf): items c, c + n_chunks, ... share it.
+    for c in numba.prange(n_chunks):
+        bucket_len = np.zeros(n_items, np.int32)  # |L_j|; zero again after each item
+        bucket_start = np.empty(n_items, np.int64)
+        touched = np.empty(n_items, np.int32)
+        members = np.empty(1024, np.int32)  # concatenated buckets, grown on demand
+        pair_w = np.empty((max_m, max_m), np.float64)
+        local_w = np.empty(max_m, np.float64)
+        heap_scores = np.empty(top_m, np.float32)
+        heap_ids = np.empty(top_m, np.int32)
+        for i in range(c, n_items, n_chunks):
+            base = item_indptr[i]
+            m = min(item_indptr[i + 1] - base, cap)
+            if m < 2:
+                continue  # no user pair, no similarity; counts[i] stays 0
+
+            # 1. bucket sizes (counting sort of (a, j) by j) ...
+            n_touched = 0
+            total = 0
+            for a in range(m):
+                u = item_users[base + a]
+                local_w[a] = user_w[u]
+                for q in range(user_indptr[u], user_indptr[u + 1]):
+                    j = user_items[q]
+                    if bucket_len[j] == 0:
+                        touched[n_touched] = j
+                        n_touched += 1
+                    bucket_len[j] += 1
+                total += user_indptr[u + 1] - user_indptr[u]
+            if total > members.shape[0]:
+                members = np.empty(2 * total, np.int32)
+            offset = 0
+            for t in range(n_touched):
+                j = touched[t]
+                bucket_start[j] = offset
+                offset += bucket_len[j]
+                bucket_len[j] = 0  # reused as the fill cursor below
+            # ... then the fill; scanning a in order keeps every bucket sorted.
+            for a in range(m):
+                u = item_users[base + a]
+                for q in range(user_indptr[u], user_indptr[u + 1]):
+                    j = user_items[q]
+                    members[bucket_start[j] + bucket_len[j]] = a
+                    bucket_len[j] += 1
+
+            # 2. pairwise overlaps of the m users (upper triangle only).
+            for a in range(m):
+                for b in range(a + 1, m):
+                    pair_w[a, b] = 0.0
+            for t in range(n_touched):
+                j = touched[t]
+                s0 = bucket_start[j]
+                n_j = bucket_len[j]
+                for x in range(n_j - 1):
+                    a = members[s0 + x]
+                    for y in range(x + 1, n_j):
+                        pair_w[a, members[s0 + y]] += 1.0
+
+            # 3. pair weights once, then one sum per candidate j.
+            for a in range(m):
+                for b in range(a + 1, m):
+                    pair_w[a, b] = local_w[a] * local_w[b] / (alpha + pair_w[a, b])
+            size = 0
+            for t in range(n_touched):
+                j = touched[t]
+                n_j = bucket_len[j]
+                bucket_len[j] = 0  # leave the scratch clean for the next item
+                if j == i or n_j < 2:
+                    continue
+                s0 = bucket_start[j]
+                acc = 0.0
+                for x in range(n_j - 1):
+                    a = members[s0 + x]
+                    for y in range(x + 1, n_j):
+                        acc += pair_w[a, members[s0 + y]]
+                # Rank on the returned float32 value so output ties go by id.
+                s = np.float32(acc)
+                if s > 0:
+                    size = heap_push(heap_scores, heap_ids, size, s, j)
+            heap_sort_desc(heap_scores, heap_ids, size)
+            for t in range(size):
+                out_ids[i, t] = heap_ids[t]
+                out_scores[i, t] = heap_scores[t]
+            counts[i] = size
+    return compact_rows(counts, out_ids, out_scores)
+
+
+def swing_topm(
+    user_indptr: np.ndarray,
+    user_items: np.ndarray,
+    item_indptr: np.ndarray,
+    item_users: np.ndarray,
+    n_items: int,
+    top_m: int,
+    alpha: float = 1.0,
+    user_damping: float = 0.5,
+    max_users_per_item: int | None = 1000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-M Swing neighbours of every item (see the module docstring).
+
+    Args:
+        user_indptr, user_items: user->items CSR structure (int64, int32),
+            rows sorted and duplicate-free (``kernels.csr.build_csr``).
+        item_indptr, item_users: its transpose, item->users
+            (``kernels.csr.transpose_csr``); ``len(item_indptr) == n_items + 1``.
+        n_items: catalogue size.
+        top_m: neighbours kept per item (>= 0).
+        alpha: smoothing constant >= 0 in 1/(alpha + |I(u) & I(v)|).
+        user_damping: exponent d >= 0 of the user weight |I(u)|^-d
+            (0.5 = 1/sqrt, 0 disables).
+        max_users_per_item: only the first this-many users of each item row
+            form pairs for that item (bounds the O(|U(i)|^2) cost and the
+            O(cap^2) scratch per thread); None or 0 means no cap.
+
+    Returns:
+        CSR ``(indptr int64[n_items+1], indices int32, scores float32)``: row
+        i holds at most ``top_m`` items j != i with sim(i, j) > 0, ordered by
+        score descending then id ascending.
+    """
+    user_indptr, user_items, item_indptr, item_users, n_items, _ = validate_interactions(
+        user_indptr, user_items, item_indptr, item_users, n_items
+    )
+    top_m = check_int("top_m", top_m, minimum=0)
+    alpha = check_real("alpha", alpha, minimum=0.0)
+    user_damping = check_real("user_damping", user_damping, minimum=0.0)
+    if max_users_per_item is None:
+        max_users_per_item = 0
+    cap = check_int("max_users_per_item", max_users_per_item, minimum=0)
+    max_deg = int(np.diff(item_indptr).max()) if n_items else 0
+    max_m = max_deg if cap == 0 else min(cap, max_deg)
+    n_chunks = n_chunks_for(n_items, 2)
+    scratch = 12 * max_m * max_m * max(n_chunks, 1)
+    if scratch > _MAX_PAIR_SCRATCH_BYTES:
+        raise ValueError(
+            f"max_users_per_item: {max_m} users per item would need {scratch / 2**30:.1f} GiB "
+            f"of pair scratch; set a smaller cap"
+        )
+    return _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
+                       alpha, user_damping, cap if cap > 0 else max_deg + 1, max_m, n_chunks)
