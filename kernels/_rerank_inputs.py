@@ -17,10 +17,17 @@ from ._validate import check_array, check_finite, check_int
 
 
 @numba.njit(cache=True, nogil=True)
-def normalize_rows(emb):
-    """float64 copy of ``emb`` with unit-norm rows; zero rows stay zero."""
+def unit_columns(emb):
+    """Unit-norm rows of ``emb`` as a float64 [D, N] array (zero rows stay zero).
+
+    Transposed on purpose: the re-rankers need the cosines of one picked item
+    with all N candidates, and accumulating ``out[t, :] * out[t, pick]`` over
+    t runs along contiguous memory and vectorises (a per-candidate dot
+    product is a serial floating-point reduction). The terms are still added
+    in t order, so the values equal a row-wise dot product.
+    """
     n, d = emb.shape
-    out = np.empty((n, d), np.float64)
+    out = np.empty((d, n), np.float64)
     for i in range(n):
         sq = 0.0
         for t in range(d):
@@ -28,8 +35,20 @@ def normalize_rows(emb):
             sq += v * v
         inv = 1.0 / math.sqrt(sq) if sq > 0.0 else 0.0
         for t in range(d):
-            out[i, t] = np.float64(emb[i, t]) * inv
+            out[t, i] = np.float64(emb[i, t]) * inv
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def cosines_to(unit_t, pick, out):
+    """out[i] = <e_i, e_pick> for every i, from ``unit_columns`` output."""
+    d, n = unit_t.shape
+    for i in range(n):
+        out[i] = 0.0
+    for t in range(d):
+        v = unit_t[t, pick]
+        for i in range(n):
+            out[i] += unit_t[t, i] * v
 
 
 def validate_rerank_inputs(relevance, emb, k, window):

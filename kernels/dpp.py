@@ -37,34 +37,41 @@ import math
 import numba
 import numpy as np
 
-from ._rerank_inputs import normalize_rows, validate_rerank_inputs
+from ._rerank_inputs import cosines_to, unit_columns, validate_rerank_inputs
 from ._validate import check_real
 
 
-@numba.njit(cache=True, inline="always")
-def _add_pivot(pivot, col, q, sims, sim_col, chol, d2, skip):
-    # One incremental-Cholesky step: condition every candidate on ``pivot``
-    # (whose own row chol[pivot, :col] and d2[pivot] are already final),
-    # writing column ``col`` of chol. ``sims[:, sim_col]`` holds <e_i, e_pivot>.
+@numba.njit(cache=True)
+def _add_pivot(pivot, col, q, pivot_sims, chol, d2, skip, dot):
+    # One incremental-Cholesky step: condition every candidate on ``pivot``,
+    # writing row ``col`` of chol ([step, item] layout). The pivot's own
+    # entries chol[:col, pivot] and d2[pivot] must already be final;
+    # pivot_sims[i] = <e_i, e_pivot>.
     n = q.shape[0]
+    # <c_pivot, c_i> for all i at once, accumulated along contiguous rows
+    # so it vectorises (same t order as a per-item dot product).
+    for i in range(n):
+        dot[i] = 0.0
+    for t in range(col):
+        v = chol[t, pivot]
+        for i in range(n):
+            dot[i] += chol[t, i] * v
     d_pivot = math.sqrt(d2[pivot])
+    q_pivot = q[pivot]
     for i in range(n):
         if skip[i] or i == pivot:
             continue
-        dot = 0.0
-        for t in range(col):
-            dot += chol[pivot, t] * chol[i, t]
-        e = (q[pivot] * q[i] * sims[i, sim_col] - dot) / d_pivot
-        chol[i, col] = e
+        e = (q_pivot * q[i] * pivot_sims[i] - dot[i]) / d_pivot
+        chol[col, i] = e
         v = d2[i] - e * e
         d2[i] = v if v > 0.0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
 def _dpp_select(relevance, emb, k, alpha, epsilon, window):
-    n, dim = emb.shape
+    n = emb.shape[0]
     k = min(k, n)
-    unit = normalize_rows(emb)
+    unit_t = unit_columns(emb)
     q = np.empty(n, np.float64)
     for i in range(n):
         q[i] = math.exp(alpha * np.float64(relevance[i]))
@@ -72,12 +79,13 @@ def _dpp_select(relevance, emb, k, alpha, epsilon, window):
     out = np.empty(k, np.int32)
     picked = np.zeros(n, np.bool_)
     no_skip = np.zeros(n, np.bool_)
-    # sims[:, s] = <e_i, e_{out[s]}>, filled when out[s] is picked, so the
+    dot = np.empty(n, np.float64)
+    # sims[s, i] = <e_i, e_{out[s]}>, filled when out[s] is picked, so the
     # window rebuild never recomputes a D-length dot product.
-    sims = np.empty((n, k), np.float64)
+    sims = np.empty((max(k, 1), n), np.float64)
     # The conditioning set never exceeds min(k, w - 1) items.
     width = k if window == 0 else max(0, min(k, window - 1))
-    chol = np.zeros((n, max(width, 1)), np.float64)
+    chol = np.zeros((max(width, 1), n), np.float64)
 
     n_picked = 0
     while n_picked < k:
@@ -92,17 +100,13 @@ def _dpp_select(relevance, emb, k, alpha, epsilon, window):
             break
         out[n_picked] = best
         picked[best] = True
-        for i in range(n):
-            s = 0.0
-            for t in range(dim):
-                s += unit[i, t] * unit[best, t]
-            sims[i, n_picked] = s
         n_picked += 1
         if n_picked == k:
             break
+        cosines_to(unit_t, best, sims[n_picked - 1])
         if n_picked <= width:
             # Conditioning set = every pick so far: one incremental step.
-            _add_pivot(best, n_picked - 1, q, sims, n_picked - 1, chol, d2, picked)
+            _add_pivot(best, n_picked - 1, q, sims[n_picked - 1], chol, d2, picked, dot)
         else:
             # Window full: rebuild d2 from scratch over the last w - 1 picks.
             # Picked items are updated too, because each window member acts
@@ -117,7 +121,7 @@ def _dpp_select(relevance, emb, k, alpha, epsilon, window):
                     # was picked with d2 >= epsilon given a superset of its
                     # predecessors); guard against rounding.
                     continue
-                _add_pivot(pivot, col, q, sims, first + col, chol, d2, no_skip)
+                _add_pivot(pivot, col, q, sims[first + col], chol, d2, no_skip, dot)
     return out[:n_picked].copy()
 
 

@@ -116,5 +116,8 @@ def itemcf_topm(
     popularity_damping = check_real("popularity_damping", popularity_damping, minimum=0.0)
     if not isinstance(iuf, (bool, np.bool_)):
         raise ValueError(f"iuf must be a bool, got {type(iuf).__name__}")
+    # An item has at most n_items - 1 neighbours; clamping keeps the padded
+    # [n_items, top_m] output buffer from being sized by an oversized top_m.
+    top_m = min(top_m, max(n_items - 1, 0))
     return _itemcf_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
                         popularity_damping, bool(iuf), n_chunks_for(n_items, 4))

@@ -13,25 +13,26 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._rerank_inputs import normalize_rows, validate_rerank_inputs
+from ._rerank_inputs import cosines_to, unit_columns, validate_rerank_inputs
 from ._validate import check_real
 
 
 @numba.njit(cache=True, nogil=True)
 def _mmr_select(relevance, emb, k, lam, window):
-    n, d = emb.shape
+    n = emb.shape[0]
     k = min(k, n)
     out = np.empty(k, np.int32)
     if k == 0:
         return out
-    unit = normalize_rows(emb)
+    unit_t = unit_columns(emb)
     picked = np.zeros(n, np.bool_)
     # Running max cosine to the picked set, updated with one new column per
     # pick: O(N * D) per step instead of re-scanning S'.
     max_sim = np.full(n, -np.inf)
     # With a window the max must forget old picks, so the per-pick cosines
-    # are kept and the max re-taken over the window's columns: O(N * window).
-    sims = np.empty((n if window > 0 else 0, k), np.float64)
+    # are kept (row s = cosines to the s-th pick) and the max is re-taken
+    # over the window's rows: O(N * window) per step.
+    sims = np.empty((k if window > 0 else 1, n), np.float64)
 
     best = 0
     for i in range(1, n):
@@ -52,23 +53,20 @@ def _mmr_select(relevance, emb, k, lam, window):
         picked[best] = True
         if step == k - 1:
             break
-        first = max(0, step - window + 1)
-        for i in range(n):
-            if picked[i]:
-                continue
-            s = 0.0
-            for t in range(d):
-                s += unit[i, t] * unit[best, t]
-            if window == 0:
-                if s > max_sim[i]:
-                    max_sim[i] = s
-            else:
-                sims[i, step] = s
-                m = -np.inf
-                for col in range(first, step + 1):
-                    if sims[i, col] > m:
-                        m = sims[i, col]
-                max_sim[i] = m
+        row = step if window > 0 else 0
+        cosines_to(unit_t, best, sims[row])
+        if window == 0:
+            for i in range(n):
+                if sims[0, i] > max_sim[i]:
+                    max_sim[i] = sims[0, i]
+        else:
+            first = max(0, step - window + 1)
+            for i in range(n):
+                max_sim[i] = sims[first, i]
+            for r in range(first + 1, step + 1):
+                for i in range(n):
+                    if sims[r, i] > max_sim[i]:
+                        max_sim[i] = sims[r, i]
     return out
 
 

@@ -18,12 +18,14 @@ Algorithm, per item i with (capped) users u_0..u_{m-1}:
 
 1. bucket the users by item: for every j, L_j = [a : j in I(u_a)] (ascending a);
 2. overlaps: for every bucket and every pair a < b in it, C[a, b] += 1, which
-   yields C[a, b] = |I(u_a) & I(u_b)| (the bucket of i itself holds everyone);
-3. W[a, b] = w_a w_b / (alpha + C[a, b]); sim(i, j) = sum over pairs in L_j.
+   yields C[a, b] = |I(u_a) & I(u_b)| (item i itself is counted implicitly);
+3. W[a, b] = w_a w_b / (alpha + C[a, b]); sim(i, j) = sum of W over the pairs
+   in L_j.
 
 This costs sum_j |L_j|^2 per item, i.e. proportional to the overlaps, instead
 of the |I(u)| + |I(v)| of merge-intersecting every user pair, which is many
-times larger when users overlap on a small part of their histories.
+times larger when users share a small part of their histories. C and W share
+one packed upper-triangle float64 array: 4 m^2 bytes of scratch per chunk.
 """
 from __future__ import annotations
 
@@ -34,9 +36,9 @@ from ._neighbors import compact_rows, n_chunks_for, validate_interactions
 from ._validate import check_int, check_real
 from .topk_heap import heap_push, heap_sort_desc
 
-# Scratch for the per-item pair tables (int32 overlap + float64 weight,
-# m^2 entries each, one per chunk) is refused above this size; it can only
-# be reached by lifting the user cap on very popular items.
+# The per-item pair table (packed float64 upper triangle, m(m-1)/2 entries,
+# one per chunk) is refused above this total size; it can only be reached by
+# lifting the user cap on very popular items.
 _MAX_PAIR_SCRATCH_BYTES = 4 << 30
 
 
@@ -59,8 +61,7 @@ def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m
         bucket_start = np.empty(n_items, np.int64)
         touched = np.empty(n_items, np.int32)
         members = np.empty(1024, np.int32)  # concatenated buckets, grown on demand
-        overlap = np.empty((max_m, max_m), np.int32)
-        pair_w = np.empty((max_m, max_m), np.float64)
+        pair_w = np.empty(max_m * (max_m - 1) // 2 + 1, np.float64)
         local_w = np.empty(max_m, np.float64)
         heap_scores = np.empty(top_m, np.float32)
         heap_ids = np.empty(top_m, np.int32)
@@ -99,23 +100,29 @@ def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m
                     members[bucket_start[j] + bucket_len[j]] = a
                     bucket_len[j] += 1
 
-            # 2. pairwise overlaps of the m users (upper triangle only).
-            for a in range(m):
-                for b in range(a + 1, m):
-                    overlap[a, b] = 0
+            # 2. pairwise overlaps of the m users, counted in place in the
+            # packed upper triangle (a < b at row_base(a) + b).
+            n_pairs = m * (m - 1) // 2
+            for p in range(n_pairs):
+                pair_w[p] = 0.0
             for t in range(n_touched):
                 j = touched[t]
+                if j == i:
+                    continue  # every pair shares i: added as the "+ 1" below
                 s0 = bucket_start[j]
                 n_j = bucket_len[j]
                 for x in range(n_j - 1):
                     a = members[s0 + x]
+                    row = a * m - a * (a + 1) // 2 - a - 1
                     for y in range(x + 1, n_j):
-                        overlap[a, members[s0 + y]] += 1
+                        pair_w[row + members[s0 + y]] += 1.0  # exact in float64
 
-            # 3. pair weights once, then one sum per candidate j.
+            # 3. counts -> pair weights in place, then one sum per candidate j.
+            p = 0
             for a in range(m):
                 for b in range(a + 1, m):
-                    pair_w[a, b] = local_w[a] * local_w[b] / (alpha + overlap[a, b])
+                    pair_w[p] = local_w[a] * local_w[b] / (alpha + 1.0 + pair_w[p])
+                    p += 1
             size = 0
             for t in range(n_touched):
                 j = touched[t]
@@ -127,8 +134,9 @@ def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m
                 acc = 0.0
                 for x in range(n_j - 1):
                     a = members[s0 + x]
+                    row = a * m - a * (a + 1) // 2 - a - 1
                     for y in range(x + 1, n_j):
-                        acc += pair_w[a, members[s0 + y]]
+                        acc += pair_w[row + members[s0 + y]]
                 # Rank on the returned float32 value so output ties go by id.
                 s = np.float32(acc)
                 if s > 0:
@@ -182,10 +190,13 @@ def swing_topm(
     if max_users_per_item is None:
         max_users_per_item = 0
     cap = check_int("max_users_per_item", max_users_per_item, minimum=0)
+    # An item has at most n_items - 1 neighbours; clamping keeps the padded
+    # [n_items, top_m] output buffer from being sized by an oversized top_m.
+    top_m = min(top_m, max(n_items - 1, 0))
     max_deg = int(np.diff(item_indptr).max()) if n_items else 0
     max_m = max_deg if cap == 0 else min(cap, max_deg)
     n_chunks = n_chunks_for(n_items, 2)
-    scratch = 12 * max_m * max_m * max(n_chunks, 1)
+    scratch = 4 * max_m * max_m * max(n_chunks, 1)
     if scratch > _MAX_PAIR_SCRATCH_BYTES:
         raise ValueError(
             f"max_users_per_item: {max_m} users per item would need {scratch / 2**30:.1f} GiB "

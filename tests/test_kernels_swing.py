@@ -85,3 +85,15 @@ def test_swing_validation():
         swing_topm(*csrs, 2, 5, max_users_per_item=-2)
     with pytest.raises(ValueError, match="^top_m"):
         swing_topm(*csrs, 2, 2.5)
+
+
+def test_swing_refuses_oversized_pair_scratch(monkeypatch):
+    import kernels.swing as swing_module
+
+    rows = np.repeat(np.arange(10, dtype=np.int32), 2)
+    cols = np.tile(np.arange(2, dtype=np.int32), 10)
+    csrs = interactions(rows, cols, 10, 2)
+    monkeypatch.setattr(swing_module, "_MAX_PAIR_SCRATCH_BYTES", 100)
+    with pytest.raises(ValueError, match="^max_users_per_item"):
+        swing_topm(*csrs, 2, 5, max_users_per_item=None)
+    swing_topm(*csrs, 2, 5, max_users_per_item=3)  # 3 users fit
