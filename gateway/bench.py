@@ -1,0 +1,267 @@
+"""Latency benchmark: ``python -m gateway.bench`` (``make bench``).
+
+Builds or reuses a snapshot, starts the cluster, warms it, then drives the gateway open-loop
+(``gateway.loadgen``) over a sweep of request rates. In the same run it times the in-process funnel
+(all three stages called as functions in this process: what the distribution costs is the difference)
+and component peers (hnswlib vs exact numpy search, Numba kernels vs their numpy references).
+Writes a JSON report, prints a table, and plots latency percentiles vs offered rate when matplotlib
+is installed. ``python -m gateway.bench compare A.json B.json`` prints the ratios of two reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.snapshot import Snapshot, SnapshotError
+from gateway.cluster import Cluster, ClusterConfig
+from gateway.loadgen import run_rate
+
+
+def _pct(values) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+def machine_info() -> dict:
+    import grpc
+    import numba
+    import onnxruntime
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "processor": platform.processor(), "numpy": np.__version__, "numba": numba.__version__,
+            "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__}
+
+
+def in_process_funnel(snapshot: Snapshot, users: list[str], n: int, k: int, recall_n: int, rank_n: int) -> dict:
+    """The funnel as plain function calls in one process: per-stage and total latency (ms)."""
+    from rank_server.config import RankConfig
+    from rank_server.rank import load_state as load_rank
+    from rank_server.rank import rank
+    from recall_server.config import RecallConfig
+    from recall_server.recall import recall
+    from recall_server.state import load_state as load_recall
+    from rerank_server.config import RerankConfig
+    from rerank_server.rerank import rerank, resolve_params
+
+    rc = RecallConfig(snapshot=str(snapshot.path))
+    kc = RankConfig(snapshot=str(snapshot.path))
+    ec = RerankConfig(snapshot=str(snapshot.path))
+    recall_state, rank_state = load_recall(snapshot, rc), load_rank(snapshot, kc)
+    item_emb = snapshot.load_array("item_emb.npy")
+    params = resolve_params(ec, None)
+    times: dict[str, list[float]] = {"recall": [], "rank": [], "rerank": [], "total": []}
+    rng = np.random.default_rng(1)
+    for i, user_id in enumerate(rng.choice(users, n + 50)):
+        t0 = time.perf_counter()
+        got = recall(recall_state, rc, str(user_id), recall_n)
+        t1 = time.perf_counter()
+        ranked = rank(rank_state, kc, str(user_id), got.ids, 0)
+        top = np.lexsort((np.arange(ranked.fused.size), -ranked.fused))[:rank_n]
+        t2 = time.perf_counter()
+        rerank(item_emb, ranked.item_idx[top], ranked.fused[top], k, params)
+        t3 = time.perf_counter()
+        if i >= 50:  # the first 50 warm caches
+            for name, a, b in (("recall", t0, t1), ("rank", t1, t2), ("rerank", t2, t3), ("total", t0, t3)):
+                times[name].append((b - a) * 1000.0)
+    return {name: _pct(v) for name, v in times.items()}
+
+
+def ann_vs_exact(snapshot: Snapshot, users: list[str], k: int = 100, n_queries: int = 300) -> dict:
+    """hnswlib against exact numpy inner-product search on the same user vectors: recall and latency."""
+    from recall_server.channels import user_vector
+    from recall_server.config import RecallConfig
+    from recall_server.recall import build_query
+    from recall_server.state import load_state
+
+    config = RecallConfig(snapshot=str(snapshot.path))
+    state = load_state(snapshot, config)
+    emb = snapshot.load_array("item_emb.npy")
+    queries = np.stack([user_vector(state, build_query(state, config, u, None, [])[0])
+                        for u in users[:n_queries]]).astype(np.float32)
+    k = min(k, emb.shape[0])
+    state.index.set_ef(max(config.hnsw_ef, k))
+    out = {"items": int(emb.shape[0]), "dim": int(emb.shape[1]), "k": k, "ef": max(config.hnsw_ef, k)}
+    hnsw_ms, exact_ms, overlap = [], [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        labels, _ = state.index.knn_query(q.reshape(1, -1), k=k)
+        t1 = time.perf_counter()
+        scores = emb @ q
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        t2 = time.perf_counter()
+        hnsw_ms.append((t1 - t0) * 1000)
+        exact_ms.append((t2 - t1) * 1000)
+        overlap.append(np.intersect1d(labels[0], top).size / k)
+    out.update({"hnswlib_ms": _pct(hnsw_ms), "numpy_exact_ms": _pct(exact_ms),
+                "hnswlib_recall_vs_exact": float(np.mean(overlap))})
+    try:
+        import faiss  # optional peer
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        t0 = time.perf_counter()
+        for q in queries:
+            index.search(q.reshape(1, -1), k)
+        out["faiss_flat_ms_mean"] = (time.perf_counter() - t0) * 1000 / len(queries)
+    except ImportError:
+        out["faiss"] = "not installed"
+    return out
+
+
+def kernel_peers() -> list[dict]:
+    """Numba kernels against their numpy references (``kernels.bench``), seconds per call."""
+    from kernels.bench import run as run_kernels
+
+    return [{"kernel": name, "workload": workload, "first_call_s": first, "kernel_s": t, "numpy_s": ref,
+             "speedup": (ref / t) if ref else None} for name, workload, first, t, ref in run_kernels()]
+
+
+def progress_bar(label: str):
+    def show(i: int, n: int) -> None:
+        if i == n or i % max(1, n // 50) == 0:
+            filled = int(30 * i / n)
+            sys.stderr.write(f"\r  {label} [{'#' * filled}{'.' * (30 - filled)}] {i}/{n}")
+            if i == n:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return show
+
+
+def print_table(report: dict) -> None:
+    print(f"\nopen-loop sweep (k={report['config']['k']}, deadline {report['config']['deadline_ms']} ms), ms:")
+    print(f"  {'rate':>6} {'sent':>6} {'ok':>6} {'err':>4} {'degr':>5} {'achieved':>8} "
+          f"{'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
+    for r in report["rates"]:
+        lat = r["latency_ms"] or {key: float("nan") for key in ("p50", "p90", "p99", "p99.9", "max")}
+        print(f"  {r['offered_rate']:>6.0f} {r['sent']:>6} {r['ok']:>6} {r['error_count']:>4} "
+              f"{sum(r['degraded'].values()):>5} {r['achieved_rate']:>8.1f} {lat['p50']:>7.2f} {lat['p90']:>7.2f} "
+              f"{lat['p99']:>7.2f} {lat['p99.9']:>7.2f} {lat['max']:>7.2f}")
+    for r in report["rates"]:
+        stages = "  ".join(f"{s} p50 {v['p50']:.2f}/p99 {v['p99']:.2f}" for s, v in r["stage_ms"].items() if v)
+        print(f"  {r['offered_rate']:>6.0f}/s stages: {stages}")
+    inproc = report.get("in_process_funnel")
+    if inproc:
+        print("in-process funnel (same stages as function calls): " +
+              "  ".join(f"{s} p50 {v['p50']:.2f}" for s, v in inproc.items()))
+        lowest = report["rates"][0]["latency_ms"].get("p50")
+        if lowest:
+            print(f"cluster p50 / in-process p50 at {report['rates'][0]['offered_rate']:.0f}/s: "
+                  f"{lowest / inproc['total']['p50']:.2f}x")
+    ann = report.get("ann_vs_exact")
+    if ann:
+        print(f"hnswlib vs exact numpy ({ann['items']} items x {ann['dim']}, k={ann['k']}, ef={ann['ef']}): "
+              f"recall {ann['hnswlib_recall_vs_exact']:.4f}, p50 {ann['hnswlib_ms']['p50']:.3f} ms vs "
+              f"{ann['numpy_exact_ms']['p50']:.3f} ms")
+
+
+def plot(report: dict, path: Path) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (pip install '.[bench]'): no plot"
+    rates = [r["offered_rate"] for r in report["rates"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in ("p50", "p90", "p99", "p99.9"):
+        ax.plot(rates, [r["latency_ms"].get(key, np.nan) for r in report["rates"]], marker="o", label=key)
+    ax.set_xlabel("offered rate (requests/s)")
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"Recommend latency, snapshot {report['snapshot_version']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def run(args) -> int:
+    root = Path(args.snapshot)
+    if not (root / "CURRENT").exists():
+        print(f"no snapshot in {root}: exporting one", file=sys.stderr)
+        from export.__main__ import main as export_main
+        if export_main(["--out", str(root)] + (["--quick"] if args.quick else [])) != 0:
+            return 2
+    try:
+        snapshot = Snapshot.open(root, verify=False)
+    except SnapshotError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    users = snapshot.features.array("user_ids").tolist()
+    rates = [float(r) for r in args.rates.split(",")]
+    report = {"machine": machine_info(), "snapshot_version": snapshot.version,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "config": {"rates": rates, "duration_s": args.duration, "k": args.k, "deadline_ms": args.deadline_ms,
+                         "warmup": args.warmup, "quick": args.quick}, "rates": []}
+    overrides = {"gateway": [f"deadline_ms={args.deadline_ms}"]}
+    with Cluster(ClusterConfig(snapshot=str(root), gateway_port=0, overrides=overrides)) as cluster:
+        run_rate(cluster.gateway_addr, users, min(rates[0], 100.0), args.warmup / min(rates[0], 100.0), args.k,
+                 args.deadline_ms)
+        for rate in rates:
+            result = run_rate(cluster.gateway_addr, users, rate, args.duration, args.k, args.deadline_ms,
+                              progress=progress_bar(f"{rate:>5.0f}/s"))
+            report["rates"].append(result.summary())
+    report["in_process_funnel"] = in_process_funnel(snapshot, users, 100 if args.quick else 500, args.k, 1000, 200)
+    report["ann_vs_exact"] = ann_vs_exact(snapshot, users, n_queries=100 if args.quick else 300)
+    if not args.quick:
+        report["kernels"] = kernel_peers()
+    out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"report: {out}\nplot: {plot(report, out.with_suffix('.png'))}")
+    return 0
+
+
+def compare(a_path: str, b_path: str) -> int:
+    """Print B / A ratios of the end-to-end percentiles at each common rate."""
+    try:
+        a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"bench compare: {exc}", file=sys.stderr)
+        return 2
+    by_rate = {r["offered_rate"]: r for r in a["rates"]}
+    print(f"B / A  (A = {a_path}, B = {b_path}; < 1 means B is faster)")
+    for rb in b["rates"]:
+        ra = by_rate.get(rb["offered_rate"])
+        if not ra or not ra["latency_ms"] or not rb["latency_ms"]:
+            continue
+        ratios = "  ".join(f"{key} {rb['latency_ms'][key] / ra['latency_ms'][key]:.2f}"
+                           for key in ("p50", "p90", "p99", "max"))
+        print(f"  {rb['offered_rate']:>6.0f}/s  {ratios}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        if len(argv) != 3:
+            print("usage: python -m gateway.bench compare A.json B.json", file=sys.stderr)
+            return 2
+        return compare(argv[1], argv[2])
+    parser = argparse.ArgumentParser(prog="python -m gateway.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--snapshot", default="snapshots")
+    parser.add_argument("--rates", default="50,100,200,300", help="comma-separated requests/s")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
+    parser.add_argument("--warmup", type=float, default=200, help="warm-up requests")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--deadline-ms", type=int, default=50)
+    parser.add_argument("--out", help="report path (default reports/bench-<time>.json)")
+    parser.add_argument("--quick", action="store_true", help="smoke check: two short rates, under a minute")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rates, args.duration, args.warmup = "20,50", 2.0, 40
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
