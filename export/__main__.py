@@ -41,5 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ensure_snapshot(root: str, quick: bool = False) -> bool:
+    """Export into ``root`` unless it already has a CURRENT snapshot; False if the export failed."""
+    from pathlib import Path
+
+    if (Path(root) / "CURRENT").exists():
+        return True
+    print(f"no snapshot in {root}: exporting one from ML-100K (about a minute)", file=sys.stderr, flush=True)
+    return main(["--out", str(root)] + (["--quick"] if quick else [])) == 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.snapshot import Snapshot, SnapshotError
+from export.__main__ import ensure_snapshot
 from gateway.cluster import Cluster, ClusterConfig
 from gateway.loadgen import run_rate
 
@@ -186,11 +187,8 @@ def plot(report: dict, path: Path) -> str:
 
 def run(args) -> int:
     root = Path(args.snapshot)
-    if not (root / "CURRENT").exists():
-        print(f"no snapshot in {root}: exporting one", file=sys.stderr)
-        from export.__main__ import main as export_main
-        if export_main(["--out", str(root)] + (["--quick"] if args.quick else [])) != 0:
-            return 2
+    if not ensure_snapshot(str(root), quick=args.quick):
+        return 2
     try:
         snapshot = Snapshot.open(root, verify=False)
     except SnapshotError as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.snapshot import Snapshot, SnapshotError
+from export.__main__ import ensure_snapshot
 from gateway.client import RecommendClient, format_recommendation
 from gateway.cluster import Cluster, ClusterConfig
 
@@ -32,11 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(args.snapshot)
-    if not (root / "CURRENT").exists():
-        print(f"no snapshot in {root}: exporting one from ML-100K (about a minute)", flush=True)
-        from export.__main__ import main as export_main
-        if export_main(["--out", str(root)]) != 0:
-            return 2
+    if not ensure_snapshot(str(root)):
+        return 2
     try:
         snapshot = Snapshot.open(root, verify=False)
     except SnapshotError as exc:
