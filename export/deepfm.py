@@ -28,7 +28,7 @@ class DeepFMConfig:
     embed_dim: int = 16
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.2
-    epochs: int = 4
+    epochs: int = 10
     batch_size: int = 2048
     lr: float = 2e-3
     weight_decay: float = 0.0

@@ -31,8 +31,8 @@ class TwoTowerConfig:
     dim: int = 64                 # output (retrieval) dimension, also the embedding size
     hidden: int = 128             # hidden width of each tower's MLP
     history_len: int = 20         # items in the user's history window
-    epochs: int = 10
-    batch_size: int = 1024
+    epochs: int = 6
+    batch_size: int = 512
     lr: float = 3e-3
     temperature: float = 0.05
     weight_decay: float = 0.0

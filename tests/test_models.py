@@ -1,5 +1,6 @@
 """Tests of the two-tower and DeepFM models: ONNX parity, shapes, training."""
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -180,6 +181,7 @@ def test_user_tower_onnx_parity(ds, towers, tmp_path):
     user_tower, _, _ = towers
     path = str(tmp_path / "user_tower.onnx")
     export_user_tower_onnx(user_tower, path, n_user_fields=len(ds.user_cat_names), history_len=TT_CFG.history_len)
+    assert onnx.load(path).opset_import[0].version == 17
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["user_code", "user_cat", "hist"]
     assert all(i.type == "tensor(int64)" for i in sess.get_inputs())
@@ -237,6 +239,25 @@ def test_make_rank_examples_deterministic_by_seed(ds):
     assert not np.array_equal(a[0], c[0])
 
 
+def test_make_rank_examples_skips_users_who_saw_everything(ds):
+    """A user with no unseen item gets no sampled negatives (and no endless loop)."""
+    from dataclasses import replace
+
+    extra = ds.interactions
+    all_items = np.arange(ds.n_items, dtype=np.int32)
+    full = Interactions(
+        user=np.concatenate([extra.user, np.zeros(ds.n_items, np.int32)]),
+        item=np.concatenate([extra.item, all_items]),
+        rating=np.concatenate([extra.rating, np.full(ds.n_items, 5.0, np.float32)]),
+        timestamp=np.concatenate([extra.timestamp, np.full(ds.n_items, 10**9, np.int64)]),
+    )
+    ds_full = replace(ds, interactions=full)
+    sparse, _, label = make_rank_examples(ds_full, full, _schema(ds), neg_per_pos=2, seed=1)
+    n = len(full)
+    assert not (sparse[n:, 0] == 1).any()          # user 0 (code 1): no negatives
+    assert (label[n:] == 0).all() and sparse.shape[0] > n
+
+
 def test_deepfm_training_reduces_loss(deepfm):
     _, log = deepfm
     assert len(log["epoch_loss"]) == FM_CFG.epochs
@@ -286,6 +307,7 @@ def test_deepfm_onnx_parity(ds, deepfm, tmp_path):
     schema = _schema(ds)
     path = str(tmp_path / "deepfm.onnx")
     export_deepfm_onnx(model, path, schema.n_fields, schema.n_bag)
+    assert onnx.load(path).opset_import[0].version == 17
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     ins = {i.name: i.type for i in sess.get_inputs()}
     assert ins == {"sparse": "tensor(int64)", "bag": "tensor(float)"}

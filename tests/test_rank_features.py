@@ -1,6 +1,9 @@
 """Tests of the shared rank feature schema (common.rank_features)."""
 import json
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +127,9 @@ def test_assemble_empty_batch():
     s = _schema()
     sparse, bag = assemble(s, 1, np.array([1, 1]), np.zeros(0), np.zeros((0, 1)), np.zeros((0, 3)), 1, 1)
     assert sparse.shape == (0, 7) and bag.shape == (0, 3)
+
+
+def test_module_does_not_import_torch():
+    """The rank server imports this module and must stay free of torch."""
+    code = "import sys, common.rank_features; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
