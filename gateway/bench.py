@@ -125,6 +125,43 @@ def kernel_peers() -> list[dict]:
              "speedup": (ref / t) if ref else None} for name, workload, first, t, ref in run_kernels()]
 
 
+def start_profilers(cluster: Cluster, duration_s: float, out_dir: Path) -> dict:
+    """Sample every server with py-spy (``pip install py-spy``) while load runs; collapsed stacks per stage."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return {}
+    procs = {}
+    for name, proc in cluster.procs.items():
+        out = out_dir / f"profile-{name}.txt"
+        procs[name] = (subprocess.Popen([exe, "record", "--pid", str(proc.pid), "--duration", str(int(duration_s)),
+                                         "--format", "raw", "--rate", "200", "--output", str(out), "--nonblocking"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+    return procs
+
+
+def top_costs(profilers: dict, n: int = 3) -> dict:
+    """Wait for the profilers; the ``n`` functions with the most self samples per stage, with their share."""
+    out = {}
+    for name, (proc, path) in profilers.items():
+        proc.wait(timeout=120)
+        counts: dict[str, int] = {}
+        total = 0
+        for line in path.read_text().splitlines() if path.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            leaf = stack.split(";")[-1]
+            if "wait (threading.py" in leaf or "_worker (concurrent" in leaf or "select" in leaf:
+                continue  # idle threads, not cost
+            counts[leaf] = counts.get(leaf, 0) + int(count)
+            total += int(count)
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+        out[name] = {"samples": total, "top": [{"frame": f, "share": round(c / max(total, 1), 3)} for f, c in top],
+                     "collapsed_stacks": str(path)}
+    return out
+
+
 def progress_bar(label: str):
     def show(i: int, n: int) -> None:
         if i == n or i % max(1, n // 50) == 0:
@@ -156,6 +193,9 @@ def print_table(report: dict) -> None:
         if lowest:
             print(f"cluster p50 / in-process p50 at {report['rates'][0]['offered_rate']:.0f}/s: "
                   f"{lowest / inproc['total']['p50']:.2f}x")
+    for stage, prof in report.get("profile", {}).get("stages", {}).items():
+        print(f"profile {stage} ({prof['samples']} samples): " +
+              "; ".join(f"{t['share']:.0%} {t['frame']}" for t in prof["top"]))
     ann = report.get("ann_vs_exact")
     if ann:
         print(f"hnswlib vs exact numpy ({ann['items']} items x {ann['dim']}, k={ann['k']}, ef={ann['ef']}): "
@@ -196,6 +236,8 @@ def run(args) -> int:
         return 2
     users = snapshot.features.array("user_ids").tolist()
     rates = [float(r) for r in args.rates.split(",")]
+    out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_info(), "snapshot_version": snapshot.version,
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "config": {"rates": rates, "duration_s": args.duration, "k": args.k, "deadline_ms": args.deadline_ms,
@@ -205,15 +247,17 @@ def run(args) -> int:
         run_rate(cluster.gateway_addr, users, min(rates[0], 100.0), args.warmup / min(rates[0], 100.0), args.k,
                  args.deadline_ms)
         for rate in rates:
+            profilers = (start_profilers(cluster, args.duration, out.parent)
+                         if args.profile and rate == args.profile_rate else {})
             result = run_rate(cluster.gateway_addr, users, rate, args.duration, args.k, args.deadline_ms,
                               progress=progress_bar(f"{rate:>5.0f}/s"))
             report["rates"].append(result.summary())
+            if profilers:
+                report["profile"] = {"rate": rate, "stages": top_costs(profilers)}
     report["in_process_funnel"] = in_process_funnel(snapshot, users, 100 if args.quick else 500, args.k, 1000, 200)
     report["ann_vs_exact"] = ann_vs_exact(snapshot, users, n_queries=100 if args.quick else 300)
     if not args.quick:
         report["kernels"] = kernel_peers()
-    out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"report: {out}\nplot: {plot(report, out.with_suffix('.png'))}")
@@ -240,6 +284,14 @@ def compare(a_path: str, b_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (RuntimeError, TimeoutError) as exc:  # a server could not start: its log tail is in the message
+        print(f"bench: cannot start the cluster: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "compare":
         if len(argv) != 3:
@@ -254,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--deadline-ms", type=int, default=50)
     parser.add_argument("--out", help="report path (default reports/bench-<time>.json)")
+    parser.add_argument("--profile", action="store_true", help="py-spy every server during --profile-rate")
+    parser.add_argument("--profile-rate", type=float, default=100.0)
     parser.add_argument("--quick", action="store_true", help="smoke check: two short rates, under a minute")
     args = parser.parse_args(argv)
     if args.quick:

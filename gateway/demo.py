@@ -25,6 +25,14 @@ def percentiles(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (RuntimeError, TimeoutError) as exc:  # a server could not start: its log tail is in the message
+        print(f"demo: cannot start the cluster: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", default="snapshots", help="snapshot root")
     parser.add_argument("--requests", type=int, default=300)
