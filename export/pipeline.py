@@ -20,15 +20,19 @@ from export.dataset import Dataset, Interactions
 from export.datasets import load_atomic, load_movielens_100k
 from export.deepfm import export_deepfm_onnx, make_rank_examples, predict, train_deepfm
 from export.evaluate import evaluate_recall
+from export.evaluate_rerank import evaluate_rerank
 from export.history import last_n
 from export.metrics import auc, gauc
+from export.mmoe import TASKS as MMOE_TASKS
+from export.mmoe_export import build_mmoe
+from export.recall_tables import blocklist_ids, popular_segments, swing_table
 from export.split import make_split
 from export.two_tower import export_user_tower_onnx, item_embeddings, train_two_tower, user_embeddings, user_inputs
 from kernels.csr import build_csr
 from kernels.itemcf import itemcf_topm
 
 log = get_logger("export")
-RANK_TASKS = ["like"]
+RANK_TASKS = list(MMOE_TASKS)   # outputs of the served MMoE, in order
 
 
 def load_dataset(config: ExportConfig) -> Dataset:
@@ -129,7 +133,13 @@ def run_export(config: ExportConfig) -> Path:
         # ---- ItemCF (Numba) and popular
         builder.save_npz("i2i_itemcf.npz", **itemcf_table(split.train, ds.n_users, ds.n_items, config.itemcf_top_m))
         builder.save_array("popular.npy", popular_items(split.train, ds.n_items, config.popular_n))
-        t = lap("itemcf_popular", t)
+        builder.save_npz("i2i_swing.npz", **swing_table(split.train, ds.n_users, ds.n_items, config.swing_top_m,
+                                                       config.swing_alpha, config.swing_user_damping,
+                                                       config.swing_max_users))
+        builder.save_npz("popular_segments.npz", **popular_segments(ds, split.train, config.segment_fields,
+                                                                    config.segment_edges, config.segment_popular_n))
+        builder.save_array("blocklist.npy", blocklist_ids(ds, config.blocklist))
+        t = lap("itemcf_swing_popular", t)
 
         # ---- DeepFM ranker
         schema = RankSchema.from_dataset_meta(ds.n_users, ds.n_items, ds.user_cat_names, ds.user_cat_vocab,
@@ -144,6 +154,11 @@ def run_export(config: ExportConfig) -> Path:
             None, {"sparse": sparse, "bag": bag})[0].reshape(-1)
         torch_prob = predict(deepfm, sparse, bag)
         t = lap("deepfm", t)
+
+        # ---- MMoE: teacher, distilled student, ONNX fp32 + int8 (the served ranker)
+        mmoe = build_mmoe(ds, split.train, split.test, schema, config.mmoe, config.mmoe_teacher, config.distill,
+                          builder.path)
+        t = lap("mmoe", t)
 
         # ---- features
         write_feature_store(builder.path / "features.lmdb", {
@@ -161,21 +176,26 @@ def run_export(config: ExportConfig) -> Path:
                        "user_cat_vocab": ds.user_cat_vocab, "item_cat_names": ds.item_cat_names,
                        "item_cat_vocab": ds.item_cat_vocab, "bag_names": ds.item_bag_names,
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
+            "rank_serving_model": mmoe["serving_model"],
             "config": as_dict(config),
         }
         (builder.path / "manifest.json").write_text(json.dumps({**manifest, "format": 1,
                                                                 "version": builder.version}))
         recall_metrics = evaluate_recall(Snapshot.open(builder.path, verify=False), ds, split.test, config.eval_k)
         t = lap("evaluate", t)
+        rerank_metrics = evaluate_rerank(Snapshot.open(builder.path, verify=False), ds, split.test)
+        t = lap("evaluate_rerank", t)
         manifest["metrics"] = {
             "recall": recall_metrics,
+            "rerank": rerank_metrics,
             "hnsw_recall@100_vs_exact": round(ann_recall, 4),
             "rank": {"deepfm": {"like": {"auc": round(auc(label, onnx_prob), 4),
                                          "gauc": round(gauc(label, onnx_prob, sparse[:, 0]), 4),
-                                         "examples": int(label.size), "positives": int(label.sum())}}},
+                                         "examples": int(label.size), "positives": int(label.sum())}},
+                     **mmoe["metrics"], "quantization": mmoe["quantization"]},
             "parity": {"user_tower_max_abs_diff": float(np.abs(onnx_users - torch_users).max()),
-                       "deepfm_max_abs_diff": float(np.abs(onnx_prob - torch_prob).max())},
-            "training": {"two_tower": tt_log, "deepfm": dfm_log},
+                       "deepfm_max_abs_diff": float(np.abs(onnx_prob - torch_prob).max()), **mmoe["parity"]},
+            "training": {"two_tower": tt_log, "deepfm": dfm_log, **mmoe["training"]},
         }
         manifest["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
         final = builder.publish(manifest, make_current=config.make_current)

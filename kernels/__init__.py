@@ -11,6 +11,7 @@ One concept per module, each with a validating public wrapper around an
 * ``merge``      merge_quota
 * ``mmr``        mmr_select
 * ``dpp``        dpp_select
+* ``rules``      business rules in the greedy loop: greedy/mmr/dpp_select_ruled
 * ``bench``      ``python -m kernels.bench`` timing table
 
 Rankings everywhere are by score descending, then id ascending, decided on

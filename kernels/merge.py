@@ -1,9 +1,13 @@
 """Quota-based merge of several recall channels into one deduplicated list.
 
 Channel scores are not comparable across channels (a cosine, a co-occurrence
-count, a popularity...), so each kept candidate gets a rank-normalised score
-``1 - rank / quota_c`` in its channel and an item found by several channels
-keeps its best one. The inputs are flat arrays (one concatenated candidate
+count, a popularity...), so each kept candidate is scored by its rank r in its
+channel, times a channel weight w_c, and an item found by several channels is
+fused in one of two ways:
+
+* ``fusion="max"``: the best of ``w_c * (1 - r / quota_c)`` (rank-normalised);
+* ``fusion="rrf"``: the sum of ``w_c / (rrf_k + r)`` (weighted reciprocal-rank
+  fusion), so items several channels agree on rise above single-channel ones. The inputs are flat arrays (one concatenated candidate
 list plus channel offsets) because that is what njit code handles well.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ._validate import (
     check_finite,
     check_int,
     check_offsets,
+    check_real,
     check_same_length,
     check_sorted_desc_segments,
 )
@@ -26,7 +31,7 @@ MAX_CHANNELS = 32  # one bit per channel in the uint32 mask
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_quota(ids, offsets, quotas, exclude, n):
+def _merge_quota(ids, offsets, quotas, exclude, n, weights, rrf, rrf_k):
     n_channels = quotas.shape[0]
     excluded = np.sort(exclude)  # small; sorted once for binary searches
     total = 0
@@ -49,7 +54,10 @@ def _merge_quota(ids, offsets, quotas, exclude, n):
             if e < excluded.shape[0] and excluded[e] == x:
                 continue  # excluded items do not use up quota
             cand[k] = x
-            cand_score[k] = 1.0 - kept / quota
+            if rrf:
+                cand_score[k] = weights[c] / (rrf_k + kept)
+            else:
+                cand_score[k] = weights[c] * (1.0 - kept / quota)
             cand_channel[k] = c
             k += 1
             kept += 1
@@ -67,10 +75,14 @@ def _merge_quota(ids, offsets, quotas, exclude, n):
     t = 0
     while t < k:
         j = cand[order[t]]
-        best = -np.inf
+        best = 0.0 if rrf else -np.inf
         mask = 0
+        # The stable sort keeps one id's entries in channel order: sums are reproducible.
         while t < k and cand[order[t]] == j:
-            best = max(best, cand_score[order[t]])
+            if rrf:
+                best += cand_score[order[t]]
+            else:
+                best = max(best, cand_score[order[t]])
             mask |= 1 << cand_channel[order[t]]
             t += 1
         uniq_ids[n_uniq] = j
@@ -93,14 +105,19 @@ def merge_quota(
     quotas: np.ndarray,
     exclude: np.ndarray,
     n: int,
+    weights: np.ndarray | None = None,
+    fusion: str = "max",
+    rrf_k: float = 30.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge per-channel candidate lists under per-channel quotas.
 
     Channel c's candidates are ``ids[offsets[c]:offsets[c+1]]``, best first.
     From each channel the first ``quotas[c]`` candidates that are neither
     excluded nor padding (id < 0) are kept; the r-th kept one (0-based) scores
-    ``1 - r / quotas[c]``. Items kept by several channels are merged into one
-    entry with the maximum of those scores and a mask with bit c set for
+    ``weights[c] * (1 - r / quotas[c])`` (fusion "max") or
+    ``weights[c] / (rrf_k + r)`` (fusion "rrf"). Items kept by several
+    channels are merged into one entry with the maximum ("max") or the sum,
+    in channel order ("rrf"), of those scores and a mask with bit c set for
     every channel that kept it. A channel is expected to list an id once; a
     repeat uses up another quota slot and, scoring lower, changes nothing else.
 
@@ -114,6 +131,9 @@ def merge_quota(
         quotas: int32[C] candidates kept per channel (>= 0); C <= 32.
         exclude: int32[E] ids to drop (any order, duplicates fine).
         n: maximum number of results (>= 0).
+        weights: float32[C] channel weights (finite, >= 0); None = all 1.
+        fusion: "max" or "rrf" (see above).
+        rrf_k: rank offset of the "rrf" fusion (> 0).
 
     Returns:
         ``(ids int32[n'], scores float32[n'], channel_mask uint32[n'])``
@@ -142,4 +162,18 @@ def merge_quota(
         raise ValueError("channel must equal c on offsets[c]:offsets[c+1] for every channel c")
     check_finite("scores", scores)
     check_sorted_desc_segments("scores", scores, offsets)
-    return _merge_quota(ids, offsets, quotas, exclude, n)
+    if weights is None:
+        weights = np.ones(n_channels, np.float32)
+    weights = check_array("weights", weights, np.float32)
+    if weights.shape[0] != n_channels:
+        raise ValueError(f"weights must have len(quotas) = {n_channels} elements, got {weights.shape[0]}")
+    check_finite("weights", weights)
+    if n_channels and float(weights.min()) < 0:
+        raise ValueError(f"weights must be >= 0, got {float(weights.min())}")
+    if fusion not in ("max", "rrf"):
+        raise ValueError(f"fusion must be 'max' or 'rrf', got {fusion!r}")
+    rrf_k = check_real("rrf_k", rrf_k, minimum=0.0)
+    if fusion == "rrf" and rrf_k <= 0:
+        raise ValueError(f"rrf_k must be > 0, got {rrf_k}")
+    return _merge_quota(ids, offsets, quotas, exclude, n, weights.astype(np.float64), fusion == "rrf",
+                        float(rrf_k))

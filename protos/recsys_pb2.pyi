@@ -159,27 +159,33 @@ class RerankParams(_message.Message):
     def __init__(self, alpha: _Optional[float] = ..., window: _Optional[int] = ..., epsilon: _Optional[float] = ..., **kwargs) -> None: ...
 
 class RerankRequest(_message.Message):
-    __slots__ = ("item_idx", "scores", "k", "method", "params", "snapshot_version")
+    __slots__ = ("item_idx", "scores", "k", "method", "params", "snapshot_version", "promoted", "exclude_idx")
     ITEM_IDX_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDX_FIELD_NUMBER: _ClassVar[int]
     item_idx: bytes
     scores: bytes
     k: int
     method: Method
     params: RerankParams
     snapshot_version: str
-    def __init__(self, item_idx: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., k: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., params: _Optional[_Union[RerankParams, _Mapping]] = ..., snapshot_version: _Optional[str] = ...) -> None: ...
+    promoted: bytes
+    exclude_idx: bytes
+    def __init__(self, item_idx: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., k: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., params: _Optional[_Union[RerankParams, _Mapping]] = ..., snapshot_version: _Optional[str] = ..., promoted: _Optional[bytes] = ..., exclude_idx: _Optional[bytes] = ...) -> None: ...
 
 class RerankResponse(_message.Message):
-    __slots__ = ("positions", "method", "snapshot_version")
+    __slots__ = ("positions", "method", "snapshot_version", "relaxed_rules")
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELAXED_RULES_FIELD_NUMBER: _ClassVar[int]
     positions: bytes
     method: str
     snapshot_version: str
-    def __init__(self, positions: _Optional[bytes] = ..., method: _Optional[str] = ..., snapshot_version: _Optional[str] = ...) -> None: ...
+    relaxed_rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, positions: _Optional[bytes] = ..., method: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., relaxed_rules: _Optional[_Iterable[str]] = ...) -> None: ...

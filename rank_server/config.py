@@ -12,16 +12,26 @@ class RankConfig:
 
     snapshot: str = "snapshots"
     server: ServerOptions = field(default_factory=ServerOptions)
-    model: str = "models/rank_deepfm.onnx"   # path inside the snapshot
+    # path inside the snapshot; "auto": the manifest's rank_serving_model (the int8 MMoE student when
+    # quantization kept quality, else the fp32 student: export records the choice)
+    model: str = "auto"
     max_candidates: int = 5000
+    # pre-rank (DESIGN §1): when more than prerank_keep candidates arrive, this cheap model (path inside
+    # the snapshot, single output) scores them all and only its top prerank_keep go to the ranker;
+    # "" turns pre-rank off
+    prerank_model: str = "models/rank_deepfm.onnx"
+    prerank_keep: int = 200
     onnx_threads: int = 1
-    # fused = prod_t p_t ** fusion[t]; tasks missing here get exponent 0 (ignored)
-    fusion: dict[str, float] = field(default_factory=lambda: {"like": 1.0})
+    # fused = p_click^a * p_like^b * (1 + rating)^c with rating = the model's rating / 5 in [0, 1]
+    # (rank_server.fusion); tasks missing here get exponent 0 (ignored)
+    fusion: dict[str, float] = field(default_factory=lambda: {"click": 1.0, "like": 1.0, "rating": 0.5})
 
     def validate(self) -> None:
         self.server.validate()
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+        if self.prerank_keep < 1:
+            raise ValueError(f"prerank_keep must be >= 1, got {self.prerank_keep}")
         if self.onnx_threads < 1:
             raise ValueError(f"onnx_threads must be >= 1, got {self.onnx_threads}")
         for task, weight in self.fusion.items():

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
+# Tasks whose score enters the product as (1 + s) ** w instead of s ** w: a regression output
+# (rating / 5, in [0, 1]) that should boost, never veto, an item (DESIGN §1, issue 3).
+PLUS_ONE_TASKS = frozenset({"rating"})
 
-def weighted_product(task_scores: np.ndarray, task_names: list[str], weights: dict[str, float]) -> np.ndarray:
-    """``prod_t p_t ** w_t`` computed as ``exp(sum_t w_t log p_t)``; [n, T] → [n] float32.
 
-    Probabilities are clipped away from 0 so a single zero does not erase the other tasks.
+def weighted_product(task_scores: np.ndarray, task_names: list[str], weights: dict[str, float],
+                     plus_one: frozenset[str] | set[str] = PLUS_ONE_TASKS) -> np.ndarray:
+    """``prod_t f_t ** w_t`` computed as ``exp(sum_t w_t log f_t)``; [n, T] → [n] float32.
+
+    ``f_t`` is the task probability ``p_t``, or ``1 + p_t`` for tasks in ``plus_one``
+    (the rating task, kept in [0, 1] = rating / 5), so with the default weights the
+    fused score is ``p_click^a · p_like^b · (1 + rating)^c``. Tasks missing from
+    ``weights`` get exponent 0. Probabilities are clipped away from 0 so a single
+    zero does not erase the other tasks.
     """
     w = np.array([weights.get(name, 0.0) for name in task_names], dtype=np.float32)
-    logp = np.log(np.clip(task_scores, 1e-7, 1.0))
+    shift = np.array([1.0 if name in plus_one else 0.0 for name in task_names], dtype=np.float32)
+    logp = np.log(np.clip(task_scores, 1e-7, 1.0) + shift)
     return np.exp(logp @ w).astype(np.float32)

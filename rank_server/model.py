@@ -26,6 +26,8 @@ class RankModel:
         self.task_names = list(task_names)
         self._check(schema)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        # Outputs named after the tasks are fetched in task order; otherwise in graph order.
+        self._fetch = list(self.task_names) if set(self.task_names) <= set(self.outputs) else None
 
     def _check(self, schema: RankSchema) -> None:
         """Refuse a model whose inputs do not match the schema, naming both sides."""
@@ -43,6 +45,6 @@ class RankModel:
 
     def predict(self, sparse: np.ndarray, bag: np.ndarray) -> np.ndarray:
         """Task probabilities, float32 [n, T] in ``task_names`` order."""
-        outs = self.session.run(None, {"sparse": sparse, "bag": bag})
+        outs = self.session.run(self._fetch, {"sparse": sparse, "bag": bag})
         scores = np.stack([np.asarray(o, np.float32).reshape(-1) for o in outs], axis=1)
         return scores[:, : len(self.task_names)]

@@ -22,6 +22,7 @@ class RankState:
     items: ItemFeatures
     model: RankModel
     n_user_fields: int
+    prerank: RankModel | None = None
 
 
 @dataclass
@@ -31,14 +32,25 @@ class RankResult:
     task_scores: np.ndarray  # float32 [n, T]
     task_names: list[str]
     dropped_unknown: int
+    prerank_dropped: int = 0  # known candidates cut by pre-rank (not in the reply)
+
+
+def model_file(snapshot: Snapshot, config: RankConfig) -> str:
+    """The model path inside the snapshot: ``config.model``, or for "auto" the export's serving choice."""
+    if config.model != "auto":
+        return config.model
+    return snapshot.manifest.get("rank_serving_model", "models/rank_deepfm.onnx")
 
 
 def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
     """Load item features and the ONNX model of ``snapshot``."""
     schema = RankSchema.from_dict(snapshot.schema["rank"])
-    model = RankModel(snapshot.file(config.model), schema, snapshot.schema["rank_tasks"], config.onnx_threads)
+    model = RankModel(snapshot.file(model_file(snapshot, config)), schema, snapshot.schema["rank_tasks"],
+                      config.onnx_threads)
+    prerank = (RankModel(snapshot.file(config.prerank_model), schema, ["prerank"], config.onnx_threads)
+               if config.prerank_model else None)
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
-                     len(snapshot.schema["user_cat_names"]))
+                     len(snapshot.schema["user_cat_names"]), prerank)
 
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int) -> RankResult:
@@ -51,6 +63,13 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
                           int(item_idx.size))
     user = state.snapshot.features.user(user_id)
     sparse, bag = rank_inputs(state.schema, state.items, user, state.n_user_fields, kept, timestamp)
+    cut = 0
+    if state.prerank is not None and kept.size > config.prerank_keep:
+        pre = state.prerank.predict(sparse, bag)[:, 0]
+        # top prerank_keep by pre-rank score, then back in request order (ties: earlier candidate)
+        top = np.sort(np.lexsort((np.arange(pre.size), -pre))[: config.prerank_keep])
+        cut = int(kept.size - top.size)
+        kept, sparse, bag = kept[top], sparse[top], bag[top]
     scores = state.model.predict(sparse, bag)
     return RankResult(kept, weighted_product(scores, tasks, config.fusion), scores, tasks,
-                      int(item_idx.size - kept.size))
+                      int(item_idx.size - kept.size - cut), cut)

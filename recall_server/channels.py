@@ -64,6 +64,31 @@ def itemcf(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, 
     return i2i_score(query.hist - 1, query.hist_weights, indptr, indices, scores, k, query.exclude)
 
 
+def swing(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item-to-item: the user's recent items' Swing neighbours, weighted by recency."""
+    if query.hist.size == 0 or k <= 0:
+        return np.empty(0, np.int32), np.empty(0, np.float32)
+    indptr, indices, scores = state.swing
+    return i2i_score(query.hist - 1, query.hist_weights, indptr, indices, scores, k, query.exclude)
+
+
+def segment_popular(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cold start: the most popular items among users of the same demographic segment (e.g. age x gender).
+
+    An unknown user (all profile codes 0) falls in the "unknown" segment, usually empty: global popular
+    and ANN on the empty profile cover it.
+    """
+    seg = state.segments
+    if k <= 0:
+        return np.empty(0, np.int32), np.empty(0, np.float32)
+    codes = query.user_cat[seg["fields"]]
+    width = seg["code_bucket"].shape[1]
+    codes = np.where((codes >= 0) & (codes < width), codes, 0)  # an out-of-vocabulary code is unknown
+    key = int((seg["code_bucket"][np.arange(codes.size), codes] * seg["radix"]).sum())
+    ids = seg["indices"][seg["indptr"][key]:seg["indptr"][key + 1]][: k + query.exclude.size]
+    return ids, np.linspace(1.0, 0.0, ids.size, endpoint=False, dtype=np.float32)
+
+
 def popular(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Most popular items in the training period: coverage and the fallback when nothing else fires."""
     ids = state.popular[: k + query.exclude.size]
@@ -72,4 +97,5 @@ def popular(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray,
 
 Channel = Callable[[RecallState, RecallQuery, int], tuple[np.ndarray, np.ndarray]]
 
-CHANNELS: dict[str, Channel] = {"ann": ann, "itemcf": itemcf, "popular": popular}
+CHANNELS: dict[str, Channel] = {"ann": ann, "itemcf": itemcf, "swing": swing, "popular": popular,
+                                 "segment_popular": segment_popular}

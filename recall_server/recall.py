@@ -36,6 +36,8 @@ def build_query(state: RecallState, config: RecallConfig, user_id: str,
         hist = np.empty(0, np.int32)
     hist = hist[-state.history_len:].astype(np.int32)
     exclude = [snapshot.item_dense(exclude_ids)] if exclude_ids else []
+    if state.blocklist.size:
+        exclude.append(state.blocklist)
     if record is not None:
         exclude.append(record.seen)
     excluded = np.unique(np.concatenate(exclude)).astype(np.int32) if exclude else np.empty(0, np.int32)
@@ -66,5 +68,6 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
     merged_ids, merged_scores, masks = merge_quota(
         np.concatenate(ids).astype(np.int32), np.concatenate(scores).astype(np.float32),
         np.concatenate(channel), np.asarray(offsets, np.int64),
-        np.asarray([quota.get(name, 0) for name in names], np.int32), query.exclude, n)
+        np.asarray([quota.get(name, 0) for name in names], np.int32), query.exclude, n,
+        np.asarray([config.weights.get(name, 1.0) for name in names], np.float32), config.fusion, config.rrf_k)
     return RecallResult(merged_ids, merged_scores, masks, names, cold)

@@ -9,6 +9,46 @@ METHODS = ("NONE", "MMR", "DPP", "DPP_WINDOW")
 
 
 @dataclass
+class RulesConfig:
+    """Business rules applied inside the greedy loop of every method (NONE, MMR, DPP, DPP_WINDOW).
+
+    Item attributes (built once at start-up, ``rerank_server.items``): category = the item's first
+    genre (lowest set index of its multi-hot ``item_bag``), type = the category, group = the title.
+    When no candidate passes every rule, rules are relaxed for that position from the least to the
+    most important: scatter < max_run < category_cap < promoted_slots < dedupe (see
+    ``kernels.rules``); the reply lists the relaxed ones. Blocked items are never returned.
+    A window / run / cap of 0 turns that rule off.
+    """
+
+    enabled: bool = True
+    scatter_window: int = 4           # 打散: at most scatter_max items of a category in any window of this size
+    scatter_max: int = 2
+    max_run: int = 2                  # at most this many consecutive items of one type
+    category_cap: int = 0             # at most this many items of one category in the whole list
+    promoted_min_position: int = 2    # 1-based: no promoted item above this position
+    promoted_window: int = 9          # at most promoted_max promoted items in any window of this size
+    promoted_max: int = 1
+    dedupe_by_title: bool = True      # one item per title (ML-100K has 22 titles under several ids)
+    blocked_item_ids: list[str] = field(default_factory=list)  # external ids never returned
+
+    def params(self):
+        """The kernels' int64 rule vector (all rules off when disabled)."""
+        from kernels.rules import rule_params
+
+        if not self.enabled:
+            return rule_params()
+        return rule_params(self.scatter_window, self.scatter_max, self.max_run, self.category_cap,
+                           self.promoted_min_position, self.promoted_window, self.promoted_max,
+                           self.dedupe_by_title)
+
+    def validate(self) -> None:
+        try:
+            self.params()
+        except ValueError as exc:
+            raise ValueError(f"rules.{exc}") from None
+
+
+@dataclass
 class RerankConfig:
     """Everything the rerank server reads at start-up; per-request params override the defaults."""
 
@@ -22,9 +62,11 @@ class RerankConfig:
     epsilon: float = 1e-6        # DPP stops when the marginal gain falls below this
     max_k: int = 200
     max_candidates: int = 5000
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
     def validate(self) -> None:
         self.server.validate()
+        self.rules.validate()
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 <= self.mmr_lambda <= 1.0:

@@ -7,7 +7,9 @@ import numpy as np
 
 from kernels.dpp import dpp_select
 from kernels.mmr import mmr_select
+from kernels.rules import RuleItems, dpp_select_ruled, greedy_select_ruled, mmr_select_ruled, relaxed_names
 from rerank_server.config import RerankConfig
+from rerank_server.items import ItemAttributes
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,54 @@ def normalise_relevance(scores: np.ndarray) -> np.ndarray:
     return ((scores - lo) / (hi - lo)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class RerankResult:
+    positions: np.ndarray     # int32 indices into the request's arrays, final order
+    relaxed_rules: list[str]  # rules broken somewhere in the list to reach k (least important first)
+
+
+def rerank_ruled(item_emb: np.ndarray, item_idx: np.ndarray, scores: np.ndarray, k: int, params: RerankParams,
+                 items: ItemAttributes, rules: np.ndarray, promoted: np.ndarray | None = None,
+                 exclude_idx: np.ndarray | None = None) -> RerankResult:
+    """Rerank with the business rules inside the greedy loop (``kernels.rules``).
+
+    ``items`` holds per-item arrays built once per snapshot; ``rules`` is ``RulesConfig.params()``;
+    ``promoted`` (bool per candidate) feeds the slot rules; candidates whose id is in ``exclude_idx``
+    or in the blocklist are never returned. The list has min(k, valid candidates) items.
+    """
+    n = item_idx.size
+    blocked = items.blocked[item_idx]
+    if exclude_idx is not None and exclude_idx.size:
+        blocked = blocked | np.isin(item_idx, exclude_idx)
+    category = items.category[item_idx]
+    ruled = RuleItems(category, category, items.group[item_idx],
+                      np.zeros(n, np.bool_) if promoted is None else np.asarray(promoted, np.bool_), blocked)
+    if n == 0:
+        return RerankResult(np.empty(0, np.int32), [])
+    k = min(k, n)
+    if params.method == "NONE":
+        positions, mask = greedy_select_ruled(scores, k, ruled, rules)
+    else:
+        relevance = normalise_relevance(scores)
+        emb = np.ascontiguousarray(item_emb[item_idx], dtype=np.float32)
+        if params.method == "MMR":
+            positions, mask = mmr_select_ruled(relevance, emb, k, params.mmr_lambda, params.window, ruled, rules)
+        else:
+            window = params.window if params.method == "DPP_WINDOW" else 0
+            positions, mask = dpp_select_ruled(relevance, emb, k, params.dpp_alpha, params.epsilon, window,
+                                               ruled, rules)
+    return RerankResult(positions, relaxed_names(mask))
+
+
 def rerank(item_emb: np.ndarray, item_idx: np.ndarray, scores: np.ndarray, k: int,
-           params: RerankParams) -> np.ndarray:
-    """Positions (int32 indices into ``item_idx``) of the chosen items in final order, at most k."""
+           params: RerankParams, items: ItemAttributes | None = None, rules: np.ndarray | None = None,
+           promoted: np.ndarray | None = None, exclude_idx: np.ndarray | None = None) -> np.ndarray:
+    """Positions (int32 indices into ``item_idx``) of the chosen items in final order, at most k.
+
+    Without ``items`` and ``rules`` no business rule applies; with them see ``rerank_ruled``.
+    """
+    if items is not None and rules is not None:
+        return rerank_ruled(item_emb, item_idx, scores, k, params, items, rules, promoted, exclude_idx).positions
     if item_idx.size == 0:
         return np.empty(0, np.int32)
     k = min(k, item_idx.size)

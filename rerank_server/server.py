@@ -11,7 +11,10 @@ from common.log import Logger
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rerank_server.config import RerankConfig
-from rerank_server.rerank import ParamError, rerank, resolve_params
+from rerank_server.items import load_item_attributes
+from rerank_server.rerank import ParamError, rerank, rerank_ruled, resolve_params
+
+UINT8 = np.dtype("u1")
 
 
 class RerankServicer(recsys_pb2_grpc.RerankServicer):
@@ -22,7 +25,11 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         self.log = log
         self.snapshot = Snapshot.open(config.snapshot)
         self.item_emb = self.snapshot.load_array("item_emb.npy")
-        log.info("snapshot_loaded", version=self.snapshot.version, n_items=int(self.item_emb.shape[0]))
+        # Rule attributes of every item, built once here so requests only gather them.
+        self.items = load_item_attributes(self.snapshot, config.rules.blocked_item_ids)
+        self.rules = config.rules.params()
+        log.info("snapshot_loaded", version=self.snapshot.version, n_items=int(self.item_emb.shape[0]),
+                 rules=config.rules.enabled)
         self.self_test()
 
     def self_test(self) -> None:
@@ -31,7 +38,8 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         idx = np.arange(n, dtype=np.int32)
         scores = np.linspace(1.0, 0.0, n, dtype=np.float32)
         for method in ("NONE", "MMR", "DPP", "DPP_WINDOW"):
-            positions = rerank(self.item_emb, idx, scores, min(10, n), resolve_params(self.config, method))
+            positions = rerank(self.item_emb, idx, scores, min(10, n), resolve_params(self.config, method),
+                               self.items, self.rules)
             if np.unique(positions).size != positions.size:
                 raise ValueError(f"self-test: {method} returned duplicate positions")
 
@@ -46,6 +54,9 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         try:
             item_idx = wire.decode(request.item_idx, wire.INT32, "item_idx")
             scores = wire.decode(request.scores, wire.FLOAT32, "scores", length=item_idx.size)
+            promoted = (wire.decode(request.promoted, UINT8, "promoted", length=item_idx.size) != 0
+                        if request.promoted else None)
+            exclude_idx = wire.decode(request.exclude_idx, wire.INT32, "exclude_idx")
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if item_idx.size > cfg.max_candidates:
@@ -66,9 +77,10 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
                 p.epsilon if p.HasField("epsilon") else None)
         except ParamError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        positions = rerank(self.item_emb, item_idx, scores, request.k, params)
-        return recsys_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method=params.method,
-                                         snapshot_version=version)
+        result = rerank_ruled(self.item_emb, item_idx, scores, request.k, params, self.items, self.rules,
+                              promoted, exclude_idx)
+        return recsys_pb2.RerankResponse(positions=wire.encode(result.positions, wire.INT32), method=params.method,
+                                         snapshot_version=version, relaxed_rules=result.relaxed_rules)
 
 
 def build(config: RerankConfig, log: Logger):

@@ -152,9 +152,10 @@ def ref_recency_weights(n, decay):
 
 
 # --------------------------------------------------------------- merge
-def ref_merge_quota(ids, scores, channel, offsets, quotas, exclude, n):
-    """Per-channel quota walk with Python dicts for the dedupe."""
+def ref_merge_quota(ids, scores, channel, offsets, quotas, exclude, n, weights=None, fusion="max", rrf_k=30.0):
+    """Per-channel quota walk with Python dicts for the dedupe (max or weighted reciprocal-rank sum)."""
     excluded = set(int(x) for x in exclude)
+    w = np.ones(quotas.shape[0]) if weights is None else np.asarray(weights, np.float32).astype(np.float64)
     best, mask = {}, {}
     for c in range(quotas.shape[0]):
         kept = 0
@@ -164,8 +165,10 @@ def ref_merge_quota(ids, scores, channel, offsets, quotas, exclude, n):
                 break
             if x < 0 or x in excluded:
                 continue
-            s = 1.0 - kept / quotas[c]
-            best[x] = max(best.get(x, -np.inf), s)
+            if fusion == "rrf":
+                best[x] = best.get(x, 0.0) + w[c] / (rrf_k + kept)
+            else:
+                best[x] = max(best.get(x, -np.inf), w[c] * (1.0 - kept / quotas[c]))
             mask[x] = mask.get(x, 0) | (1 << c)
             kept += 1
     out_ids = np.array(sorted(best), dtype=np.int32)
@@ -231,3 +234,106 @@ def ref_dpp(relevance, emb, k, alpha, epsilon=1e-6, window=0):
             break
         selected.append(best)
     return np.array(selected, dtype=np.int32)
+
+
+# --------------------------------------------------------------- rerank rules
+def ref_rule_violations(chosen, i, items, params):
+    """Bitmask of the rules candidate i breaks after ``chosen``, by re-scanning the list (kernels.rules)."""
+    sw, sm, mr, cap, pmin, pw, pm, dedupe = (int(x) for x in params)
+    cat, kind, group, promoted = items.category, items.kind, items.group, items.promoted
+    p, v = len(chosen), 0
+    c = cat[i]
+    if sw > 0 and c >= 0 and sum(cat[j] == c for j in chosen[max(0, p - (sw - 1)):p]) >= sm:
+        v |= 1
+    if mr > 0 and kind[i] >= 0 and p >= mr and all(kind[j] == kind[i] for j in chosen[p - mr:]):
+        v |= 2
+    if cap > 0 and c >= 0 and sum(cat[j] == c for j in chosen) >= cap:
+        v |= 4
+    if promoted[i] and (p < pmin - 1 or (pw > 0 and sum(bool(promoted[j]) for j in chosen[max(0, p - (pw - 1)):p])
+                                          >= pm)):
+        v |= 8
+    if dedupe and group[i] >= 0 and any(group[j] == group[i] for j in chosen):
+        v |= 16
+    return v
+
+
+def ref_ruled_greedy(n, k, items, params, pick):
+    """Generic rule-aware greedy loop: ``pick(chosen, admitted) -> item`` is the method's argmax.
+
+    Each round the rules are dropped least-important-first (bit 0 first) until a candidate passes.
+    Returns (positions, OR of the picked items' violation masks).
+    """
+    chosen: list[int] = []
+    relaxed = 0
+    valid = [i for i in range(n) if not items.blocked[i]]
+    for _ in range(min(k, len(valid))):
+        rest = [i for i in valid if i not in chosen]
+        viol = {i: ref_rule_violations(chosen, i, items, params) for i in rest}
+        for dropped in range(6):  # rules 0..dropped-1 are off this round
+            admitted = [i for i in rest if viol[i] >> dropped == 0]
+            if admitted:
+                break
+        best = pick(chosen, admitted)
+        chosen.append(best)
+        relaxed |= viol[best]
+    return np.array(chosen, dtype=np.int32), relaxed
+
+
+def _argmax_first(values, candidates):
+    """The candidate with the largest value, lowest index on ties."""
+    best = None
+    for i in sorted(candidates):
+        if best is None or values[i] > values[best]:
+            best = i
+    return best
+
+
+def ref_greedy_ruled(scores, k, items, params):
+    """NONE under rules: highest float32 score among the admitted items."""
+    s = scores.astype(np.float32)
+    return ref_ruled_greedy(s.size, k, items, params, lambda chosen, adm: _argmax_first(s, adm))
+
+
+def ref_mmr_ruled(relevance, emb, k, lam, window, items, params):
+    """MMR under rules, the penalty recomputed from a dense cosine matrix each round."""
+    e = unit_rows(emb)
+    cos = e @ e.T
+    rel = relevance.astype(np.float64)
+
+    def pick(chosen, admitted):
+        if not chosen:
+            return _argmax_first(rel, admitted)
+        recent = chosen if window == 0 else chosen[max(0, len(chosen) - window):]
+        return _argmax_first(lam * rel - (1.0 - lam) * cos[:, recent].max(axis=1), admitted)
+
+    return ref_ruled_greedy(rel.size, k, items, params, pick)
+
+
+def ref_dpp_ruled(relevance, emb, k, alpha, epsilon, window, items, params):
+    """DPP under rules by log-determinants; once the best admitted gain < epsilon, fill by relevance."""
+    e = unit_rows(emb)
+    sim = e @ e.T
+    np.fill_diagonal(sim, 1.0)
+    q = np.exp(alpha * relevance.astype(np.float64))
+    big_l = q[:, None] * sim * q[None, :]
+    rel = relevance.astype(np.float32)
+    state = {"fill": False}
+
+    def logdet(idx):
+        if not idx:
+            return 0.0
+        sign, ld = np.linalg.slogdet(big_l[np.ix_(idx, idx)])
+        return ld if sign > 0 else -np.inf
+
+    def pick(chosen, admitted):
+        if not state["fill"]:
+            cond = chosen if window == 0 else chosen[max(0, len(chosen) - (window - 1)):]
+            base = logdet(cond)
+            gains = {i: logdet(cond + [i]) for i in admitted}
+            best = _argmax_first(gains, admitted)
+            if np.exp(gains[best] - base) >= epsilon:
+                return best
+            state["fill"] = True
+        return _argmax_first(rel, admitted)
+
+    return ref_ruled_greedy(rel.size, k, items, params, pick)

@@ -39,6 +39,32 @@ def test_merge_random(seed):
     assert len(set(got[0].tolist())) == got[0].shape[0]
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fusion", ["max", "rrf"])
+def test_merge_weighted_random(seed, fusion):
+    rng = np.random.default_rng(100 + seed)
+    n_channels = int(rng.integers(1, 7))
+    # overlapping lists from a small universe, so many ids are fused from several channels
+    lists = [rng.choice(60, int(rng.integers(0, 50)), replace=False) for _ in range(n_channels)]
+    quotas = rng.integers(0, 40, n_channels).astype(np.int32)
+    weights = rng.choice([0.0, 0.05, 0.25, 1.0, 2.5], n_channels).astype(np.float32)
+    exclude = rng.integers(0, 60, 10).astype(np.int32)
+    ids, scores, channel, offsets = channels(lists)
+    for n in (0, 7, 30, 1000):
+        got = merge_quota(ids, scores, channel, offsets, quotas, exclude, n, weights, fusion, 7.0)
+        assert_same(got, ref_merge_quota(ids, scores, channel, offsets, quotas, exclude, n, weights, fusion, 7.0))
+
+
+def test_merge_rrf_hand_example():
+    ids, scores, channel, offsets = channels([[7, 3, 9], [9, 8]])
+    got = merge_quota(ids, scores, channel, offsets, np.array([3, 2], np.int32), np.array([3], np.int32), 10,
+                      np.array([1.0, 0.5], np.float32), "rrf", 1.0)
+    # ch0 keeps 7 (1/1), 9 (1/2); ch1 keeps 9 (0.5/1), 8 (0.5/2): 9 is found twice and sums to 1.0.
+    np.testing.assert_array_equal(got[0], [7, 9, 8])
+    np.testing.assert_allclose(got[1], [1.0, 1.0, 0.25])
+    np.testing.assert_array_equal(got[2], [1, 3, 2])
+
+
 def test_merge_hand_example():
     ids, scores, channel, offsets = channels([[7, 3, 9, 4], [3, 8, 7], [5]])
     quotas = np.array([2, 4, 1], np.int32)
@@ -85,3 +111,11 @@ def test_merge_validation():
         merge_quota(ids.astype(np.int64), scores, channel, offsets, quotas, e, 5)
     with pytest.raises(ValueError, match="^n"):
         merge_quota(ids, scores, channel, offsets, quotas, e, -3)
+    with pytest.raises(ValueError, match="^weights"):
+        merge_quota(ids, scores, channel, offsets, quotas, e, 5, np.array([1.0], np.float32))
+    with pytest.raises(ValueError, match="^weights"):
+        merge_quota(ids, scores, channel, offsets, quotas, e, 5, np.array([1.0, -1.0], np.float32))
+    with pytest.raises(ValueError, match="^fusion"):
+        merge_quota(ids, scores, channel, offsets, quotas, e, 5, None, "sum")
+    with pytest.raises(ValueError, match="^rrf_k"):
+        merge_quota(ids, scores, channel, offsets, quotas, e, 5, None, "rrf", 0.0)

@@ -1,0 +1,120 @@
+"""Rank model latency, side by side: ``python -m rank_server.bench --snapshot DIR``.
+
+One user against N candidates (default 200) assembled from the snapshot exactly
+as the server does, scored in one call on one thread: torch eager teacher and
+student, ONNX fp32 (teacher and student), ONNX int8 student, and DeepFM; plus the
+pre-rank (DeepFM) on 1,000 candidates.
+
+The snapshot holds ONNX files only, so the torch eager rows time freshly
+initialised models of the exported architecture (the config in the manifest):
+latency does not depend on the weights' values. Timings on a shared machine
+are noisy: read p50, and compare rows of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _percentiles(times: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(times, 50)) * 1e3, 4),
+            "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 4)}
+
+
+def _time(fn, repeats: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    t = np.empty(repeats)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        t[r] = time.perf_counter() - t0
+    return _percentiles(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--snapshot", default="snapshots", help="snapshot root (CURRENT) or version directory")
+    parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from common.rank_features import RankSchema
+    from common.snapshot import Snapshot
+    from export.config import ExportConfig
+    from export.mmoe import MMoE
+    from export.quantize import session
+    from rank_server.features import ItemFeatures, rank_inputs
+
+    torch.set_num_threads(1)
+    snap = Snapshot.open(args.snapshot, verify=False)
+    schema = RankSchema.from_dict(snap.schema["rank"])
+    items = ItemFeatures.load(snap)
+    n = min(args.candidates, items.n_items)
+    item_idx = np.random.default_rng(0).choice(items.n_items, size=n, replace=False).astype(np.int32)
+    user = snap.features.user(str(snap.features.array("user_ids")[0]))
+    sparse, bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), item_idx, 10**9)
+
+    cfg = ExportConfig()
+    for key, value in snap.manifest.get("config", {}).get("mmoe", {}).items():
+        setattr(cfg.mmoe, key, value)
+    for key, value in snap.manifest.get("config", {}).get("mmoe_teacher", {}).items():
+        setattr(cfg.mmoe_teacher, key, value)
+    rows: dict[str, dict] = {}
+    xs, xb = torch.from_numpy(sparse), torch.from_numpy(bag)
+    for name, mcfg in (("torch eager teacher", cfg.mmoe_teacher), ("torch eager student", cfg.mmoe)):
+        model = MMoE(schema, mcfg).eval()
+
+        def run(model=model):
+            with torch.no_grad():
+                model(xs, xb)
+
+        rows[name] = _time(run, args.repeats, 20)
+    feed = {"sparse": sparse, "bag": bag}
+    for name, file in (("onnx fp32 teacher", "models/rank_mmoe_teacher.onnx"),
+                       ("onnx fp32 student", "models/rank_mmoe.onnx"),
+                       ("onnx int8 student", "models/rank_mmoe.int8.onnx"),
+                       ("onnx deepfm", "models/rank_deepfm.onnx")):
+        try:
+            sess = session(snap.file(file), threads=1)
+        except Exception as exc:  # a snapshot without that model
+            rows[name] = {"error": str(exc).splitlines()[0]}
+            continue
+        rows[name] = _time(lambda sess=sess: sess.run(None, feed), args.repeats, 20)
+    # pre-rank: DeepFM over 1,000 candidates (it keeps the top 200 for the MMoE)
+    n_pre = min(1000, items.n_items)
+    pre_idx = np.random.default_rng(1).choice(items.n_items, size=n_pre, replace=False).astype(np.int32)
+    pre_sparse, pre_bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), pre_idx, 10**9)
+    try:
+        pre = session(snap.file("models/rank_deepfm.onnx"), threads=1)
+        rows[f"prerank deepfm x{n_pre}"] = _time(
+            lambda: pre.run(None, {"sparse": pre_sparse, "bag": pre_bag}), args.repeats, 20)
+    except Exception as exc:
+        rows[f"prerank deepfm x{n_pre}"] = {"error": str(exc).splitlines()[0]}
+    quant = snap.manifest.get("metrics", {}).get("rank", {}).get("quantization", {}).get("choice")
+    result = {"candidates": n, "threads": 1, "serving_model": snap.manifest.get("rank_serving_model"),
+              "quantization": quant, "latency": rows}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"rank models, {n} candidates in one call, 1 thread (serving: {result['serving_model']}, "
+          f"int8 choice: {quant})")
+    print(f"{'model':<22}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<22}  {r['error'][:60]}")
+        else:
+            print(f"{name:<22}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""recall_server.recall.recall against the session snapshot: channels, merge, filters, bad snapshots."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from common.snapshot import Snapshot, SnapshotError
+from recall_server.channels import CHANNELS
+from recall_server.config import RecallConfig
+from recall_server.recall import build_query, recall
+from recall_server.state import load_state
+
+UNKNOWN = "\x00no-such-user"
+
+
+@pytest.fixture(scope="module")
+def config(snapshot) -> RecallConfig:
+    return RecallConfig(snapshot=str(snapshot.path))
+
+
+@pytest.fixture(scope="module")
+def state(snapshot, config):
+    return load_state(snapshot, config)
+
+
+@pytest.fixture(scope="module")
+def users(snapshot) -> list[str]:
+    return [str(u) for u in snapshot.features.array("user_ids")[:25]]
+
+
+def bit(result, name: str) -> int:
+    return 1 << result.channel_names.index(name)
+
+
+def test_default_channels_and_quotas(config):
+    assert config.channels[:4] == ["ann", "itemcf", "swing", "popular"]
+    assert "segment_popular" in config.channels
+    config.validate()
+
+
+def test_no_seen_no_duplicates_exclude_respected(snapshot, state, config, users):
+    item_ids = snapshot.item_ids
+    for user_id in users:
+        record = snapshot.features.user(user_id)
+        first = recall(state, config, user_id, 300)
+        assert first.ids.size == 300 and not first.cold_start
+        assert np.unique(first.ids).size == first.ids.size
+        assert not np.isin(first.ids, record.seen).any()
+        assert np.all(np.diff(first.scores) <= 0)
+        exclude = [str(item_ids[i]) for i in first.ids[:10]]
+        again = recall(state, config, user_id, 300, exclude_ids=exclude)
+        assert not np.isin(again.ids, first.ids[:10]).any()
+        assert not np.isin(again.ids, record.seen).any()
+
+
+def test_blocklist_filtered_like_seen(state, config, users):
+    first = recall(state, config, users[0], 100)
+    blocked = dataclasses.replace(state, blocklist=np.sort(first.ids[:5]).astype(np.int32))
+    again = recall(blocked, config, users[0], 100)
+    assert again.ids.size == 100 and not np.isin(again.ids, first.ids[:5]).any()
+    cold = recall(blocked, config, UNKNOWN, 100)
+    assert not np.isin(cold.ids, first.ids[:5]).any()
+
+
+def test_unknown_user_is_cold_start_with_candidates(state, config):
+    result = recall(state, config, UNKNOWN, 200)
+    assert result.cold_start and result.ids.size == 200
+    assert np.unique(result.ids).size == result.ids.size
+    i2i = bit(result, "itemcf") | bit(result, "swing")
+    assert not np.any(result.channel_masks & i2i)  # no history, no item-to-item
+    assert np.any(result.channel_masks & bit(result, "ann"))
+    assert np.any(result.channel_masks & bit(result, "popular"))
+
+
+def test_empty_history_override_is_ann_on_profile_only(state, config, users):
+    result = recall(state, config, users[0], 200, history_override=[])
+    assert not result.cold_start and result.ids.size == 200
+    assert not np.any(result.channel_masks & (bit(result, "itemcf") | bit(result, "swing")))
+    query, _ = build_query(state, config, users[0], [], [])
+    assert query.hist.size == 0
+    assert CHANNELS["swing"](state, query, 50)[0].size == 0
+
+
+def test_quota_override_respected(state, config, users):
+    only_ann = {name: 0 for name in config.channels} | {"ann": 7}
+    result = recall(state, config, users[1], 100, quotas=only_ann)
+    assert result.ids.size == 7
+    assert np.all(result.channel_masks == bit(result, "ann"))
+    mixed = {name: 0 for name in config.channels} | {"itemcf": 5, "swing": 5}
+    result = recall(state, config, users[1], 100, quotas=mixed)
+    assert 5 <= result.ids.size <= 10
+    allowed = bit(result, "itemcf") | bit(result, "swing")
+    assert np.all((result.channel_masks & ~np.uint32(allowed)) == 0)
+
+
+def test_channel_masks_match_each_channels_top_quota(state, config, users):
+    for user_id in users[:10]:
+        result = recall(state, config, user_id, 5000)
+        query, _ = build_query(state, config, user_id, None, [])
+        for c, name in enumerate(result.channel_names):
+            ids, _ = CHANNELS[name](state, query, config.quotas[name])
+            kept = ids[~np.isin(ids, query.exclude)][: config.quotas[name]]
+            tagged = result.ids[(result.channel_masks >> np.uint32(c)) & np.uint32(1) == 1]
+            np.testing.assert_array_equal(np.sort(tagged), np.sort(kept))
+
+
+def test_swing_and_segment_channels_fire_for_known_users(state, config, users):
+    for user_id in users:
+        query, cold = build_query(state, config, user_id, None, [])
+        assert not cold and query.hist.size > 0
+        ids, scores = CHANNELS["swing"](state, query, 50)
+        assert ids.size > 0 and np.all(np.diff(scores) <= 0)
+        assert not np.isin(ids, query.exclude).any()
+        seg, _ = CHANNELS["segment_popular"](state, query, 50)
+        assert seg.size > 0
+    result = recall(state, config, users[0], 1000)
+    assert np.any(result.channel_masks & bit(result, "swing"))
+
+
+def test_manifest_reports_every_channel_and_merged(snapshot, config):
+    metrics = snapshot.manifest["metrics"]["recall"]
+    for name in [*config.channels, "merged"]:
+        assert {"recall@50", "recall@200", "recall@1000", "hit_rate@50"} <= set(metrics[name])
+
+
+@pytest.fixture
+def snapshot_copy(snapshot, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(snapshot.path, path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["items.hnsw", "i2i_swing.npz"])
+def test_server_refuses_corrupted_file_naming_it(snapshot_copy, name, capsys):
+    from recall_server.server import main
+
+    data = bytearray((snapshot_copy / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (snapshot_copy / name).write_bytes(bytes(data))
+    assert main(["--snapshot", str(snapshot_copy), "--port", "0"]) == 2
+    assert name in capsys.readouterr().err
+
+
+def test_server_refuses_missing_table(snapshot_copy, capsys):
+    from recall_server.server import main
+
+    (snapshot_copy / "i2i_swing.npz").unlink()
+    assert main(["--snapshot", str(snapshot_copy), "--port", "0"]) == 2
+    assert "i2i_swing.npz" in capsys.readouterr().err
+
+
+def test_structurally_invalid_tables_are_refused(snapshot_copy, config):
+    """Even with matching hashes (a bad export), out-of-range neighbour ids never get served."""
+    original = (snapshot_copy / "i2i_swing.npz").read_bytes()
+    swing = dict(np.load(snapshot_copy / "i2i_swing.npz"))
+    swing["indices"] = swing["indices"].copy()
+    swing["indices"][0] = 10**6
+    np.savez(snapshot_copy / "i2i_swing.npz", **swing)
+    with pytest.raises(SnapshotError, match="i2i_swing.npz"):
+        load_state(Snapshot.open(snapshot_copy, verify=False), config)
+    (snapshot_copy / "i2i_swing.npz").write_bytes(original)
+    np.save(snapshot_copy / "blocklist.npy", np.array([-1], np.int32))
+    with pytest.raises(SnapshotError, match="blocklist.npy"):
+        load_state(Snapshot.open(snapshot_copy, verify=False), config)
