@@ -48,6 +48,7 @@ class FunnelResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    relaxed_rules: list[str] = field(default_factory=list)
 
 
 class StageFailed(Exception):
@@ -147,6 +148,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
 
     # ---- rerank
     t0 = time.perf_counter()
+    relaxed: list[str] = []
     try:
         if cand.size == 0:
             raise StageFailed("nothing to rerank")
@@ -159,6 +161,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
                 positions.max() >= cand.size)) or np.unique(positions).size != positions.size):
             raise StageFailed("rerank returned invalid positions")
+        relaxed = list(reply.relaxed_rules)
     except (StageFailed, wire.WireError) as exc:
         if cand.size:
             degraded.append("rerank")
@@ -169,4 +172,4 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     if log is not None and errors:
         log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
     return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
-                        channel_names, masks[positions], timings, degraded, errors)
+                        channel_names, masks[positions], timings, degraded, errors, relaxed)

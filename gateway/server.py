@@ -81,6 +81,7 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             snapshot_version=self.snapshot.version,
             request_id=request_id,
             titles=self.titles[result.item_idx].tolist() if request.debug else [],
+            relaxed_rules=result.relaxed_rules,
         )
 
 

@@ -55,7 +55,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("item_ids", "scores", "task_names", "task_scores", "channel_names", "channel_masks", "stage_timings", "degraded", "snapshot_version", "request_id", "titles")
+    __slots__ = ("item_ids", "scores", "task_names", "task_scores", "channel_names", "channel_masks", "stage_timings", "degraded", "snapshot_version", "request_id", "titles", "relaxed_rules")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class RecommendResponse(_message.Message):
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TITLES_FIELD_NUMBER: _ClassVar[int]
+    RELAXED_RULES_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -78,7 +79,8 @@ class RecommendResponse(_message.Message):
     snapshot_version: str
     request_id: str
     titles: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[float]] = ..., channel_names: _Optional[_Iterable[str]] = ..., channel_masks: _Optional[_Iterable[int]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., titles: _Optional[_Iterable[str]] = ...) -> None: ...
+    relaxed_rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[float]] = ..., channel_names: _Optional[_Iterable[str]] = ..., channel_masks: _Optional[_Iterable[int]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., titles: _Optional[_Iterable[str]] = ..., relaxed_rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
     __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids")
