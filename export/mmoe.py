@@ -46,7 +46,7 @@ class MMoEConfig:
     expert_hidden: int = 64
     tower_hidden: int = 32
     dropout: float = 0.1
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 2048
     lr: float = 3e-3
     weight_decay: float = 0.0
@@ -69,7 +69,7 @@ class MMoETeacherConfig(MMoEConfig):
     n_experts: int = 8
     expert_hidden: int = 128
     tower_hidden: int = 64
-    epochs: int = 3
+    epochs: int = 2
     lr: float = 2e-3
 
 
