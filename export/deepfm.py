@@ -19,6 +19,7 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
+from export.fit import fit
 
 
 @dataclass
@@ -191,18 +192,8 @@ def train_deepfm(
     n = y.shape[0]
     log: dict = {"epoch_loss": [], "n_examples": n, "positive_rate": float(label.mean()) if n else 0.0}
     model.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        total, steps = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
-            loss = F.binary_cross_entropy_with_logits(model.logits(x[idx], b[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            steps += 1
-        log["epoch_loss"].append(total / max(steps, 1))
+    log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen,
+                            lambda idx: F.binary_cross_entropy_with_logits(model.logits(x[idx], b[idx]), y[idx]))
     model.eval()
     log["seconds"] = time.perf_counter() - t0
     return model, log

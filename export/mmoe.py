@@ -32,6 +32,7 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
+from export.fit import fit
 from export.deepfm import _sample_unseen
 
 TASKS = ["click", "like", "rating"]
@@ -239,19 +240,9 @@ def train_mmoe(
     if teacher is not None:
         log["distill"] = {"temperature": distill.temperature, "weight": distill.weight}
     model.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        total, steps = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
-            loss = mmoe_loss(model.logits(x[idx], b[idx]), {k: v[idx] for k, v in y.items()},
-                             t_logits[idx] if t_logits is not None else None, distill)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            steps += 1
-        log["epoch_loss"].append(total / max(steps, 1))
+    log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, lambda idx: mmoe_loss(
+        model.logits(x[idx], b[idx]), {k: v[idx] for k, v in y.items()},
+        t_logits[idx] if t_logits is not None else None, distill))
     model.eval()
     log["seconds"] = round(time.perf_counter() - t0, 3)
     return model, log

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.dataset import Dataset, Interactions
+from export.fit import fit
 from export.history import history_before
 
 
@@ -177,30 +178,23 @@ def train_two_tower(
     log: dict = {"epoch_loss": [], "n_examples": n}
     user_tower.train()
     item_tower.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        total, steps = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
-            if idx.numel() < 2:
-                continue  # a softmax over one item has nothing to learn
-            u, i = users[idx], items[idx]
-            u_vec = user_tower(_drop_ids(u + 1, cfg.id_dropout, gen), user_cat[u], hist[idx])
-            i_vec = item_tower(_drop_ids(i + 1, cfg.id_dropout, gen), item_cat[i], item_bag[i])
-            logits = u_vec @ i_vec.T / cfg.temperature
-            if cfg.logq_correction:
-                logits = logits - log_q[i].unsqueeze(0)
-            # Another row with the same positive item is not a negative.
-            dup = i.unsqueeze(0) == i.unsqueeze(1)
-            dup.fill_diagonal_(False)
-            logits = logits.masked_fill(dup, float("-inf"))
-            loss = F.cross_entropy(logits, torch.arange(idx.numel()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            steps += 1
-        log["epoch_loss"].append(total / max(steps, 1))
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
+        if idx.numel() < 2:
+            return None  # a softmax over one item has nothing to learn
+        u, i = users[idx], items[idx]
+        u_vec = user_tower(_drop_ids(u + 1, cfg.id_dropout, gen), user_cat[u], hist[idx])
+        i_vec = item_tower(_drop_ids(i + 1, cfg.id_dropout, gen), item_cat[i], item_bag[i])
+        logits = u_vec @ i_vec.T / cfg.temperature
+        if cfg.logq_correction:
+            logits = logits - log_q[i].unsqueeze(0)
+        # Another row with the same positive item is not a negative.
+        dup = i.unsqueeze(0) == i.unsqueeze(1)
+        dup.fill_diagonal_(False)
+        logits = logits.masked_fill(dup, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(idx.numel()))
+
+    log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, batch_loss)
     user_tower.eval()
     item_tower.eval()
     log["seconds"] = time.perf_counter() - t0

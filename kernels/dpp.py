@@ -68,6 +68,30 @@ def _add_pivot(pivot, col, q, pivot_sims, chol, d2, skip, dot):
 
 
 @numba.njit(cache=True, nogil=True)
+def condition_on(unit_t, best, n_picked, width, out, q, sims, chol, d2, picked, no_skip, dot):
+    """Condition the remaining gains ``d2`` on the pick ``best`` (the ``n_picked``-th).
+
+    While the conditioning window holds every pick so far, this is one incremental Cholesky step.
+    Once it is full, d2 is rebuilt from scratch over the last ``width`` picks; picked items are
+    updated too, because each window member acts as a pivot after its predecessors.
+    """
+    cosines_to(unit_t, best, sims[n_picked - 1])
+    if n_picked <= width:
+        _add_pivot(best, n_picked - 1, q, sims[n_picked - 1], chol, d2, picked, dot)
+        return
+    for i in range(d2.shape[0]):
+        d2[i] = q[i] * q[i]
+    first = n_picked - width
+    for col in range(width):
+        pivot = out[first + col]
+        if d2[pivot] <= 0.0:
+            # Cannot happen in exact arithmetic (each window member was picked with d2 >= epsilon
+            # given a superset of its predecessors); guard against rounding.
+            continue
+        _add_pivot(pivot, col, q, sims[first + col], chol, d2, no_skip, dot)
+
+
+@numba.njit(cache=True, nogil=True)
 def _dpp_select(relevance, emb, k, alpha, epsilon, window):
     n = emb.shape[0]
     k = min(k, n)
@@ -103,25 +127,7 @@ def _dpp_select(relevance, emb, k, alpha, epsilon, window):
         n_picked += 1
         if n_picked == k:
             break
-        cosines_to(unit_t, best, sims[n_picked - 1])
-        if n_picked <= width:
-            # Conditioning set = every pick so far: one incremental step.
-            _add_pivot(best, n_picked - 1, q, sims[n_picked - 1], chol, d2, picked, dot)
-        else:
-            # Window full: rebuild d2 from scratch over the last w - 1 picks.
-            # Picked items are updated too, because each window member acts
-            # as a pivot after its predecessors in the window.
-            for i in range(n):
-                d2[i] = q[i] * q[i]
-            first = n_picked - width
-            for col in range(width):
-                pivot = out[first + col]
-                if d2[pivot] <= 0.0:
-                    # Cannot happen in exact arithmetic (each window member
-                    # was picked with d2 >= epsilon given a superset of its
-                    # predecessors); guard against rounding.
-                    continue
-                _add_pivot(pivot, col, q, sims[first + col], chol, d2, no_skip, dot)
+        condition_on(unit_t, best, n_picked, width, out, q, sims, chol, d2, picked, no_skip, dot)
     return out[:n_picked].copy()
 
 

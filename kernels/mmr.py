@@ -18,6 +18,30 @@ from ._validate import check_real
 
 
 @numba.njit(cache=True, nogil=True)
+def update_max_sim(unit_t, best, step, window, sims, max_sim):
+    """After picking ``best`` at ``step``: refresh each item's max cosine to the selected set.
+
+    window == 0 keeps a running max (row 0 of ``sims`` is scratch); window > 0 stores the cosines of
+    every pick in row ``step`` and recomputes the max over the last ``window`` picks.
+    """
+    n = max_sim.shape[0]
+    row = step if window > 0 else 0
+    cosines_to(unit_t, best, sims[row])
+    if window == 0:
+        for i in range(n):
+            if sims[0, i] > max_sim[i]:
+                max_sim[i] = sims[0, i]
+    else:
+        first = max(0, step - window + 1)
+        for i in range(n):
+            max_sim[i] = sims[first, i]
+        for r in range(first + 1, step + 1):
+            for i in range(n):
+                if sims[r, i] > max_sim[i]:
+                    max_sim[i] = sims[r, i]
+
+
+@numba.njit(cache=True, nogil=True)
 def _mmr_select(relevance, emb, k, lam, window):
     n = emb.shape[0]
     k = min(k, n)
@@ -53,20 +77,7 @@ def _mmr_select(relevance, emb, k, lam, window):
         picked[best] = True
         if step == k - 1:
             break
-        row = step if window > 0 else 0
-        cosines_to(unit_t, best, sims[row])
-        if window == 0:
-            for i in range(n):
-                if sims[0, i] > max_sim[i]:
-                    max_sim[i] = sims[0, i]
-        else:
-            first = max(0, step - window + 1)
-            for i in range(n):
-                max_sim[i] = sims[first, i]
-            for r in range(first + 1, step + 1):
-                for i in range(n):
-                    if sims[r, i] > max_sim[i]:
-                        max_sim[i] = sims[r, i]
+        update_max_sim(unit_t, best, step, window, sims, max_sim)
     return out
 
 

@@ -44,9 +44,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from ._rerank_inputs import cosines_to, unit_columns, validate_rerank_inputs
+from ._rerank_inputs import unit_columns, validate_rerank_inputs
 from ._validate import check_real
-from .dpp import _add_pivot
+from .dpp import condition_on
+from .mmr import update_max_sim
 
 SCATTER, MAX_RUN, CATEGORY_CAP, PROMOTED_SLOTS, DEDUPE = range(5)
 RULE_NAMES = ("scatter", "max_run", "category_cap", "promoted_slots", "dedupe")
@@ -210,6 +211,15 @@ def admit_limit(viol, picked):
 
 # ----------------------------------------------------------------- ruled selectors
 @numba.njit(cache=True, nogil=True)
+def record_pick(state, params, cat, kind, group, promoted, out, picked, viol, best, step):
+    """Place ``best`` at ``step``, update the rule state; return the rules it broke (bitmask)."""
+    out[step] = best
+    picked[best] = True
+    rule_push(state, params, cat, kind, group, promoted, out, step)
+    return viol[best]
+
+
+@numba.njit(cache=True, nogil=True)
 def _greedy_select_ruled(scores, k, cat, kind, group, promoted, blocked, params):
     n = scores.shape[0]
     picked = blocked.copy()
@@ -225,10 +235,7 @@ def _greedy_select_ruled(scores, k, cat, kind, group, promoted, blocked, params)
         for i in range(n):
             if not picked[i] and viol[i] < limit and (best < 0 or scores[i] > scores[best]):
                 best = i
-        out[step] = best
-        picked[best] = True
-        relaxed |= viol[best]
-        rule_push(state, params, cat, kind, group, promoted, out, step)
+        relaxed |= record_pick(state, params, cat, kind, group, promoted, out, picked, viol, best, step)
     return out, relaxed
 
 
@@ -258,26 +265,10 @@ def _mmr_select_ruled(relevance, emb, k, lam, window, cat, kind, group, promoted
             if best < 0 or val > best_val:  # strict: ties keep the lowest index
                 best = i
                 best_val = val
-        out[step] = best
-        picked[best] = True
-        relaxed |= viol[best]
-        rule_push(state, params, cat, kind, group, promoted, out, step)
+        relaxed |= record_pick(state, params, cat, kind, group, promoted, out, picked, viol, best, step)
         if step == k - 1:
             break
-        row = step if window > 0 else 0
-        cosines_to(unit_t, best, sims[row])
-        if window == 0:
-            for i in range(n):
-                if sims[0, i] > max_sim[i]:
-                    max_sim[i] = sims[0, i]
-        else:
-            first = max(0, step - window + 1)
-            for i in range(n):
-                max_sim[i] = sims[first, i]
-            for r in range(first + 1, step + 1):
-                for i in range(n):
-                    if sims[r, i] > max_sim[i]:
-                        max_sim[i] = sims[r, i]
+        update_max_sim(unit_t, best, step, window, sims, max_sim)
     return out, relaxed
 
 
@@ -318,25 +309,11 @@ def _dpp_select_ruled(relevance, emb, k, alpha, epsilon, window, cat, kind, grou
             for i in range(n):
                 if not picked[i] and viol[i] < limit and (best < 0 or relevance[i] > relevance[best]):
                     best = i
-        out[step] = best
-        picked[best] = True
-        relaxed |= viol[best]
-        rule_push(state, params, cat, kind, group, promoted, out, step)
+        relaxed |= record_pick(state, params, cat, kind, group, promoted, out, picked, viol, best, step)
         n_picked = step + 1
         if fill or n_picked == k:
             continue
-        cosines_to(unit_t, best, sims[step])
-        if n_picked <= width:
-            _add_pivot(best, step, q, sims[step], chol, d2, picked, dot)
-        else:
-            for i in range(n):
-                d2[i] = q[i] * q[i]
-            first = n_picked - width
-            for col in range(width):
-                pivot = out[first + col]
-                if d2[pivot] <= 0.0:
-                    continue
-                _add_pivot(pivot, col, q, sims[first + col], chol, d2, no_skip, dot)
+        condition_on(unit_t, best, n_picked, width, out, q, sims, chol, d2, picked, no_skip, dot)
     return out, relaxed
 
 
