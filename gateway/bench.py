@@ -142,22 +142,40 @@ def start_profilers(cluster: Cluster, duration_s: float, out_dir: Path) -> dict:
     return procs
 
 
+_IDLE = ("_serve (grpc/_server.py", "_blocking (grpc/_channel.py", "wait (threading.py", "_worker (concurrent",
+         "select (", "poll (")  # a thread parked in one of these is waiting, not working
+_OURS = ("common/", "kernels/", "recall_server/", "rank_server/", "rerank_server/", "gateway/", "export/")
+
+
 def top_costs(profilers: dict, n: int = 3) -> dict:
-    """Wait for the profilers; the ``n`` functions with the most self samples per stage, with their share."""
+    """Wait for the profilers; per stage, the ``n`` costliest places while busy.
+
+    Idle samples (threads waiting in gRPC's completion queue or on a stage reply) are dropped. Each
+    busy sample is charged to the deepest frame of this project's code and the library call under
+    it, e.g. ``rank (rank_server/rank.py:65) > Session.run``: that names what to change.
+    """
     out = {}
     for name, (proc, path) in profilers.items():
         proc.wait(timeout=120)
         counts: dict[str, int] = {}
-        total = 0
+        busy = idle = 0
         for line in path.read_text().splitlines() if path.exists() else []:
             stack, _, count = line.rpartition(" ")
-            leaf = stack.split(";")[-1]
-            if "wait (threading.py" in leaf or "_worker (concurrent" in leaf or "select" in leaf:
-                continue  # idle threads, not cost
-            counts[leaf] = counts.get(leaf, 0) + int(count)
-            total += int(count)
+            frames = stack.split(";")
+            if any(marker in frames[-1] for marker in _IDLE):
+                idle += int(count)
+                continue
+            busy += int(count)
+            ours = [i for i, f in enumerate(frames) if any(f"({p}" in f for p in _OURS)]
+            if ours:
+                i = ours[-1]
+                key = frames[i] + (f" > {frames[-1].split(' (')[0]}" if i < len(frames) - 1 else "")
+            else:
+                key = "grpc/runtime: " + frames[-1]
+            counts[key] = counts.get(key, 0) + int(count)
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-        out[name] = {"samples": total, "top": [{"frame": f, "share": round(c / max(total, 1), 3)} for f, c in top],
+        out[name] = {"busy_samples": busy, "idle_samples": idle,
+                     "top": [{"where": k, "share_of_busy": round(c / max(busy, 1), 3)} for k, c in top],
                      "collapsed_stacks": str(path)}
     return out
 
@@ -194,8 +212,8 @@ def print_table(report: dict) -> None:
             print(f"cluster p50 / in-process p50 at {report['rates'][0]['offered_rate']:.0f}/s: "
                   f"{lowest / inproc['total']['p50']:.2f}x")
     for stage, prof in report.get("profile", {}).get("stages", {}).items():
-        print(f"profile {stage} ({prof['samples']} samples): " +
-              "; ".join(f"{t['share']:.0%} {t['frame']}" for t in prof["top"]))
+        print(f"profile {stage} ({prof['busy_samples']} busy samples): " +
+              "; ".join(f"{t['share_of_busy']:.0%} {t['where']}" for t in prof["top"]))
     ann = report.get("ann_vs_exact")
     if ann:
         print(f"hnswlib vs exact numpy ({ann['items']} items x {ann['dim']}, k={ann['k']}, ef={ann['ef']}): "

@@ -130,10 +130,11 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         ts = wire.decode(reply.task_scores, wire.FLOAT32, "rank.task_scores", ranked.size * len(names))
         if not np.isfinite(fused).all():
             raise StageFailed("rank returned NaN or inf scores")
-        keep = np.isin(cand, ranked)  # rank keeps request order and drops only unknown ids
-        if not np.array_equal(cand[keep], ranked):
-            raise StageFailed("rank reply does not match the candidates it was given")
-        masks = masks[keep]
+        if not np.array_equal(cand, ranked):  # usual case: nothing dropped, no set lookup needed
+            keep = np.isin(cand, ranked)  # rank keeps request order and drops only unknown ids
+            if not np.array_equal(cand[keep], ranked):
+                raise StageFailed("rank reply does not match the candidates it was given")
+            masks = masks[keep]
         top = np.lexsort((np.arange(fused.size), -fused))[: config.rank_n]
         cand, masks = ranked[top], masks[top]
         cand_scores = fused[top]
