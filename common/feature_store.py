@@ -14,6 +14,8 @@ to a live snapshot), keep the item arrays in memory, and read one user record pe
 from __future__ import annotations
 
 import io
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,13 +87,43 @@ def write_feature_store(path: Path, arrays: dict[str, np.ndarray], users: dict[s
         lock.unlink()
 
 
+# LMDB refuses to open one environment twice in a process, yet several Snapshot objects (a reload of
+# the same version, an evaluation beside a server, tests) may look at the same directory: they share
+# one handle, closed when the last user closes it.
+_open_envs: dict[str, list] = {}   # realpath -> [env, users]
+_envs_lock = threading.Lock()
+
+
+def _acquire_env(path: Path) -> lmdb.Environment:
+    key = os.path.realpath(path)
+    with _envs_lock:
+        entry = _open_envs.get(key)
+        if entry is None:
+            env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=False, max_readers=1024)
+            entry = _open_envs[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_env(path: Path) -> None:
+    key = os.path.realpath(path)
+    with _envs_lock:
+        entry = _open_envs.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _open_envs[key]
+
+
 class FeatureStore:
     """Read-only view of ``features.lmdb``."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, readahead=False,
-                             max_readers=1024)
+        self.env = _acquire_env(self.path)
+        self._closed = False
 
     def array(self, name: str) -> np.ndarray:
         """A whole stored array; ``KeyError`` naming it when absent."""
@@ -108,4 +140,7 @@ class FeatureStore:
         return None if data is None else unpack_user(data)
 
     def close(self) -> None:
-        self.env.close()
+        """Release this view; the environment closes when no other view of it is open."""
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path)

@@ -2,10 +2,16 @@
 
 ``log = get_logger("recall")`` then ``log.info("snapshot_loaded", version=v, ms=12.3)``. The event name
 is a short snake_case verb phrase; fields carry the facts. Messages for people go in ``msg``.
+
+The request id of the call being served (``x-request-id`` gRPC metadata, set by the server interceptor
+in ``common.metrics``) is added to every line logged while serving it. ``RECSYS_LOG_LEVEL`` (debug,
+info, warning, error) sets the threshold of loggers made by ``get_logger``.
 """
 from __future__ import annotations
 
+import contextvars
 import json
+import os
 import sys
 import threading
 import time
@@ -13,6 +19,7 @@ from typing import Any, TextIO
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _lock = threading.Lock()
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class Logger:
@@ -28,6 +35,9 @@ class Logger:
         if _LEVELS[level] < self.level:
             return
         record = {"ts": round(time.time(), 6), "level": level, "component": self.component, "event": event}
+        request_id = request_id_var.get()
+        if request_id:
+            record["request_id"] = request_id
         record.update(fields)
         line = json.dumps(record, default=str, separators=(",", ":"))
         with _lock:
@@ -48,6 +58,9 @@ class Logger:
         self.log("error", event, **fields)
 
 
-def get_logger(component: str, level: str = "info") -> Logger:
-    """A logger whose lines carry ``component``."""
+def get_logger(component: str, level: str | None = None) -> Logger:
+    """A logger whose lines carry ``component``; ``level`` defaults to ``$RECSYS_LOG_LEVEL`` or info."""
+    level = level or os.environ.get("RECSYS_LOG_LEVEL", "info").lower()
+    if level not in _LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(_LEVELS)}, got {level!r}")
     return Logger(component, level=level)

@@ -20,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.log import Logger
+from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
+from common.tls import add_port, check_pair
 
 
 @dataclass
@@ -31,10 +33,19 @@ class ServerOptions:
     threads: int = 8                 # gRPC handler threads
     max_message_mb: int = 16
     grace_s: float = 2.0             # drain time on shutdown
+    metrics_port: int = -1           # Prometheus /metrics over HTTP: -1 off, 0 the OS picks (<port_file>.metrics)
+    tls_cert: str = ""               # PEM paths (common.tls); cert + key: TLS; + tls_client_ca: mutual TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be in 0..65535, got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"server.metrics_port must be in -1..65535, got {self.metrics_port}")
+        check_pair(self.tls_cert, self.tls_key, "server.", "server.tls_client_ca", self.tls_client_ca)
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
         if self.threads < 1:
             raise ValueError(f"server.threads must be >= 1, got {self.threads}")
 
@@ -54,7 +65,9 @@ class GrpcServer:
         self.log = log
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.threads,
                                                              thread_name_prefix=component),
-                                  options=channel_options(options.max_message_mb))
+                                  # SO_REUSEPORT: the workers of one stage bind the same port (DESIGN §6)
+                                  options=[*channel_options(options.max_message_mb), ("grpc.so_reuseport", 1)],
+                                  interceptors=[ServerInterceptor(log)])  # metrics, request ids (common.metrics)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
@@ -71,7 +84,8 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         address = f"{self.options.host}:{self.options.port}"
-        self.port = self.server.add_insecure_port(address)
+        self.port = add_port(self.server, address, self.options.tls_cert, self.options.tls_key,
+                             self.options.tls_client_ca)
         if self.port == 0:
             raise OSError(f"could not bind {address}: is the port in use?")
         self.server.start()
@@ -80,6 +94,8 @@ class GrpcServer:
             tmp = f"{port_file}.tmp"
             Path(tmp).write_text(str(self.port))
             os.replace(tmp, port_file)
+        if self.options.metrics_port >= 0:
+            serve_metrics(self.options.host, self.options.metrics_port, port_file, self.log)
         self.log.info("server_started", host=self.options.host, port=self.port, pid=os.getpid())
         return self.port
 
@@ -155,8 +171,18 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
     server = GrpcServer(component, config.server, log)
     for add_to_server, servicer, name in services:
         server.add(add_to_server, servicer, name)
+        track_snapshot(servicer)
     server.start(args.port_file)
     server.set_serving(True)
     log.info("serving", services=server.service_names)
-    server.wait()
+    # hot reload (common.reload): servicers holding a Reloader watch CURRENT; SIGHUP checks at once
+    reloaders = [r for _, servicer, _ in services if (r := getattr(servicer, "reloader", None)) is not None]
+    for reloader in reloaders:
+        reloader.start()
+    signal.signal(signal.SIGHUP, lambda *_: [r.wake() for r in reloaders])
+    try:
+        server.wait()
+    finally:
+        for reloader in reloaders:
+            reloader.stop()
     return 0

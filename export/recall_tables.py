@@ -102,3 +102,56 @@ def blocklist_ids(ds: Dataset, external: list[str]) -> np.ndarray:
     if missing:
         raise ValueError(f"blocklist: unknown item ids {', '.join(missing[:5])}")
     return np.unique(np.asarray([index[x] for x in external], np.int32)).astype(np.int32)
+
+
+def content_table(content_emb: np.ndarray, ds: Dataset, train: Interactions, top_m: int,
+                  block_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
+    """``i2i_content.npz``: per item, the ``top_m`` *cold* items (no training interaction) nearest in content space.
+
+    ``content_emb`` are item-tower vectors computed with the id code dropped (features only), so they
+    depend only on the item's features: items with equal features (``item_cat`` and ``item_bag``) share
+    one table row, which keeps the table small at 10^6 items::
+
+        row      int32 [n_items]  item -> table row
+        indptr   int64 [R + 1]    CSR over rows
+        indices  int32            cold dense item ids, most similar first (equal features: smaller id first)
+        scores   float32          cosine of the content vectors
+
+    Exact search by blocked matmul over the distinct feature rows (R x distinct cold rows x dim).
+    """
+    n = ds.n_items
+    feats = np.concatenate([ds.item_cat.reshape(n, -1).astype(np.int64), ds.item_bag.reshape(n, -1).astype(np.int64),
+                            np.zeros((n, 1), np.int64)], axis=1)
+    _, first, row = np.unique(feats, axis=0, return_index=True, return_inverse=True)
+    row = row.reshape(-1).astype(np.int32)
+    vec = content_emb[first].astype(np.float32)
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+    n_rows = first.size
+    cold = np.flatnonzero(np.bincount(train.item, minlength=n) == 0).astype(np.int32)
+    if cold.size == 0 or top_m < 1:
+        return {"row": row, "indptr": np.zeros(n_rows + 1, np.int64), "indices": np.empty(0, np.int32),
+                "scores": np.empty(0, np.float32)}
+    order = np.argsort(row[cold], kind="stable")     # cold items grouped by row, ids ascending inside
+    cold_sorted, cold_rows = cold[order], row[cold][order]
+    groups, start, size = np.unique(cold_rows, return_index=True, return_counts=True)
+    gvec = vec[groups]
+    m = min(top_m, groups.size)                      # every group holds >= 1 item, so m groups fill top_m
+    block = max(1, block_bytes // (4 * groups.size))
+    indptr = np.zeros(n_rows + 1, np.int64)
+    out_ids, out_scores = [], []
+    for s in range(0, n_rows, block):
+        sim = vec[s:s + block] @ gvec.T
+        top = np.argpartition(-sim, m - 1, axis=1)[:, :m] if m < groups.size else np.tile(np.arange(m), (len(sim), 1))
+        top_sim = np.take_along_axis(sim, top, 1)
+        rank = np.argsort(-top_sim, axis=1, kind="stable")
+        top, top_sim = np.take_along_axis(top, rank, 1), np.take_along_axis(top_sim, rank, 1)
+        for r in range(len(sim)):
+            sz = size[top[r]]
+            need = int(np.searchsorted(np.cumsum(sz), top_m)) + 1   # groups needed to reach top_m items
+            sz, sel = sz[:need], top[r, :need]
+            pos = np.repeat(start[sel] - np.cumsum(sz) + sz, sz) + np.arange(sz.sum())
+            out_ids.append(cold_sorted[pos[:top_m]])
+            out_scores.append(np.repeat(top_sim[r, :need], sz)[:top_m].astype(np.float32))
+            indptr[s + r + 1] = indptr[s + r] + min(int(sz.sum()), top_m)
+    return {"row": row, "indptr": indptr, "indices": np.concatenate(out_ids).astype(np.int32),
+            "scores": np.concatenate(out_scores).astype(np.float32)}

@@ -202,11 +202,17 @@ def train_two_tower(
 
 
 @torch.no_grad()
-def item_embeddings(item_tower: ItemTower, ds: Dataset, batch_size: int = 8192) -> np.ndarray:
-    """Vectors of all items (row = dense item id): float32 [n_items, dim]."""
+def item_embeddings(item_tower: ItemTower, ds: Dataset, batch_size: int = 8192, drop_ids: bool = False) -> np.ndarray:
+    """Vectors of all items (row = dense item id): float32 [n_items, dim].
+
+    ``drop_ids``: every item code is 0 (unknown), so a vector depends on the item's features only, as for
+    an item the model never saw (content neighbours of new items).
+    """
     was_training = item_tower.training
     item_tower.eval()
     codes = torch.arange(1, ds.n_items + 1, dtype=torch.int64)
+    if drop_ids:
+        codes = torch.zeros_like(codes)
     cat = torch.from_numpy(ds.item_cat.astype(np.int64)).reshape(ds.n_items, -1)
     bag = torch.from_numpy(ds.item_bag.astype(np.float32)).reshape(ds.n_items, -1)
     out = [

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.snapshot import Snapshot, SnapshotError
-from export.__main__ import ensure_snapshot
+from export.__main__ import ensure_snapshot, synthetic_root
 from gateway.cluster import Cluster, ClusterConfig
 from gateway.loadgen import run_rate
 
@@ -192,6 +192,10 @@ def progress_bar(label: str):
 
 
 def print_table(report: dict) -> None:
+    ds = report.get("dataset") or {}
+    if ds:
+        print(f"\ndataset {ds.get('name')}: {ds.get('items')} items, {ds.get('users')} users, "
+              f"{ds.get('interactions')} interactions (snapshot {report.get('snapshot')})")
     print(f"\nopen-loop sweep (k={report['config']['k']}, deadline {report['config']['deadline_ms']} ms), ms:")
     print(f"  {'rate':>6} {'sent':>6} {'ok':>6} {'err':>4} {'degr':>5} {'achieved':>8} "
           f"{'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
@@ -235,7 +239,8 @@ def plot(report: dict, path: Path) -> str:
     ax.set_xlabel("offered rate (requests/s)")
     ax.set_ylabel("end-to-end latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"Recommend latency, snapshot {report['snapshot_version']}")
+    ax.set_title(f"Recommend latency, {(report.get('dataset') or {}).get('name', '')} "
+                 f"snapshot {report['snapshot_version']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -244,8 +249,10 @@ def plot(report: dict, path: Path) -> str:
 
 
 def run(args) -> int:
-    root = Path(args.snapshot)
-    if not ensure_snapshot(str(root), quick=args.quick):
+    if args.synthetic and args.snapshot is None:
+        args.snapshot = synthetic_root(args.synthetic)  # one root per catalogue size, reused by later runs
+    root = Path(args.snapshot or "snapshots")
+    if not ensure_snapshot(str(root), quick=args.quick, synthetic=args.synthetic):
         return 2
     try:
         snapshot = Snapshot.open(root, verify=False)
@@ -256,7 +263,8 @@ def run(args) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "snapshot_version": snapshot.version,
+    report = {"machine": machine_info(), "snapshot_version": snapshot.version, "snapshot": str(root),
+              "dataset": snapshot.manifest.get("dataset", {}),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "config": {"rates": rates, "duration_s": args.duration, "k": args.k, "deadline_ms": args.deadline_ms,
                          "warmup": args.warmup, "quick": args.quick}, "rates": []}
@@ -317,7 +325,10 @@ def _main(argv: list[str] | None = None) -> int:
             return 2
         return compare(argv[1], argv[2])
     parser = argparse.ArgumentParser(prog="python -m gateway.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--snapshot", default="snapshots")
+    parser.add_argument("--snapshot", help="snapshot root (default: snapshots, or snapshots-synthetic-N "
+                                           "with --synthetic N)")
+    parser.add_argument("--synthetic", type=int, metavar="N_ITEMS",
+                        help="bench on a synthetic catalogue of N_ITEMS items (exported on first use)")
     parser.add_argument("--rates", default="50,100,200,300", help="comma-separated requests/s")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--warmup", type=float, default=200, help="warm-up requests")

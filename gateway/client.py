@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from common.server import channel_options
+from common.tls import open_channel
 from protos import recsys_pb2, recsys_pb2_grpc
 
 
@@ -57,8 +58,10 @@ def parse_response(reply: recsys_pb2.RecommendResponse) -> Recommendation:
 class RecommendClient:
     """Long-lived channel to one gateway; thread safe."""
 
-    def __init__(self, addr: str, timeout_s: float = 1.0, retries: int = 2, max_message_mb: int = 16):
-        self.channel = grpc.insecure_channel(addr, options=channel_options(max_message_mb))
+    def __init__(self, addr: str, timeout_s: float = 1.0, retries: int = 2, max_message_mb: int = 16,
+                 tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
+        """``tls_ca`` (PEM) verifies a TLS gateway; ``tls_cert`` + ``tls_key`` add a client certificate (mTLS)."""
+        self.channel = open_channel(addr, channel_options(max_message_mb), tls_ca, tls_cert, tls_key)
         self.stub = recsys_pb2_grpc.GatewayStub(self.channel)
         self.timeout_s = timeout_s
         self.retries = retries

@@ -4,6 +4,10 @@ Each stage is its own process on its own port. Stages bind port 0 and report the
 in the run directory, so tests and demos never collide; the gateway is then started with their
 addresses. Children get SIGTERM when the launcher exits for any reason (Linux parent-death signal), so
 no process is orphaned even if the launcher itself is killed.
+
+A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
+it reported (SO_REUSEPORT). A supervisor thread restarts a worker that exits unasked on the same port,
+with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
 """
 from __future__ import annotations
 
@@ -44,11 +48,32 @@ class ClusterConfig:
     stop_timeout_s: float = 10.0
     configs: dict[str, str] = field(default_factory=dict)           # stage → config file
     overrides: dict[str, list[str]] = field(default_factory=dict)   # stage → ["key=value", ...]
+    # stage → worker processes on the stage's one port (SO_REUSEPORT; DESIGN §6); default 1. Python has one
+    # GIL per process, so on a dedicated machine give the stages about as many workers in all as cores
+    # (e.g. 8 cores: recall 3, rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1
+    # and OMP_NUM_THREADS=1 are set here) so workers do not oversubscribe the cores. The kernel spreads
+    # connections (not calls) over the workers; the gateway keeps one long-lived channel per stage.
+    workers: dict[str, int] = field(default_factory=dict)
+    restart: bool = True                   # restart a crashed process, with exponential backoff:
+    restart_backoff_s: float = 0.5         # first delay, doubled per attempt
+    restart_backoff_max_s: float = 10.0    # up to this
+    restart_reset_s: float = 60.0          # a process up this long starts again from the first delay
 
     def validate(self) -> None:
-        unknown = (set(self.configs) | set(self.overrides)) - set(MODULES)
+        unknown = (set(self.configs) | set(self.overrides) | set(self.workers)) - set(MODULES)
         if unknown:
-            raise ValueError(f"configs/overrides: unknown stage '{sorted(unknown)[0]}'; stages: {', '.join(MODULES)}")
+            raise ValueError(f"configs/overrides/workers: unknown stage '{sorted(unknown)[0]}'; "
+                             f"stages: {', '.join(MODULES)}")
+        for stage, n in self.workers.items():
+            if n < 1:
+                raise ValueError(f"workers.{stage} must be >= 1, got {n}")
+        if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
+            raise ValueError("need 0 < restart_backoff_s <= restart_backoff_max_s")
+
+
+def worker_name(stage: str, index: int) -> str:
+    """Key of a worker process in ``Cluster.procs``: the stage for worker 0, ``stage.i`` for the others."""
+    return stage if index == 0 else f"{stage}.{index}"
 
 
 def _die_with_parent() -> None:
@@ -70,6 +95,13 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self._logs: list = []
+        self._spawned: dict[str, tuple[str, list[str], int, float]] = {}  # worker → stage, extra, index, start
+        self._held: set[str] = set()            # workers stopped on purpose: never restarted
+        self._attempts: dict[str, int] = {}
+        self._restart_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def gateway_addr(self) -> str:
@@ -78,8 +110,9 @@ class Cluster:
     def addr(self, name: str) -> str:
         return f"{self.config.host}:{self.ports[name]}"
 
-    def _spawn(self, name: str, port: int, extra: list[str]) -> None:
-        port_file = self.run_dir / f"{name}.port"
+    def _spawn(self, name: str, port: int, extra: list[str], index: int = 0, restart: bool = False) -> None:
+        key = worker_name(name, index)
+        port_file = self.run_dir / f"{key}.port"
         port_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", MODULES[name], "--snapshot", str(self.config.snapshot),
                 "--port", str(port), "--port-file", str(port_file), "--set", f"server.host={self.config.host}"]
@@ -89,11 +122,14 @@ class Cluster:
             args += ["--set", item]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                    OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        logfile = open(self.run_dir / f"{name}.log", "ab")
+        logfile = open(self.run_dir / f"{key}.log", "ab")
         self._logs.append(logfile)
-        self.procs[name] = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                            cwd=ROOT, preexec_fn=_die_with_parent)
-        log.info("process_started", stage=name, pid=self.procs[name].pid, log=str(self.run_dir / f"{name}.log"))
+        self.procs[key] = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, env=env,
+                                           cwd=ROOT, preexec_fn=_die_with_parent)
+        self._spawned[key] = (name, extra, index, time.monotonic())
+        if not restart:
+            log.info("process_started", stage=name, worker=key, pid=self.procs[key].pid,
+                     log=str(self.run_dir / f"{key}.log"))
 
     def _log_tail(self, name: str, lines: int = 8) -> str:
         try:
@@ -101,17 +137,20 @@ class Cluster:
         except OSError:
             return ""
 
-    def _wait_ready(self, name: str, deadline: float) -> None:
-        port_file = self.run_dir / f"{name}.port"
+    def _wait_ready(self, key: str, deadline: float) -> None:
+        """Wait for worker ``key``: its port file (written after loading and the self-test), then SERVING."""
+        name = key.partition(".")[0]
+        port_file = self.run_dir / f"{key}.port"
         while True:
-            proc = self.procs[name]
+            proc = self.procs[key]
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {proc.returncode} during start-up:\n"
-                                   f"{self._log_tail(name)}")
-            if name not in self.ports and port_file.exists():
+                raise RuntimeError(f"{key} exited with status {proc.returncode} during start-up:\n"
+                                   f"{self._log_tail(key)}")
+            if port_file.exists() and name not in self.ports:
                 self.ports[name] = int(port_file.read_text())
-            if name in self.ports and health_status(self.addr(name), timeout=1.0) == "SERVING":
-                log.info("process_ready", stage=name, port=self.ports[name])
+            if (port_file.exists() and name in self.ports
+                    and health_status(self.addr(name), timeout=1.0) == "SERVING"):
+                log.info("process_ready", stage=name, worker=key, port=self.ports[name])
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not SERVING after {self.config.start_timeout_s} s; "
@@ -123,34 +162,99 @@ class Cluster:
         Snapshot.open(self.config.snapshot, verify=False)  # fail fast, in one line, without a snapshot
         deadline = time.monotonic() + self.config.start_timeout_s
         try:
-            for name in STAGES:
-                self._spawn(name, 0, [])
-            for name in STAGES:
-                self._wait_ready(name, deadline)
-            self._spawn("gateway", self.config.gateway_port,
-                        [f"{s}_addr={self.addr(s)}" for s in STAGES])
-            self._wait_ready("gateway", deadline)
+            self._start_group(STAGES, 0, [], deadline)
+            self._start_group(("gateway",), self.config.gateway_port,
+                              [f"{s}_addr={self.addr(s)}" for s in STAGES], deadline)
         except BaseException:
             self.stop()
             raise
+        self._supervise()
+        return self
+
+    def _start_group(self, names, port: int, extra: list[str], deadline: float) -> None:
+        """Worker 0 of each named stage (it binds ``port``, 0: the OS picks), then the others on its port."""
+        for name in names:
+            self._spawn(name, port, extra)
+        for name in names:
+            self._wait_ready(name, deadline)
+        rest = [(name, i) for name in names for i in range(1, self.config.workers.get(name, 1))]
+        for name, i in rest:
+            self._spawn(name, self.ports[name], extra, i)
+        for name, i in rest:
+            self._wait_ready(worker_name(name, i), deadline)
+
+    def _supervise(self) -> None:
+        if self.config.restart and self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise_loop, name="cluster-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _supervise_loop(self) -> None:
+        """Restart crashed workers on their port with exponential backoff; log every exit and restart."""
+        while not self._closing.wait(0.1):
+            with self._lock:
+                for key, proc in list(self.procs.items()):
+                    if key in self._held or proc.poll() is None or self._closing.is_set():
+                        continue
+                    self.check_restart(key, proc, time.monotonic())
+
+    def check_restart(self, key: str, proc: subprocess.Popen, now: float) -> None:
+        """One supervision step for an exited worker: schedule its restart, or restart it when due."""
+        cfg = self.config
+        name, extra, index, started = self._spawned[key]
+        due = self._restart_at.get(key)
+        if due is None:
+            attempt = 1 if now - started >= cfg.restart_reset_s else self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+            delay = restart_delay(attempt, cfg.restart_backoff_s, cfg.restart_backoff_max_s)
+            self._restart_at[key] = now + delay
+            log.error("process_exited", stage=name, worker=key, pid=proc.pid, status=proc.returncode,
+                      attempt=attempt, restart_in_s=delay, log=str(self.run_dir / f"{key}.log"))
+        elif now >= due:
+            del self._restart_at[key]
+            self._spawn(name, self.ports[name], extra, index, restart=True)
+            log.warning("process_restarted", stage=name, worker=key, pid=self.procs[key].pid, old_pid=proc.pid,
+                        status=proc.returncode, attempt=self._attempts[key])
+
+    def start_stages(self, names: list[str] | tuple[str, ...]) -> "Cluster":
+        """Start only the named stages (no gateway), e.g. to benchmark one server; return once all are SERVING."""
+        unknown = sorted(set(names) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage '{unknown[0]}'; stages: {', '.join(STAGES)}")
+        Snapshot.open(self.config.snapshot, verify=False)
+        deadline = time.monotonic() + self.config.start_timeout_s
+        try:
+            self._start_group(names, 0, [], deadline)
+        except BaseException:
+            self.stop()
+            raise
+        self._supervise()
         return self
 
     def stop_process(self, name: str, timeout: float | None = None) -> None:
-        """SIGTERM one process (it drains), SIGKILL it if it does not exit in time."""
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout or self.config.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("process_killed", stage=name, pid=proc.pid)
-            proc.kill()
-            proc.wait()
-        log.info("process_stopped", stage=name, status=proc.returncode)
+        """SIGTERM a stage's workers (or one worker, ``stage.i``); they drain; SIGKILL what does not exit.
+
+        A process stopped here is not restarted by the supervisor.
+        """
+        with self._lock:
+            keys = [k for k in self.procs if k == name or (name in MODULES and k.startswith(name + "."))]
+            self._held.update(keys)
+            procs = [(k, self.procs[k]) for k in keys if self.procs[k].poll() is None]
+        for _, proc in procs:
+            proc.terminate()
+        for key, proc in procs:
+            try:
+                proc.wait(timeout or self.config.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("process_killed", stage=name, worker=key, pid=proc.pid)
+                proc.kill()
+                proc.wait()
+            log.info("process_stopped", stage=name, worker=key, status=proc.returncode)
 
     def stop(self) -> None:
-        """Stop the gateway first (no new requests), then the stages."""
+        """Stop supervising, then the gateway first (no new requests), then the stages."""
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5.0)
         for name in ("gateway", *STAGES):
             self.stop_process(name)
         for fh in self._logs:
@@ -162,6 +266,11 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def restart_delay(attempt: int, first_s: float, max_s: float) -> float:
+    """Backoff before restart ``attempt`` (1-based): ``first_s`` doubled per attempt, capped at ``max_s``."""
+    return min(first_s * 2.0 ** (attempt - 1), max_s)
 
 
 def health_status(addr: str, timeout: float = 1.0, service: str = "") -> str:
@@ -201,12 +310,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(f'{s} {cluster.addr(s)}' for s in STAGES)}); logs in {cluster.run_dir}; Ctrl-C stops",
           flush=True)
     try:
-        while not stop.wait(0.5):
-            for name, proc in cluster.procs.items():
-                if proc.poll() is not None and not getattr(proc, "_reported", False):
-                    proc._reported = True
-                    log.error("process_exited", stage=name, status=proc.returncode,
-                              log=str(cluster.run_dir / f"{name}.log"))
+        while not stop.wait(0.5):  # the supervisor thread restarts crashed workers and logs it
+            pass
     finally:
         cluster.stop()
     return 0

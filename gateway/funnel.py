@@ -21,6 +21,7 @@ from common import wire
 from common.log import Logger
 from common.snapshot import Snapshot
 from gateway.config import GatewayConfig
+from gateway.experiments import Assignment
 from protos import recsys_pb2
 
 FALLBACK_CHANNEL = "fallback_popular"
@@ -49,6 +50,7 @@ class FunnelResult:
     degraded: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     relaxed_rules: list[str] = field(default_factory=list)
+    snapshot: Snapshot | None = None  # the version the ids belong to (the one that served the request)
 
 
 class StageFailed(Exception):
@@ -78,10 +80,24 @@ def _call(stage: str, fn: Callable, request, budget_s: float, deadline: float, r
                           f"{exc.details() if hasattr(exc, 'details') else exc}") from None
 
 
+def rerank_params(exp: Assignment) -> recsys_pb2.RerankParams:
+    """An experiment's rerank parameters as the proto message (unset ones stay unset)."""
+    return recsys_pb2.RerankParams(**{name: int(v) if name == "window" else v for name, v in exp.params.items()})
+
+
 def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
                user_id: str, k: int, context: recsys_pb2.Context, exclude_ids: list[str],
-               deadline: float, metadata=(), log: Logger | None = None) -> FunnelResult:
-    """Run the funnel for one request; never raises for a stage failure, degrades instead."""
+               deadline: float, metadata=(), log: Logger | None = None,
+               snapshot_for: Callable[[str], Snapshot | None] | None = None,
+               experiment: Assignment | None = None) -> FunnelResult:
+    """Run the funnel for one request; never raises for a stage failure, degrades instead.
+
+    ``snapshot_for(version)`` (hot reload, ``common.reload``) returns another snapshot the gateway still
+    holds: when recall answers from that version, the rest of the funnel runs on it and the result's
+    ``snapshot`` is that one, so a rolling switch of the stages does not degrade the request.
+    ``experiment`` (``gateway.experiments.assign``) carries the stage overrides of the user's arms.
+    """
+    exp = experiment or Assignment()
     version = snapshot.version
     budget_ms = (deadline - time.monotonic()) * 1000.0
     reserve = config.reserve_ms / 1000.0
@@ -94,16 +110,24 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     t0 = time.perf_counter()
     try:
         reply = _call("recall", stages.recall,
-                      recsys_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids),
+                      recsys_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
+                                               quotas=exp.quotas),
                       config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
+        served = snapshot
         if reply.snapshot_version != version:
-            raise StageFailed(f"recall serves snapshot {reply.snapshot_version}, gateway {version}")
+            other = snapshot_for(reply.snapshot_version) if snapshot_for and reply.snapshot_version else None
+            if other is None:
+                raise StageFailed(f"recall serves snapshot {reply.snapshot_version}, gateway {version}")
+            served = other
         cand = wire.decode(reply.item_idx, wire.INT32, "recall.item_idx")
         cand_scores = wire.decode(reply.scores, wire.FLOAT32, "recall.scores", cand.size)
         masks = wire.decode(reply.channel_masks, wire.UINT32, "recall.channel_masks", cand.size)
-        if cand.size and (cand.min() < 0 or cand.max() >= snapshot.item_ids.shape[0]):
+        if cand.size and (cand.min() < 0 or cand.max() >= served.item_ids.shape[0]):
             raise StageFailed("recall returned ids outside the snapshot")
         channel_names = list(reply.channel_names)
+        if served is not snapshot:  # recall answered from the other version the gateway holds
+            snapshot, version = served, served.version
+            exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
     except (StageFailed, wire.WireError) as exc:
         degraded.append("recall")
         errors["recall"] = str(exc)
@@ -122,7 +146,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
             raise StageFailed("nothing to rank")
         reply = _call("rank", stages.rank,
                       recsys_pb2.RankRequest(user_id=user_id, context=context,
-                                             item_idx=wire.encode(cand, wire.INT32), snapshot_version=version),
+                                             item_idx=wire.encode(cand, wire.INT32), snapshot_version=version,
+                                             fusion=exp.fusion),
                       config.budget.rank * budget_ms / 1000.0, deadline, reserve, metadata)
         ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
         fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
@@ -156,7 +181,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         reply = _call("rerank", stages.rerank,
                       recsys_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
                                                scores=wire.encode(cand_scores, wire.FLOAT32),
-                                               k=min(k, cand.size), snapshot_version=version),
+                                               k=min(k, cand.size), snapshot_version=version,
+                                               method=exp.method or "METHOD_DEFAULT", params=rerank_params(exp)),
                       config.budget.rerank * budget_ms / 1000.0, deadline, reserve, metadata)
         positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
         if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
@@ -173,4 +199,4 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     if log is not None and errors:
         log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
     return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
-                        channel_names, masks[positions], timings, degraded, errors, relaxed)
+                        channel_names, masks[positions], timings, degraded, errors, relaxed, snapshot)

@@ -2,18 +2,32 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 import time
 import uuid
 
 import grpc
 import numpy as np
 
-from common.log import Logger
+from common.log import Logger, request_id_var
+from common.metrics import observe_recommend
+from common.reload import Reloader
 from common.server import channel_options
 from common.snapshot import Snapshot
+from common.tls import open_channel
 from gateway.config import GatewayConfig
+from gateway.experiments import assign
 from gateway.funnel import Stages, run_funnel
 from protos import recsys_pb2, recsys_pb2_grpc
+
+
+@dataclass
+class GatewayState:
+    """What the gateway keeps of one snapshot: ids (in ``snapshot``), the popular fallback, titles."""
+
+    snapshot: Snapshot
+    popular: np.ndarray
+    titles: np.ndarray
 
 
 class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
@@ -22,17 +36,34 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     def __init__(self, config: GatewayConfig, log: Logger):
         self.config = config
         self.log = log
-        self.snapshot = Snapshot.open(config.snapshot)
-        self.popular = self.snapshot.load_array("popular.npy").astype(np.int32)
-        self.titles = self.snapshot.features.array("item_titles")
-        options = channel_options(config.server.max_message_mb)
-        self.channels = [grpc.insecure_channel(addr, options=options)
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
+        # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
+        options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        self.channels = [open_channel(addr, options, config.stage_tls_ca, config.stage_tls_cert,
+                                      config.stage_tls_key)
                          for addr in (config.recall_addr, config.rank_addr, config.rerank_addr)]
         recall, rank, rerank = self.channels
         self.stages = Stages(recsys_pb2_grpc.RecallStub(recall).Recall, recsys_pb2_grpc.RankStub(rank).Rank,
                              recsys_pb2_grpc.RerankStub(rerank).Rerank)
-        log.info("snapshot_loaded", version=self.snapshot.version, recall=config.recall_addr,
-                 rank=config.rank_addr, rerank=config.rerank_addr)
+        log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
+
+    def load(self, path) -> GatewayState:
+        """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
+        snapshot = Snapshot.open(path)
+        state = GatewayState(snapshot, snapshot.load_array("popular.npy").astype(np.int32),
+                             snapshot.features.array("item_titles"))
+        if state.popular.size == 0 or state.titles.shape[0] != snapshot.item_ids.shape[0]:
+            raise ValueError(f"self-test: {snapshot.path} has no popular items or a title per item missing")
+        self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.titles.shape[0]))
+        return state
+
+    def snapshot_for(self, version: str) -> Snapshot | None:
+        """A snapshot the gateway still holds for ``version`` (recall switched before or after us)."""
+        state = self.reloader.get(version)
+        if state is None:
+            self.reloader.wake()  # recall serves a version we do not hold: check CURRENT now
+        return None if state is None else state.snapshot
 
     def validate(self, request: recsys_pb2.RecommendRequest) -> str | None:
         """The first problem with ``request``, naming the field, or None."""
@@ -57,20 +88,28 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         request_id = dict(context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+        request_id_var.set(request_id)  # on every log line of this call (the interceptor resets it)
         deadline = start + (request.deadline_ms or self.config.deadline_ms) / 1000.0
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
-            deadline = min(deadline, start + remaining)
-        result = run_funnel(self.stages, self.snapshot, self.popular, self.config, request.user_id, request.k,
+            deadline = min(deadline, start + remaining - self.config.reserve_ms / 1000.0)  # time to reply
+        state = self.reloader.current  # one version per request; recall's answer may pick the previous one
+        experiment = assign(self.config.experiments, request.user_id)
+        result = run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id, request.k,
                             request.context, list(request.exclude_item_ids), deadline,
-                            metadata=(("x-request-id", request_id),), log=self.log)
+                            metadata=(("x-request-id", request_id),), log=self.log,
+                            snapshot_for=self.snapshot_for, experiment=experiment)
+        if result.snapshot is not state.snapshot:
+            state = self.reloader.get(result.snapshot.version) or GatewayState(
+                result.snapshot, state.popular, result.snapshot.features.array("item_titles"))
         total_ms = (time.monotonic() - start) * 1000.0
         timings = [recsys_pb2.StageTiming(stage=s, ms=ms) for s, ms in result.timings_ms.items()]
         timings.append(recsys_pb2.StageTiming(stage="total", ms=total_ms))
+        observe_recommend(result.timings_ms, result.degraded, total_ms)
         self.log.debug("recommend", request_id=request_id, user_id=request.user_id, k=request.k,
-                       degraded=result.degraded, total_ms=round(total_ms, 3))
+                       degraded=result.degraded, experiments=experiment.arms, total_ms=round(total_ms, 3))
         return recsys_pb2.RecommendResponse(
-            item_ids=self.snapshot.item_ids[result.item_idx].tolist(),
+            item_ids=state.snapshot.item_ids[result.item_idx].tolist(),
             scores=result.scores.tolist(),
             task_names=result.task_names,
             task_scores=result.task_scores.reshape(-1).tolist(),
@@ -78,10 +117,11 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             channel_masks=result.channel_masks.tolist(),
             stage_timings=timings,
             degraded=result.degraded,
-            snapshot_version=self.snapshot.version,
+            snapshot_version=state.snapshot.version,
             request_id=request_id,
-            titles=self.titles[result.item_idx].tolist() if request.debug else [],
+            titles=state.titles[result.item_idx].tolist() if request.debug else [],
             relaxed_rules=result.relaxed_rules,
+            experiments=experiment.arms,
         )
 
 

@@ -55,7 +55,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("item_ids", "scores", "task_names", "task_scores", "channel_names", "channel_masks", "stage_timings", "degraded", "snapshot_version", "request_id", "titles", "relaxed_rules")
+    __slots__ = ("item_ids", "scores", "task_names", "task_scores", "channel_names", "channel_masks", "stage_timings", "degraded", "snapshot_version", "request_id", "titles", "relaxed_rules", "experiments")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class RecommendResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TITLES_FIELD_NUMBER: _ClassVar[int]
     RELAXED_RULES_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -80,7 +81,8 @@ class RecommendResponse(_message.Message):
     request_id: str
     titles: _containers.RepeatedScalarFieldContainer[str]
     relaxed_rules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[float]] = ..., channel_names: _Optional[_Iterable[str]] = ..., channel_masks: _Optional[_Iterable[int]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., titles: _Optional[_Iterable[str]] = ..., relaxed_rules: _Optional[_Iterable[str]] = ...) -> None: ...
+    experiments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[float]] = ..., channel_names: _Optional[_Iterable[str]] = ..., channel_masks: _Optional[_Iterable[int]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., titles: _Optional[_Iterable[str]] = ..., relaxed_rules: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
     __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids")
@@ -122,16 +124,25 @@ class RecallResponse(_message.Message):
     def __init__(self, item_idx: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., channel_masks: _Optional[bytes] = ..., channel_names: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "context", "item_idx", "snapshot_version")
+    __slots__ = ("user_id", "context", "item_idx", "snapshot_version", "fusion")
+    class FusionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDX_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: Context
     item_idx: bytes
     snapshot_version: str
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ...) -> None: ...
+    fusion: _containers.ScalarMap[str, float]
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ..., fusion: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("item_idx", "fused", "task_names", "task_scores", "dropped_unknown", "snapshot_version")

@@ -3,7 +3,8 @@
 One user against N candidates (default 200) assembled from the snapshot exactly
 as the server does, scored in one call on one thread: torch eager teacher and
 student, ONNX fp32 (teacher and student), ONNX int8 student, and DeepFM; plus the
-pre-rank (DeepFM) on 1,000 candidates.
+pre-rank models on 1,000 candidates: the pre-rank distilled from the MMoE teacher
+(fp32 and int8; the snapshot's serving choice is marked) and the label-trained DeepFM.
 
 The snapshot holds ONNX files only, so the torch eager rows time freshly
 initialised models of the exported architecture (the config in the manifest):
@@ -88,30 +89,35 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = {"error": str(exc).splitlines()[0]}
             continue
         rows[name] = _time(lambda sess=sess: sess.run(None, feed), args.repeats, 20)
-    # pre-rank: DeepFM over 1,000 candidates (it keeps the top 200 for the MMoE)
+    # pre-rank over 1,000 candidates (it keeps the top 200 for the MMoE)
     n_pre = min(1000, items.n_items)
     pre_idx = np.random.default_rng(1).choice(items.n_items, size=n_pre, replace=False).astype(np.int32)
     pre_sparse, pre_bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), pre_idx, 10**9)
-    try:
-        pre = session(snap.file("models/rank_deepfm.onnx"), threads=1)
-        rows[f"prerank deepfm x{n_pre}"] = _time(
-            lambda: pre.run(None, {"sparse": pre_sparse, "bag": pre_bag}), args.repeats, 20)
-    except Exception as exc:
-        rows[f"prerank deepfm x{n_pre}"] = {"error": str(exc).splitlines()[0]}
+    pre_serving = snap.manifest.get("prerank_serving_model")
+    for name, file in (("prerank fp32", "models/prerank.onnx"), ("prerank int8", "models/prerank.int8.onnx"),
+                       ("prerank deepfm", "models/rank_deepfm.onnx")):
+        label = f"{name} x{n_pre}" + (" *" if file == pre_serving else "")
+        try:
+            pre = session(snap.file(file), threads=1)
+        except Exception as exc:
+            rows[label] = {"error": str(exc).splitlines()[0]}
+            continue
+        rows[label] = _time(lambda pre=pre: pre.run(None, {"sparse": pre_sparse, "bag": pre_bag}), args.repeats, 20)
     quant = snap.manifest.get("metrics", {}).get("rank", {}).get("quantization", {}).get("choice")
-    result = {"candidates": n, "threads": 1, "serving_model": snap.manifest.get("rank_serving_model"),
-              "quantization": quant, "latency": rows}
+    result = {"candidates": n, "prerank_candidates": n_pre, "threads": 1,
+              "serving_model": snap.manifest.get("rank_serving_model"), "quantization": quant,
+              "prerank_serving_model": pre_serving, "latency": rows}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"rank models, {n} candidates in one call, 1 thread (serving: {result['serving_model']}, "
-          f"int8 choice: {quant})")
-    print(f"{'model':<22}{'p50 ms':>10}{'p99 ms':>10}")
+          f"int8 choice: {quant}; pre-rank serving: {pre_serving}, marked *)")
+    print(f"{'model':<26}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:<22}  {r['error'][:60]}")
+            print(f"{name:<26}  {r['error'][:60]}")
         else:
-            print(f"{name:<22}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+            print(f"{name:<26}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}")
     print(json.dumps(result))
     return 0
 

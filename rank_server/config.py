@@ -17,11 +17,15 @@ class RankConfig:
     model: str = "auto"
     max_candidates: int = 5000
     # pre-rank (DESIGN §1): when more than prerank_keep candidates arrive, this cheap model (path inside
-    # the snapshot, single output) scores them all and only its top prerank_keep go to the ranker;
+    # the snapshot) scores them all and only its top prerank_keep go to the ranker. A model with the rank
+    # tasks as outputs (the pre-rank distilled from the MMoE teacher) is fused with `fusion` like the ranker;
+    # a single-output one (e.g. models/rank_deepfm.onnx, label-trained) is used as is. "auto": the manifest's
+    # prerank_serving_model (models/prerank.onnx, or its int8 copy when that was faster at equal quality);
     # "" turns pre-rank off
-    prerank_model: str = "models/rank_deepfm.onnx"
+    prerank_model: str = "auto"
     prerank_keep: int = 200
     onnx_threads: int = 1
+    reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
     # fused = p_click^a * p_like^b * (1 + rating)^c with rating = the model's rating / 5 in [0, 1]
     # (rank_server.fusion); tasks missing here get exponent 0 (ignored)
     fusion: dict[str, float] = field(default_factory=lambda: {"click": 1.0, "like": 1.0, "rating": 0.5})

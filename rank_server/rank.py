@@ -42,13 +42,38 @@ def model_file(snapshot: Snapshot, config: RankConfig) -> str:
     return snapshot.manifest.get("rank_serving_model", "models/rank_deepfm.onnx")
 
 
+def prerank_file(snapshot: Snapshot, config: RankConfig) -> str:
+    """The pre-rank path inside the snapshot: ``config.prerank_model``, or for "auto" the export's choice."""
+    if config.prerank_model != "auto":
+        return config.prerank_model
+    return snapshot.manifest.get("prerank_serving_model", "models/prerank.onnx")
+
+
+def prerank_scores(prerank: RankModel, sparse: np.ndarray, bag: np.ndarray, fusion: dict[str, float]) -> np.ndarray:
+    """One pre-rank score per row: a multi-task pre-rank's outputs fused with the ranker's ``fusion`` weights
+    (so it orders candidates by the same objective), a single-output model's output as is."""
+    p = prerank.predict(sparse, bag)
+    if len(prerank.task_names) > 1:
+        return weighted_product(p, prerank.task_names, fusion)
+    return p[:, 0]
+
+
+def prerank_top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Row indices of the ``keep`` best scores in request order (ties: the earlier candidate)."""
+    return np.sort(np.lexsort((np.arange(scores.size), -scores))[:keep])
+
+
 def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
     """Load item features and the ONNX model of ``snapshot``."""
     schema = RankSchema.from_dict(snapshot.schema["rank"])
     model = RankModel(snapshot.file(model_file(snapshot, config)), schema, snapshot.schema["rank_tasks"],
                       config.onnx_threads)
-    prerank = (RankModel(snapshot.file(config.prerank_model), schema, ["prerank"], config.onnx_threads)
-               if config.prerank_model else None)
+    prerank = None
+    if config.prerank_model:
+        tasks = list(snapshot.schema["rank_tasks"])
+        prerank = RankModel(snapshot.file(prerank_file(snapshot, config)), schema, tasks, config.onnx_threads)
+        if not set(tasks) <= set(prerank.outputs):  # a single-score model (e.g. the label-trained DeepFM)
+            prerank.task_names = ["prerank"]
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
                      len(snapshot.schema["user_cat_names"]), prerank)
 
@@ -65,9 +90,7 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
     sparse, bag = rank_inputs(state.schema, state.items, user, state.n_user_fields, kept, timestamp)
     cut = 0
     if state.prerank is not None and kept.size > config.prerank_keep:
-        pre = state.prerank.predict(sparse, bag)[:, 0]
-        # top prerank_keep by pre-rank score, then back in request order (ties: earlier candidate)
-        top = np.sort(np.lexsort((np.arange(pre.size), -pre))[: config.prerank_keep])
+        top = prerank_top(prerank_scores(state.prerank, sparse, bag, config.fusion), config.prerank_keep)
         cut = int(kept.size - top.size)
         kept, sparse, bag = kept[top], sparse[top], bag[top]
     scores = state.model.predict(sparse, bag)

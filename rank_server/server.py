@@ -1,6 +1,7 @@
 """gRPC Rank servicer: validate, call ``rank``, encode."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import grpc
@@ -8,10 +9,11 @@ import numpy as np
 
 from common import wire
 from common.log import Logger
+from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rank_server.config import RankConfig
-from rank_server.rank import load_state, rank
+from rank_server.rank import RankState, load_state, rank
 
 
 class RankServicer(recsys_pb2_grpc.RankServicer):
@@ -20,22 +22,23 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
     def __init__(self, config: RankConfig, log: Logger):
         self.config = config
         self.log = log
-        self.state = load_state(Snapshot.open(config.snapshot), config)
-        log.info("snapshot_loaded", version=self.state.snapshot.version, model=str(self.state.model.path))
-        self.self_test()
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
-    def self_test(self) -> None:
-        """Score a real batch once before reporting SERVING; refuse to serve non-finite scores."""
-        n = min(self.state.items.n_items, 200)
-        result = rank(self.state, self.config, "", np.arange(n, dtype=np.int32), 0)
-        if not np.isfinite(result.fused).all() or result.fused.size != n:
-            raise ValueError(f"self-test: model {self.state.model.path} produced invalid scores")
+    def load(self, path) -> RankState:
+        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
+        state = load_state(Snapshot.open(path), self.config)
+        self.log.info("snapshot_loaded", version=state.snapshot.version, model=str(state.model.path))
+        self_test(state, self.config)
+        return state
 
     def Rank(self, request, context):
-        version = self.state.snapshot.version
-        if request.snapshot_version and request.snapshot_version != version:
+        # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
+        state = self.reloader.get(request.snapshot_version)
+        if state is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"candidates belong to snapshot {request.snapshot_version}, this server serves {version}")
+                          f"candidates belong to snapshot {request.snapshot_version}, this server serves "
+                          f"{', '.join(self.reloader.versions)}")
+        version = state.snapshot.version
         try:
             item_idx = wire.decode(request.item_idx, wire.INT32, "item_idx")
         except wire.WireError as exc:
@@ -45,7 +48,13 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
                           f"item_idx has {item_idx.size} candidates, the limit is {self.config.max_candidates}")
         if request.context.timestamp < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "context.timestamp must be >= 0")
-        result = rank(self.state, self.config, request.user_id, item_idx, request.context.timestamp)
+        config = self.config
+        if request.fusion:  # an experiment's fusion exponents over the configured ones
+            problem = check_fusion(dict(request.fusion), state.model.task_names)
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            config = dataclasses.replace(config, fusion={**config.fusion, **request.fusion})
+        result = rank(state, config, request.user_id, item_idx, request.context.timestamp)
         return recsys_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),
@@ -54,6 +63,27 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
             dropped_unknown=result.dropped_unknown,
             snapshot_version=version,
         )
+
+
+MAX_FUSION_WEIGHT = 100.0
+
+
+def check_fusion(fusion: dict[str, float], task_names: list[str]) -> str | None:
+    """The first problem with a request's fusion override (names the task), or None."""
+    for task, weight in fusion.items():
+        if task not in task_names:
+            return f"fusion: unknown task '{task}'; the model's tasks: {', '.join(task_names)}"
+        if not 0.0 <= weight <= MAX_FUSION_WEIGHT:  # NaN fails too
+            return f"fusion.{task} must be in 0..{MAX_FUSION_WEIGHT:g}, got {weight}"
+    return None
+
+
+def self_test(state: RankState, config: RankConfig) -> None:
+    """Score a real batch once before serving a state; refuse one that produces non-finite scores."""
+    n = min(state.items.n_items, 200)
+    result = rank(state, config, "", np.arange(n, dtype=np.int32), 0)
+    if not np.isfinite(result.fused).all() or result.fused.size != n:
+        raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
 
 
 def build(config: RankConfig, log: Logger):

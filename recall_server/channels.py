@@ -72,6 +72,17 @@ def swing(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, n
     return i2i_score(query.hist - 1, query.hist_weights, indptr, indices, scores, k, query.exclude)
 
 
+def content(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cold start for new items: items with no training interactions whose content vector (item tower
+    without the id) is nearest to the user's recent items', weighted by recency (``i2i_content.npz``)."""
+    if query.hist.size == 0 or k <= 0 or state.content is None:
+        return np.empty(0, np.int32), np.empty(0, np.float32)
+    row, indptr, indices, scores = state.content
+    items = query.hist.astype(np.int64) - 1
+    rows = np.where(items >= 0, row[np.maximum(items, 0)], -1).astype(np.int32)  # unknown ids: ignored
+    return i2i_score(rows, query.hist_weights, indptr, indices, scores, k, query.exclude)
+
+
 def segment_popular(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cold start: the most popular items among users of the same demographic segment (e.g. age x gender).
 
@@ -98,4 +109,4 @@ def popular(state: RecallState, query: RecallQuery, k: int) -> tuple[np.ndarray,
 Channel = Callable[[RecallState, RecallQuery, int], tuple[np.ndarray, np.ndarray]]
 
 CHANNELS: dict[str, Channel] = {"ann": ann, "itemcf": itemcf, "swing": swing, "popular": popular,
-                                 "segment_popular": segment_popular}
+                                 "segment_popular": segment_popular, "content": content}

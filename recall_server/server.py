@@ -1,6 +1,7 @@
 """gRPC Recall servicer: validate the request, call ``recall``, encode the reply."""
 from __future__ import annotations
 
+import os
 import sys
 
 import grpc
@@ -8,11 +9,12 @@ import numpy as np
 
 from common import wire
 from common.log import Logger
+from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from recall_server.config import RecallConfig
 from recall_server.recall import recall
-from recall_server.state import load_state
+from recall_server.state import RecallState, load_state
 
 
 class RecallServicer(recsys_pb2_grpc.RecallServicer):
@@ -21,17 +23,15 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
     def __init__(self, config: RecallConfig, log: Logger):
         self.config = config
         self.log = log
-        self.state = load_state(Snapshot.open(config.snapshot), config)
-        log.info("snapshot_loaded", version=self.state.snapshot.version, n_items=self.state.n_items)
-        self.self_test()
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s,
+                                 activate_delay_s=config.reload_activate_delay_s)
 
-    def self_test(self) -> None:
-        """Run real queries once before reporting SERVING: compiles kernels, checks the artifacts agree."""
-        known = str(self.state.snapshot.features.array("user_ids")[0])
-        for user_id in (known, "\x00self-test-unknown-user"):
-            result = recall(self.state, self.config, user_id, self.config.default_n)
-            if result.ids.size == 0 or np.unique(result.ids).size != result.ids.size:
-                raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
+    def load(self, path) -> RecallState:
+        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
+        state = load_state(Snapshot.open(path), self.config)
+        self.log.info("snapshot_loaded", version=state.snapshot.version, n_items=state.n_items)
+        self_test(state, self.config)
+        return state
 
     def validate(self, request: recsys_pb2.RecallRequest) -> str | None:
         """The first problem with ``request``, or None."""
@@ -55,7 +55,9 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        result = recall(self.state, self.config, request.user_id, request.n or self.config.default_n,
+        state = self.reloader.current  # one version for the whole request
+        context.set_trailing_metadata((("x-worker-pid", str(os.getpid())),))  # which worker served (SO_REUSEPORT)
+        result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,
                         exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas))
         return recsys_pb2.RecallResponse(
@@ -63,9 +65,18 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
             scores=wire.encode(result.scores, wire.FLOAT32),
             channel_masks=wire.encode(result.channel_masks, wire.UINT32),
             channel_names=result.channel_names,
-            snapshot_version=self.state.snapshot.version,
+            snapshot_version=state.snapshot.version,
             cold_start=result.cold_start,
         )
+
+
+def self_test(state: RecallState, config: RecallConfig) -> None:
+    """Run real queries once before serving a state: compiles kernels, checks the artifacts agree."""
+    known = str(state.snapshot.features.array("user_ids")[0])
+    for user_id in (known, "\x00self-test-unknown-user"):
+        result = recall(state, config, user_id, config.default_n)
+        if result.ids.size == 0 or np.unique(result.ids).size != result.ids.size:
+            raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
 
 
 def build(config: RecallConfig, log: Logger):

@@ -26,6 +26,7 @@ class RecallState:
     swing: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # CSR, loaded when "swing" is served
     segments: dict[str, np.ndarray] | None = None        # popular_segments.npz (export.recall_tables)
     blocklist: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))  # sorted int32 dense ids
+    content: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # i2i_content.npz: row + CSR
 
     @property
     def n_items(self) -> int:
@@ -64,6 +65,9 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     swing = load_neighbor_table(snapshot, "i2i_swing.npz", n_items) if "swing" in config.channels else None
     segments = (load_segments(snapshot, n_items, len(schema["user_cat_names"]))
                 if "segment_popular" in config.channels else None)
+    # snapshots exported before the content channel have no i2i_content.npz: the channel then returns nothing
+    content = (load_content_table(snapshot, n_items) if "content" in config.channels
+               and "i2i_content.npz" in snapshot.manifest.get("files", {}) else None)
     popular = snapshot.load_array("popular.npy").astype(np.int32)
     blocklist = snapshot.load_array("blocklist.npy")
     if blocklist.ndim != 1 or blocklist.dtype.kind != "i" or (blocklist.size and (
@@ -81,6 +85,7 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         swing=swing,
         segments=segments,
         blocklist=np.unique(blocklist).astype(np.int32),
+        content=content,
     )
 
 
@@ -93,6 +98,25 @@ def load_neighbor_table(snapshot: Snapshot, name: str, n_items: int) -> tuple[np
         raise SnapshotError(f"i2i table {snapshot.path / name} is invalid: {exc}") from None
     return (table["indptr"].astype(np.int64), table["indices"].astype(np.int32),
             table["scores"].astype(np.float32))
+
+
+def load_content_table(snapshot: Snapshot, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``i2i_content.npz`` (``export.recall_tables.content_table``) as ``(row, indptr, indices, scores)``, validated."""
+    path = snapshot.path / "i2i_content.npz"
+    table = snapshot.load_npz("i2i_content.npz")
+    try:
+        row, indptr = table["row"].astype(np.int64), table["indptr"].astype(np.int64)
+        indices, scores = table["indices"].astype(np.int32), table["scores"].astype(np.float32)
+        ok = (row.shape == (n_items,) and indptr.ndim == 1 and indptr.size >= 1 and indptr[0] == 0
+              and indptr[-1] == indices.size == scores.size and bool(np.all(np.diff(indptr) >= 0))
+              and (row.size == 0 or 0 <= row.min() <= row.max() < indptr.size - 1)
+              and (indices.size == 0 or 0 <= indices.min() <= indices.max() < n_items)
+              and bool(np.isfinite(scores).all()))
+    except (KeyError, ValueError) as exc:
+        raise SnapshotError(f"i2i table {path} is invalid: {exc}") from None
+    if not ok:
+        raise SnapshotError(f"i2i table {path} is inconsistent (shapes, offsets, ids or scores); re-run export")
+    return row, indptr, indices, scores
 
 
 def load_segments(snapshot: Snapshot, n_items: int, n_user_fields: int) -> dict[str, np.ndarray]:

@@ -63,6 +63,7 @@ class RerankConfig:
     max_k: int = 200
     max_candidates: int = 5000
     rules: RulesConfig = field(default_factory=RulesConfig)
+    reload_poll_s: float = 2.0   # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
 
     def validate(self) -> None:
         self.server.validate()

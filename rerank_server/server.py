@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from common import wire
 from common.log import Logger
+from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rerank_server.config import RerankConfig
@@ -17,38 +19,54 @@ from rerank_server.rerank import ParamError, rerank, rerank_ruled, resolve_param
 UINT8 = np.dtype("u1")
 
 
+@dataclass
+class RerankState:
+    """The rerank server's view of one snapshot: embeddings and rule attributes of every item."""
+
+    snapshot: Snapshot
+    item_emb: np.ndarray
+    items: object          # rerank_server.items attributes, built once so requests only gather them
+
+
 class RerankServicer(recsys_pb2_grpc.RerankServicer):
     """Thin adapter between the Rerank proto and ``rerank_server.rerank.rerank``."""
 
     def __init__(self, config: RerankConfig, log: Logger):
         self.config = config
         self.log = log
-        self.snapshot = Snapshot.open(config.snapshot)
-        self.item_emb = self.snapshot.load_array("item_emb.npy")
-        # Rule attributes of every item, built once here so requests only gather them.
-        self.items = load_item_attributes(self.snapshot, config.rules.blocked_item_ids)
         self.rules = config.rules.params()
-        log.info("snapshot_loaded", version=self.snapshot.version, n_items=int(self.item_emb.shape[0]),
-                 rules=config.rules.enabled)
-        self.self_test()
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
-    def self_test(self) -> None:
-        """Run every method once before reporting SERVING (compiles the kernels)."""
-        n = min(self.item_emb.shape[0], 50)
+    def load(self, path) -> RerankState:
+        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
+        snapshot = Snapshot.open(path)
+        state = RerankState(snapshot, snapshot.load_array("item_emb.npy"),
+                            load_item_attributes(snapshot, self.config.rules.blocked_item_ids))
+        self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.item_emb.shape[0]),
+                      rules=self.config.rules.enabled)
+        self.self_test(state)
+        return state
+
+    def self_test(self, state: RerankState) -> None:
+        """Run every method once before serving a state (compiles the kernels)."""
+        n = min(state.item_emb.shape[0], 50)
         idx = np.arange(n, dtype=np.int32)
         scores = np.linspace(1.0, 0.0, n, dtype=np.float32)
         for method in ("NONE", "MMR", "DPP", "DPP_WINDOW"):
-            positions = rerank(self.item_emb, idx, scores, min(10, n), resolve_params(self.config, method),
-                               self.items, self.rules)
+            positions = rerank(state.item_emb, idx, scores, min(10, n), resolve_params(self.config, method),
+                               state.items, self.rules)
             if np.unique(positions).size != positions.size:
                 raise ValueError(f"self-test: {method} returned duplicate positions")
 
     def Rerank(self, request, context):
         cfg = self.config
-        version = self.snapshot.version
-        if request.snapshot_version and request.snapshot_version != version:
+        # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
+        state = self.reloader.get(request.snapshot_version)
+        if state is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"candidates belong to snapshot {request.snapshot_version}, this server serves {version}")
+                          f"candidates belong to snapshot {request.snapshot_version}, this server serves "
+                          f"{', '.join(self.reloader.versions)}")
+        version = state.snapshot.version
         if not 1 <= request.k <= cfg.max_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{cfg.max_k}, got {request.k}")
         try:
@@ -62,11 +80,14 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         if item_idx.size > cfg.max_candidates:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"item_idx has {item_idx.size} candidates, the limit is {cfg.max_candidates}")
-        if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= self.item_emb.shape[0]):
+        if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= state.item_emb.shape[0]):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"item_idx holds ids outside 0..{self.item_emb.shape[0] - 1} of snapshot {version}")
+                          f"item_idx holds ids outside 0..{state.item_emb.shape[0] - 1} of snapshot {version}")
         if not np.isfinite(scores).all():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scores contain NaN or inf")
+        if request.method not in recsys_pb2.Method.values():  # proto3 enums are open: any int32 arrives
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"method: unknown value {request.method}; known: "
+                          + ", ".join(recsys_pb2.Method.keys()))
         p = request.params
         try:
             params = resolve_params(
@@ -77,7 +98,7 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
                 p.epsilon if p.HasField("epsilon") else None)
         except ParamError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        result = rerank_ruled(self.item_emb, item_idx, scores, request.k, params, self.items, self.rules,
+        result = rerank_ruled(state.item_emb, item_idx, scores, request.k, params, state.items, self.rules,
                               promoted, exclude_idx)
         return recsys_pb2.RerankResponse(positions=wire.encode(result.positions, wire.INT32), method=params.method,
                                          snapshot_version=version, relaxed_rules=result.relaxed_rules)

@@ -12,6 +12,11 @@ from common.snapshot import Snapshot
 @pytest.fixture(scope="session")
 def snapshot_root(tmp_path_factory) -> Path:
     """A snapshot root with one version exported from ML-100K with short training (CURRENT set)."""
+    import os
+
+    reuse = os.environ.get("RECSYS_TEST_SNAPSHOT")  # a root exported earlier: skips the export when iterating
+    if reuse:
+        return Path(reuse)
     from export.config import ExportConfig
     from export.pipeline import run_export
 

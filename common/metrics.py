@@ -1,0 +1,151 @@
+"""Prometheus metrics of one server process, and the gRPC interceptor that records them.
+
+Every server (``common.server.GrpcServer``) installs ``ServerInterceptor``: for each unary call of a
+``recsys.v1`` service it counts the request, times it, counts errors by status code, makes the caller's
+``x-request-id`` the request id of every log line written while serving it (``common.log``), writes a
+debug line per request and a warning per failed one. With ``server.metrics_port >= 0`` the process
+serves ``/metrics`` over HTTP (``serve_metrics``). The gateway adds per-stage latency, degraded counts
+and end-to-end latency (``observe_recommend``); every server reports the snapshot version its servicers serve
+now as an info gauge (``track_snapshot``, read at scrape time, so it follows hot reloads).
+
+One registry per process: each worker process serves its own ``/metrics`` (Prometheus sums them).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from common.log import Logger, request_id_var
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Latency buckets in seconds: the funnel lives between 1 and 100 ms.
+_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06,
+            0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("recsys_requests_total", "gRPC requests served, by method", ["method"], registry=REGISTRY)
+ERRORS = Counter("recsys_request_errors_total", "gRPC requests that ended with a non-OK status",
+                 ["method", "code"], registry=REGISTRY)
+LATENCY = Histogram("recsys_request_seconds", "Server-side latency of a gRPC request, by method", ["method"],
+                    buckets=_BUCKETS, registry=REGISTRY)
+DEGRADED = Counter("recsys_gateway_degraded_total", "Recommend calls where a stage fell back, by stage",
+                   ["stage"], registry=REGISTRY)
+STAGE_LATENCY = Histogram("recsys_gateway_stage_seconds", "Time the gateway spent in each stage, fallback included",
+                          ["stage"], buckets=_BUCKETS, registry=REGISTRY)
+RECOMMEND_LATENCY = Histogram("recsys_gateway_recommend_seconds", "End-to-end Recommend latency in the gateway",
+                              buckets=_BUCKETS, registry=REGISTRY)
+
+_SKIP_PREFIX = "/grpc."  # health checks and reflection are not traffic
+
+
+class _SnapshotInfo:
+    """``recsys_snapshot_info{version}`` = 1, read from the servicers at scrape time (follows reloads)."""
+
+    def __init__(self):
+        self.sources: list[Callable[[], str | None]] = []
+
+    def describe(self):
+        return [GaugeMetricFamily("recsys_snapshot_info", "The snapshot version this process serves (value 1)",
+                                  labels=["version"])]
+
+    def collect(self):
+        family = GaugeMetricFamily("recsys_snapshot_info", "The snapshot version this process serves (value 1)",
+                                   labels=["version"])
+        for version in sorted({v for source in self.sources if (v := source())}):
+            family.add_metric([version], 1)
+        yield family
+
+
+_SNAPSHOT_INFO = _SnapshotInfo()
+REGISTRY.register(_SNAPSHOT_INFO)
+
+
+def live_version(servicer: object) -> str | None:
+    """The snapshot version ``servicer`` serves now: its reloader's live state, its state, or its snapshot."""
+    reloader = getattr(servicer, "reloader", None)
+    state = reloader.current if reloader is not None else getattr(servicer, "state", None)
+    snapshot = getattr(state, "snapshot", None) or getattr(servicer, "snapshot", None)
+    return getattr(snapshot, "version", None)
+
+
+def track_snapshot(servicer: object) -> None:
+    """Report the snapshot version of ``servicer`` in ``recsys_snapshot_info`` (read at every scrape)."""
+    _SNAPSHOT_INFO.sources.append(lambda: live_version(servicer))
+
+
+def observe_recommend(timings_ms: dict[str, float], degraded: list[str], total_ms: float) -> None:
+    """Record one Recommend call in the gateway's metrics."""
+    for stage, ms in timings_ms.items():
+        STAGE_LATENCY.labels(stage=stage).observe(ms / 1000.0)
+    for stage in degraded:
+        DEGRADED.labels(stage=stage).inc()
+    RECOMMEND_LATENCY.observe(total_ms / 1000.0)
+
+
+def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> int:
+    """Serve ``/metrics`` on ``host:port`` (0: the OS picks); write the port to ``<port_file>.metrics``."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    bound = int(server.server_port)
+    if port_file:
+        target = f"{port_file}.metrics"
+        Path(f"{target}.tmp").write_text(str(bound))
+        os.replace(f"{target}.tmp", target)
+    log.info("metrics_started", host=host, port=bound)
+    return bound
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    """Count, time and log every unary ``recsys.v1`` call; carry its request id into the logs."""
+
+    def __init__(self, log: Logger):
+        self.log = log
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_SKIP_PREFIX):
+            return handler
+        inner = handler.unary_unary
+        name = method.rsplit("/", 1)[-1]
+        log = self.log
+
+        def wrapper(request, context):
+            start = time.perf_counter()
+            request_id = None
+            for key, value in context.invocation_metadata():
+                if key == "x-request-id":
+                    request_id = value
+                    break
+            token = request_id_var.set(request_id)
+            raised: BaseException | None = None
+            try:
+                return inner(request, context)
+            except BaseException as exc:  # context.abort raises; anything else is a bug → UNKNOWN
+                raised = exc
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                code = context.code()
+                if code is None:
+                    code = grpc.StatusCode.UNKNOWN if raised is not None else grpc.StatusCode.OK
+                REQUESTS.labels(method=name).inc()
+                LATENCY.labels(method=name).observe(seconds)
+                if code != grpc.StatusCode.OK:
+                    ERRORS.labels(method=name, code=code.name).inc()
+                    details = context.details()
+                    log.warning("request_failed", method=name, code=code.name, ms=round(seconds * 1000, 3),
+                                details=details.decode("utf-8", "replace") if isinstance(details, bytes)
+                                else details,
+                                error=None if raised is None or code != grpc.StatusCode.UNKNOWN else repr(raised))
+                else:
+                    log.debug("request", method=name, code="OK", ms=round(seconds * 1000, 3))
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(wrapper, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)

@@ -1,0 +1,136 @@
+"""The pre-rank model (DESIGN §1, 粗排): a small multi-task DeepFM distilled from the MMoE teacher.
+
+Pre-rank cuts ~1,000 recalled candidates to ~200 for the MMoE. It must optimise the same objective as
+the ranker, or it filters out exactly what rank would have liked; so it is trained on the MMoE's examples
+with the teacher's task logits as soft targets (the loss of :func:`export.mmoe.mmoe_loss`:
+``(1 - weight) * label_loss + weight * distill_loss``), outputs the same tasks (``click``, ``like``,
+``rating`` probabilities), and the rank server fuses them with the same weighted product as the ranker's.
+
+Architecture (cheap enough for 1,000 rows in well under a millisecond on one thread): one embedding table
+(dimension ``embed_dim``) for every field plus the weighted-mean bag embedding; per task a first-order
+term, the FM second-order interaction (shared, scaled per task) and one small DNN whose last layer has one
+output per task. Inputs are exactly :func:`common.rank_features.assemble`'s ``sparse`` / ``bag``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.rank_features import RankSchema
+from export.fit import fit
+from export.mmoe import TASKS, DistillConfig, mmoe_loss
+
+
+@dataclass
+class PrerankConfig:
+    """Hyper-parameters of the distilled pre-rank model and its training."""
+
+    embed_dim: int = 8
+    hidden: tuple[int, ...] = (64,)
+    dropout: float = 0.1
+    epochs: int = 4
+    batch_size: int = 2048
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    temperature: float = 1.0       # distillation temperature on the teacher's task logits
+    distill_weight: float = 0.8    # weight of the teacher's soft targets (1 - it: the labels)
+    seed: int = 0
+
+    def distill(self) -> DistillConfig:
+        return DistillConfig(temperature=self.temperature, weight=self.distill_weight)
+
+
+class PrerankFM(nn.Module):
+    """Multi-task DeepFM: ``(sparse, bag) -> T`` task logits from first-order + FM + a small DNN."""
+
+    def __init__(self, schema: RankSchema, cfg: PrerankConfig, n_tasks: int = len(TASKS)) -> None:
+        super().__init__()
+        self.n_fields = schema.n_fields
+        self.n_bag = schema.n_bag
+        self.n_tasks = n_tasks
+        k = cfg.embed_dim
+        vocab = torch.tensor(schema.field_vocab, dtype=torch.int64)
+        self.register_buffer("vocab", vocab, persistent=False)
+        self.register_buffer("offsets", torch.cumsum(vocab, 0) - vocab, persistent=False)
+        total = int(vocab.sum())
+        self.embed = nn.Embedding(total, k)
+        self.linear = nn.Embedding(total, n_tasks)
+        nn.init.normal_(self.embed.weight, std=0.05)
+        nn.init.zeros_(self.linear.weight)
+        self.bag_embed = nn.Parameter(torch.randn(max(self.n_bag, 1), k) * 0.05)
+        self.bag_linear = nn.Parameter(torch.zeros(max(self.n_bag, 1), n_tasks))
+        self.bias = nn.Parameter(torch.zeros(n_tasks))
+        self.fm_scale = nn.Parameter(torch.ones(n_tasks))
+        layers: list[nn.Module] = []
+        n_in = (self.n_fields + 1) * k
+        for h in cfg.hidden:
+            layers += [nn.Linear(n_in, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            n_in = h
+        layers.append(nn.Linear(n_in, n_tasks))
+        self.dnn = nn.Sequential(*layers)
+
+    def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid task scores float32 [B, T]."""
+        codes = torch.where((sparse >= 0) & (sparse < self.vocab), sparse, torch.zeros_like(sparse))
+        idx = codes + self.offsets
+        emb = self.embed(idx)                                     # [B, F, k]
+        if self.n_bag > 0:
+            w = bag / bag.sum(1, keepdim=True).clamp(min=1.0)     # [B, G]
+            bag_emb = w @ self.bag_embed                          # [B, k]
+            bag_lin = w @ self.bag_linear                         # [B, T]
+        else:
+            bag_emb = torch.zeros_like(emb[:, 0])
+            bag_lin = torch.zeros((emb.shape[0], self.n_tasks), dtype=emb.dtype)
+        fields = torch.cat([emb, bag_emb.unsqueeze(1)], dim=1)   # [B, F+1, k]
+        first = self.linear(idx).sum(1) + bag_lin                 # [B, T]
+        s = fields.sum(1)
+        fm = 0.5 * (s * s - (fields * fields).sum(1)).sum(1, keepdim=True)  # [B, 1]
+        return self.bias + first + fm * self.fm_scale + self.dnn(fields.flatten(1))
+
+    def forward(self, sparse: torch.Tensor, bag: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """sparse int64 [B, F], bag float32 [B, G] → one probability [B] per task (TASKS order)."""
+        p = torch.sigmoid(self.logits(sparse, bag))
+        return tuple(p[:, t] for t in range(self.n_tasks))
+
+
+def prerank_loss(logits: torch.Tensor, labels: dict[str, torch.Tensor], teacher_logits: torch.Tensor | None,
+                 cfg: PrerankConfig) -> torch.Tensor:
+    """The MMoE's masked multi-task label loss blended with BCE against the teacher's soft targets."""
+    return mmoe_loss(logits, labels, teacher_logits, cfg.distill())
+
+
+def train_prerank(
+    schema: RankSchema, cfg: PrerankConfig, examples: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
+    teacher_logits: torch.Tensor | np.ndarray | None,
+) -> tuple[PrerankFM, dict]:
+    """Train the pre-rank on ``examples`` (the MMoE's) with the teacher's logits [M, T] as soft targets.
+
+    ``teacher_logits`` None trains on labels alone (the comparison baseline). Returns the model in eval mode
+    and a log.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sparse, bag, labels = examples
+    x = torch.from_numpy(np.ascontiguousarray(sparse, np.int64))
+    b = torch.from_numpy(np.ascontiguousarray(bag, np.float32))
+    y = {k: torch.from_numpy(v) for k, v in labels.items()}
+    t_logits = torch.as_tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
+    if t_logits is not None and t_logits.shape[0] != x.shape[0]:
+        raise ValueError(f"{t_logits.shape[0]} teacher rows for {x.shape[0]} examples")
+    model = PrerankFM(schema, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = x.shape[0]
+    log: dict = {"n_examples": n, "distilled": t_logits is not None,
+                 "distill": {"temperature": cfg.temperature, "weight": cfg.distill_weight}}
+    model.train()
+    log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, lambda idx: prerank_loss(
+        model.logits(x[idx], b[idx]), {k: v[idx] for k, v in y.items()},
+        t_logits[idx] if t_logits is not None else None, cfg))
+    model.eval()
+    log["seconds"] = round(time.perf_counter() - t0, 3)
+    return model, log

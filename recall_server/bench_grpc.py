@@ -1,0 +1,124 @@
+"""Recall server end to end, gRPC included, at low load: ``python -m recall_server.bench_grpc``.
+
+    python -m recall_server.bench_grpc --snapshot DIR [--n 1000] [--requests 500] [--warmup 50]
+                                       [--set key=value ...] [--json PATH]
+
+Starts only the recall server (``gateway.cluster.Cluster.start_stages``) on the snapshot, then sends
+``--requests`` sequential Recall RPCs (one in flight: the latency without queueing) for random known users,
+and reports p50 / p90 / p99 / max in ms, beside the same ``recall()`` called in this process (the
+difference is what gRPC, protobuf and the process hop cost). Issue 6's target: p99 <= 5 ms for 1,000
+candidates from a 10^6 catalogue. Timings depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _pct(ms: list[float]) -> dict:
+    a = np.asarray(ms, np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
+
+
+def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int) -> tuple[dict, float]:
+    """Sequential Recall RPCs: latency percentiles (ms) and the mean number of candidates returned."""
+    import grpc
+
+    from common import wire
+    from protos import recsys_pb2, recsys_pb2_grpc
+
+    ms, sizes = [], []
+    with grpc.insecure_channel(addr) as channel:
+        stub = recsys_pb2_grpc.RecallStub(channel)
+        for i, user_id in enumerate(users[:warmup + requests]):
+            t0 = time.perf_counter()
+            reply = stub.Recall(recsys_pb2.RecallRequest(user_id=user_id, n=n), timeout=10.0)
+            ids = wire.decode(reply.item_idx, wire.INT32, "item_idx")
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            if i >= warmup:
+                ms.append(elapsed)
+                sizes.append(ids.size)
+    return _pct(ms), float(np.mean(sizes))
+
+
+def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup: int) -> dict:
+    """The same requests as plain ``recall()`` calls in this process (ms); ``snapshot`` is an open Snapshot."""
+    from recall_server.config import RecallConfig
+    from recall_server.recall import recall
+    from recall_server.state import load_state
+
+    config = RecallConfig(snapshot=str(snapshot.path))
+    state = load_state(snapshot, config)
+    ms = []
+    for i, user_id in enumerate(users[:warmup + requests]):
+        t0 = time.perf_counter()
+        recall(state, config, user_id, n)
+        if i >= warmup:
+            ms.append((time.perf_counter() - t0) * 1000.0)
+    return _pct(ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recall_server.bench_grpc", description=__doc__.splitlines()[0])
+    parser.add_argument("--snapshot", default="snapshots", help="snapshot root or version directory")
+    parser.add_argument("--n", type=int, default=1000, help="candidates per request")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recall server config override (repeatable)")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process comparison")
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from common.snapshot import Snapshot, SnapshotError
+    from gateway.bench import machine_info
+    from gateway.cluster import Cluster, ClusterConfig
+
+    try:
+        snapshot = Snapshot.open(args.snapshot, verify=False)
+    except SnapshotError as exc:
+        print(f"bench_grpc: {exc}", file=sys.stderr)
+        return 2
+    all_users = snapshot.features.array("user_ids")
+    users = [str(u) for u in np.random.default_rng(args.seed).choice(all_users, args.warmup + args.requests)]
+    report = {"machine": machine_info(), "snapshot": str(snapshot.path), "snapshot_version": snapshot.version,
+              "dataset": snapshot.manifest.get("dataset", {}), "n": args.n, "requests": args.requests,
+              "warmup": args.warmup, "overrides": args.overrides, "mode": "sequential (one request in flight)"}
+    t0 = time.perf_counter()
+    cluster = Cluster(ClusterConfig(snapshot=args.snapshot, overrides={"recall": args.overrides}))
+    try:
+        cluster.start_stages(["recall"])
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"bench_grpc: cannot start the recall server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report["server_start_s"] = round(time.perf_counter() - t0, 2)
+        report["grpc_ms"], report["mean_candidates"] = grpc_latency(cluster.addr("recall"), users, args.n,
+                                                                    args.requests, args.warmup)
+    finally:
+        cluster.stop()
+    if not args.no_in_process:
+        report["in_process_ms"] = in_process_latency(snapshot, users, args.n, args.requests, args.warmup)
+    g = report["grpc_ms"]
+    print(f"recall over gRPC, {args.requests} sequential requests, n={args.n}, "
+          f"{report['dataset'].get('items', '?')} items: p50 {g['p50']:.2f} ms  p90 {g['p90']:.2f}  "
+          f"p99 {g['p99']:.2f}  max {g['max']:.2f}  (mean {report['mean_candidates']:.0f} candidates)")
+    if "in_process_ms" in report:
+        p = report["in_process_ms"]
+        print(f"recall() in process, same requests:  p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f}  p99 {p['p99']:.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"report: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

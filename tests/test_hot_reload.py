@@ -1,0 +1,160 @@
+"""Hot reload, multi-process workers and restarts over a real cluster on a private snapshot root.
+
+One cluster (recall with two workers on one port, every server polling CURRENT every 0.2 s) serves all
+tests of this module, in order: both recall workers answer; a killed stage is restarted and the gateway
+degrades meanwhile; a new version published under load is picked up with no failed request; a corrupted
+version is refused by every server and the old one keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.snapshot import current_version, flip_current
+from gateway.cluster import Cluster, ClusterConfig
+from protos import recsys_pb2, recsys_pb2_grpc
+
+POLL = ["reload_poll_s=0.2"]
+
+
+def publish_copy(root: Path, source: str, version: str, corrupt: str | None = None) -> None:
+    """Publish ``source`` again as ``version`` (manifest hashes exclude manifest.json); optionally corrupt a file."""
+    shutil.copytree(root / source, root / version)
+    manifest_path = root / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = version
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if corrupt:
+        (root / version / corrupt).write_bytes(b"garbage" * 100)
+    flip_current(root, version)
+
+
+@pytest.fixture(scope="module")
+def root(snapshot_root, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reload-snapshots")
+    version = current_version(snapshot_root)
+    shutil.copytree(Path(snapshot_root) / version, root / version)
+    flip_current(root, version)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(root, tmp_path_factory):
+    config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
+                           workers={"recall": 2},
+                           overrides={"gateway": ["deadline_ms=3000", *POLL], "recall": [*POLL, "reload_activate_delay_s=1.5"], "rank": POLL,
+                                      "rerank": POLL})
+    with Cluster(config) as running:
+        yield running
+    for proc in running.procs.values():
+        assert proc.poll() is not None, "a server process outlived the cluster"
+
+
+@pytest.fixture(scope="module")
+def stub(cluster):
+    with grpc.insecure_channel(cluster.gateway_addr) as channel:
+        yield recsys_pb2_grpc.GatewayStub(channel)
+
+
+def recommend(stub, user_id: str = "1") -> recsys_pb2.RecommendResponse:
+    return stub.Recommend(recsys_pb2.RecommendRequest(user_id=user_id, k=10), timeout=10)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def log_events(cluster: Cluster, worker: str, event: str) -> list[dict]:
+    path = cluster.run_dir / f"{worker}.log"
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return [rec for line in lines if line.startswith("{") and (rec := json.loads(line))["event"] == event]
+
+
+def test_recall_workers_share_one_port(cluster):
+    pids = {cluster.procs["recall"].pid, cluster.procs["recall.1"].pid}
+    seen: set[str] = set()
+    for _ in range(40):  # every new connection is handed to one worker by the kernel (SO_REUSEPORT)
+        with grpc.insecure_channel(cluster.addr("recall"), options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            _, call = recsys_pb2_grpc.RecallStub(ch).Recall.with_call(recsys_pb2.RecallRequest(user_id="1", n=10),
+                                                                     timeout=10)
+        seen |= {value for key, value in call.trailing_metadata() if key == "x-worker-pid"}
+        if len(seen) == 2:
+            break
+    assert seen == {str(pid) for pid in pids}
+
+
+def test_killed_stage_is_restarted_and_gateway_recovers(cluster, stub, capsys):
+    assert recommend(stub).degraded == []
+    old = cluster.procs["rank"]
+    os.kill(old.pid, signal.SIGKILL)
+    old.wait()
+    assert "rank" in recommend(stub).degraded  # down: the gateway degrades, it does not fail
+    wait_for(lambda: cluster.procs["rank"].pid != old.pid, 10, "the launcher to restart rank")
+    wait_for(lambda: recommend(stub).degraded == [], 60, "the restarted rank to serve")
+    restarted = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                 if '"process_restarted"' in line]
+    assert restarted and restarted[0]["stage"] == "rank" and restarted[0]["old_pid"] == old.pid
+    assert restarted[0]["status"] == -signal.SIGKILL and restarted[0]["attempt"] == 1
+
+
+def test_new_version_under_load_fails_no_request(cluster, stub, root):
+    v1 = current_version(root)
+    v2 = v1 + "-b"
+    replies: list[tuple[str, tuple[str, ...]]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load():
+        users = ["1", "2", "3", "somebody-new"]
+        while not stop.is_set():
+            try:
+                reply = recommend(stub, users[len(replies) % len(users)])
+                replies.append((reply.snapshot_version, tuple(reply.degraded)))
+            except grpc.RpcError as exc:
+                errors.append(f"{exc.code()}: {exc.details()}")
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(replies) >= 5, 30, "traffic on the old version")
+        publish_copy(root, v1, v2)
+        wait_for(lambda: len(replies) >= 10 and all(v == v2 for v, _ in replies[-10:]), 60,
+                 "ten replies in a row from the new version")
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert errors == []
+    assert {v for v, _ in replies} == {v1, v2}
+    degraded = [(v, d) for v, d in replies if d]
+    assert len(degraded) <= max(3, len(replies) // 10), f"{len(degraded)} of {len(replies)} degraded: {degraded}"
+    for worker in ("recall", "recall.1", "rank", "rerank", "gateway"):
+        assert [e["version"] for e in log_events(cluster, worker, "snapshot_reloaded")] == [v2], worker
+
+
+def test_corrupted_version_is_refused_and_old_keeps_serving(cluster, stub, root):
+    good = current_version(root)
+    bad = good + "-corrupt"
+    publish_copy(root, good, bad, corrupt="items.hnsw")
+    workers = ("recall", "recall.1", "rank", "rerank", "gateway")
+    wait_for(lambda: all(log_events(cluster, w, "snapshot_refused") for w in workers), 30,
+             "every server to refuse the corrupted version")
+    for worker in workers:
+        refused = log_events(cluster, worker, "snapshot_refused")
+        assert refused[0]["version"] == bad and refused[0]["file"].endswith("items.hnsw"), worker
+        assert refused[0]["serving"] == good
+    for user_id in ("1", "2", "somebody-new"):
+        reply = recommend(stub, user_id)
+        assert reply.snapshot_version == good and reply.degraded == [] and len(reply.item_ids) == 10
+    flip_current(root, good)  # leave the root servable

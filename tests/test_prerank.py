@@ -1,0 +1,189 @@
+"""Tests of the pre-rank distilled from the MMoE teacher: loss, training, ONNX parity, serving, survival metric."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from common.snapshot import SnapshotError
+from export.evaluate_prerank import topk_survival
+from export.mmoe import TASKS, MMoEConfig, export_mmoe_onnx, make_mmoe_examples, mmoe_logits, predict_mmoe, train_mmoe
+from export.prerank import PrerankConfig, prerank_loss, train_prerank
+from export.quantize import onnx_predict, session
+from rank_server.config import RankConfig
+from rank_server.fusion import weighted_product
+from rank_server.model import RankModel
+from tests.test_mmoe import _wrong_model
+from tests.test_models import _schema, _synthetic_dataset
+
+torch.set_num_threads(2)
+
+TEACHER = MMoEConfig(embed_dim=16, n_experts=4, expert_hidden=64, tower_hidden=16, epochs=6, batch_size=128,
+                     lr=1e-2, neg_per_pos=2)
+PRE = PrerankConfig(embed_dim=4, hidden=(16,), epochs=8, batch_size=128, lr=1e-2, distill_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return _synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def examples(ds):
+    return make_mmoe_examples(ds, ds.interactions, _schema(ds), 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(ds, examples):
+    return train_mmoe(ds, ds.interactions, TEACHER, _schema(ds), examples=examples)[0]
+
+
+@pytest.fixture(scope="module")
+def teacher_logits(teacher, examples):
+    return mmoe_logits(teacher, examples[0], examples[1])
+
+
+@pytest.fixture(scope="module")
+def prerank(ds, examples, teacher_logits):
+    return train_prerank(_schema(ds), PRE, examples, teacher_logits)
+
+
+def _labels(n):
+    g = torch.Generator().manual_seed(1)
+    click = (torch.rand(n, generator=g) < 0.5).float()
+    return {"click": click, "like": click * (torch.rand(n, generator=g) < 0.5).float(),
+            "rating": click * torch.rand(n, generator=g), "mask": click.clone()}
+
+
+def test_prerank_loss_uses_teacher_targets():
+    torch.manual_seed(0)
+    labels = _labels(16)
+    t = torch.randn(16, 3) * 2
+    cfg = PrerankConfig(temperature=2.0, distill_weight=1.0)
+    # weight 1: the labels do not matter, the teacher does
+    other = {k: 1.0 - v if k != "mask" else v for k, v in labels.items()}
+    z = torch.randn(16, 3)
+    assert torch.allclose(prerank_loss(z, labels, t, cfg), prerank_loss(z, other, t, cfg))
+    assert not torch.allclose(prerank_loss(z, labels, t, cfg), prerank_loss(z, labels, -t, cfg))
+    # the teacher's own logits are the minimum: zero gradient there, higher loss around it
+    at = t.clone().requires_grad_(True)
+    prerank_loss(at, labels, t, cfg).backward()
+    assert at.grad.abs().max() < 1e-6
+    assert prerank_loss(t + 0.5 * torch.randn(16, 3), labels, t, cfg) > prerank_loss(t, labels, t, cfg)
+    # weight 0: labels only (the teacher is ignored)
+    cfg0 = PrerankConfig(distill_weight=0.0)
+    assert torch.allclose(prerank_loss(z, labels, t, cfg0), prerank_loss(z, labels, None, cfg0))
+
+
+def test_distilled_prerank_follows_the_teacher(ds, examples, teacher_logits, prerank):
+    model, log = prerank
+    assert log["distilled"] and log["epoch_loss"][-1] < log["epoch_loss"][0]
+    plain, plain_log = train_prerank(_schema(ds), PRE, examples, None)
+    assert not plain_log["distilled"]
+    t = teacher_logits.numpy()
+    d = mmoe_logits(model, examples[0], examples[1]).numpy()
+    p = mmoe_logits(plain, examples[0], examples[1]).numpy()
+    assert np.mean((d - t) ** 2) < np.mean((p - t) ** 2)
+    # ordering by fused score agrees with the teacher's
+    fused_t = weighted_product(1 / (1 + np.exp(-t)), TASKS, RankConfig().fusion)
+    fused_d = weighted_product(1 / (1 + np.exp(-d)), TASKS, RankConfig().fusion)
+    assert np.corrcoef(np.argsort(np.argsort(fused_t)), np.argsort(np.argsort(fused_d)))[0, 1] > 0.8
+
+
+def test_prerank_onnx_parity(ds, examples, prerank, tmp_path):
+    model, _ = prerank
+    s = _schema(ds)
+    path = tmp_path / "prerank.onnx"
+    export_mmoe_onnx(model, str(path), s.n_fields, s.n_bag)
+    m = onnx.load(str(path))
+    assert [o.name for o in m.graph.output] == TASKS
+    assert [i.name for i in m.graph.input] == ["sparse", "bag"]
+    sparse, bag, _ = make_mmoe_examples(ds, ds.interactions, s, 1, seed=7)
+    got = onnx_predict(session(path), sparse, bag)
+    want = predict_mmoe(model, sparse, bag)
+    assert got.shape == want.shape == (sparse.shape[0], 3)
+    assert np.abs(got - want).max() <= 1e-5
+
+
+class _FakeSnapshot:
+    """What rank_server.rank.load_state reads before item features: schema, manifest, files."""
+
+    def __init__(self, root, schema):
+        self.root = root
+        self.schema = {"rank": schema.to_dict(), "rank_tasks": TASKS, "user_cat_names": ["group", "gender"]}
+        self.manifest = {"schema": self.schema, "rank_serving_model": "rank.onnx",
+                         "prerank_serving_model": "prerank.onnx"}
+
+    def file(self, name):
+        return self.root / name
+
+    @property
+    def features(self):
+        raise AssertionError("load_state must refuse the pre-rank model before reading features")
+
+
+def test_rank_server_refuses_prerank_not_matching_schema(ds, teacher, tmp_path):
+    from rank_server.rank import load_state
+
+    s = _schema(ds)
+    export_mmoe_onnx(teacher, str(tmp_path / "rank.onnx"), s.n_fields, s.n_bag)
+    _wrong_model(tmp_path / "prerank.onnx", s.n_fields + 2, s.n_bag)
+    snap = _FakeSnapshot(tmp_path, s)
+    with pytest.raises(SnapshotError) as err:
+        load_state(snap, RankConfig())  # prerank_model "auto": the manifest's prerank.onnx
+    msg = str(err.value)
+    assert "prerank.onnx" in msg and str(s.n_fields + 2) in msg and str(s.n_fields) in msg
+    assert all(name in msg for name in s.field_names)   # the schema's side, by name
+    _wrong_model(tmp_path / "renamed.onnx", s.n_fields, s.n_bag, names=("codes", "bag"))
+    with pytest.raises(SnapshotError, match="codes.*sparse|sparse.*codes"):
+        load_state(snap, RankConfig(prerank_model="renamed.onnx"))
+
+
+def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
+    from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.rank import RankState, prerank_scores, rank
+
+    s = _schema(ds)
+    export_mmoe_onnx(teacher, str(tmp_path / "rank.onnx"), s.n_fields, s.n_bag)
+    export_mmoe_onnx(prerank[0], str(tmp_path / "prerank.onnx"), s.n_fields, s.n_bag)
+    items = ItemFeatures(ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
+    pre = RankModel(tmp_path / "prerank.onnx", s, TASKS, 1)
+
+    class _NoUsers:
+        def user(self, user_id):
+            return None
+
+    snap = type("S", (), {"features": _NoUsers()})()
+    state = RankState(snap, s, items, RankModel(tmp_path / "rank.onnx", s, TASKS, 1), 2, pre)
+    cand = np.arange(0, 40, dtype=np.int32)[::-1].copy()
+    cfg = RankConfig(prerank_keep=10)
+    res = rank(state, cfg, "", cand, 10**9)
+    sp, bg = rank_inputs(s, items, None, 2, cand, 10**9)
+    fused = weighted_product(pre.predict(sp, bg), TASKS, cfg.fusion)
+    np.testing.assert_allclose(prerank_scores(pre, sp, bg, cfg.fusion), fused, rtol=1e-6)
+    want = cand[np.sort(np.argsort(-fused, kind="stable")[:10])]
+    assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, want)
+
+
+def _survival_reference(rank_scores, pre_scores, k, keep):
+    n = len(rank_scores)
+    if n <= keep:
+        return 1.0
+    by_rank = sorted(range(n), key=lambda i: (-rank_scores[i], i))[:min(k, n)]
+    by_pre = set(sorted(range(n), key=lambda i: (-pre_scores[i], i))[:keep])
+    return sum(i in by_pre for i in by_rank) / len(by_rank)
+
+
+def test_topk_survival_matches_reference():
+    rng = np.random.default_rng(0)
+    for n, k, keep in ((1000, 50, 200), (300, 50, 200), (120, 50, 100), (60, 50, 200), (90, 100, 30)):
+        r = rng.random(n).astype(np.float32)
+        p = (r + rng.normal(0, 0.3, n)).astype(np.float32)
+        assert topk_survival(r, p, k, keep) == pytest.approx(_survival_reference(r, p, k, keep))
+    # ties broken by the earlier candidate, on both sides
+    r = np.round(rng.random(500), 1).astype(np.float32)
+    p = np.round(rng.random(500), 1).astype(np.float32)
+    assert topk_survival(r, p, 50, 200) == pytest.approx(_survival_reference(r, p, 50, 200))
+    r = rng.random(1000)
+    assert topk_survival(r, r, 50, 200) == 1.0                # the ranker itself keeps its top 50
+    assert topk_survival(r, -r, 50, 200) == 0.0               # the reverse order keeps none
+    assert np.isnan(topk_survival(np.zeros(0), np.zeros(0)))

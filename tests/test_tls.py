@@ -1,0 +1,86 @@
+"""TLS and mutual TLS, caller → gateway and gateway → stages, with certificates made by the openssl CLI."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.config import load_config
+from common.server import ServerOptions
+from gateway.client import RecommendClient
+from gateway.config import GatewayConfig
+from tests.fake_stages import start_fake_stages, start_gateway, stop
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all P-256, valid 1 day."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign", cwd=d)
+    for name, ext in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+                      ("client", "extendedKeyUsage=clientAuth\n")]:
+        (d / f"{name}.ext").write_text(ext)
+        _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)
+    return {n: str(d / n) for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_mutual_tls_end_to_end(snapshot, snapshot_root, tmp_path):
+    pki = make_pki(tmp_path)
+    server_tls = (pki["server.pem"], pki["server.key"], pki["ca.pem"])  # cert, key, client CA: mTLS
+    server, fake, port = start_fake_stages(snapshot.version, snapshot.item_ids.shape[0], tls=server_tls)
+    addr = f"127.0.0.1:{port}"
+    client_tls = (pki["ca.pem"], pki["client.pem"], pki["client.key"])
+    proc, gw_port = start_gateway(snapshot_root, tmp_path, [
+        f"recall_addr={addr}", f"rank_addr={addr}", f"rerank_addr={addr}", "deadline_ms=2000",
+        f"server.tls_cert={pki['server.pem']}", f"server.tls_key={pki['server.key']}",
+        f"server.tls_client_ca={pki['ca.pem']}",
+        f"stage_tls_ca={pki['ca.pem']}", f"stage_tls_cert={pki['client.pem']}", f"stage_tls_key={pki['client.key']}",
+    ], tls_client=client_tls)
+    try:
+        with RecommendClient(f"127.0.0.1:{gw_port}", timeout_s=5.0, tls_ca=pki["ca.pem"], tls_cert=pki["client.pem"],
+                             tls_key=pki["client.key"]) as client:
+            rec = client.recommend("1", k=5)
+        assert rec.degraded == [] and len(rec.items) == 5  # both hops worked over mutual TLS
+        # a caller without a client certificate, or speaking plaintext, is refused
+        for kwargs in ({"tls_ca": pki["ca.pem"]}, {}):
+            with RecommendClient(f"127.0.0.1:{gw_port}", timeout_s=2.0, retries=0, **kwargs) as client:
+                with pytest.raises(grpc.RpcError) as info:
+                    client.recommend("1", k=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop(proc)
+        server.stop(0)
+
+
+def test_tls_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="tls_cert and server.tls_key"):
+        load_config(ServerOptions, None, ["tls_cert=/nope.pem"])
+    with pytest.raises(ValueError, match="server.tls_cert: cannot read"):
+        load_config(ServerOptions, None, ["tls_cert=/nope.pem", "tls_key=/nope.key"])
+    with pytest.raises(ValueError, match="stage_tls_ca"):
+        load_config(GatewayConfig, None, [f"stage_tls_ca={tmp_path / 'missing.pem'}"])
+
+
+def test_no_pickle_or_eval_in_serving_code():
+    """Nothing received or read from a snapshot is unpickled or evaluated (issue 5, security)."""
+    root = Path(__file__).resolve().parent.parent
+    # builtins eval/exec (not torch's Module.eval()), pickle and anything that unpickles under the hood
+    banned = re.compile(r"(?<![\w.])(eval|exec)\(|import pickle|pickle\.loads?|allow_pickle=True|marshal\.loads?"
+                        r"|torch\.load\(")
+    hits = []
+    for package in ("common", "gateway", "recall_server", "rank_server", "rerank_server", "kernels", "protos"):
+        for path in (root / package).rglob("*.py"):
+            hits += [f"{path.relative_to(root)}: {m.group(0)}" for m in banned.finditer(path.read_text())]
+    assert not hits, hits
