@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
     if args.quick:
-        overrides = ["two_tower.epochs=2", "deepfm.epochs=1", "mmoe.epochs=2", "mmoe_teacher.epochs=1", *overrides]
+        overrides = ["two_tower.epochs=2", "deepfm.epochs=1", "mmoe.epochs=2", "mmoe_teacher.epochs=1", "prerank.epochs=1", *overrides]
     if args.synthetic is not None:
         overrides = [*synthetic_overrides(args.synthetic, args.synthetic_users, args.synthetic_interactions),
                      *overrides]

@@ -47,7 +47,7 @@ class MMoEConfig:
     expert_hidden: int = 64
     tower_hidden: int = 32
     dropout: float = 0.1
-    epochs: int = 3
+    epochs: int = 6               # quiet 2-core machine: ~7 s; at 3 the student trails the teacher by 0.012 click AUC
     batch_size: int = 2048
     lr: float = 3e-3
     weight_decay: float = 0.0
