@@ -52,7 +52,7 @@ class ClusterConfig:
     # GIL per process, so on a dedicated machine give the stages about as many workers in all as cores
     # (e.g. 8 cores: recall 3, rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1
     # and OMP_NUM_THREADS=1 are set here) so workers do not oversubscribe the cores. The kernel spreads
-    # connections (not calls) over the workers; the gateway keeps one long-lived channel per stage.
+    # connections (not calls) over the workers, so the gateway opens one channel per worker and round-robins.
     workers: dict[str, int] = field(default_factory=dict)
     restart: bool = True                   # restart a crashed process, with exponential backoff:
     restart_backoff_s: float = 0.5         # first delay, doubled per attempt
@@ -164,7 +164,8 @@ class Cluster:
         try:
             self._start_group(STAGES, 0, [], deadline)
             self._start_group(("gateway",), self.config.gateway_port,
-                              [f"{s}_addr={self.addr(s)}" for s in STAGES], deadline)
+                              [*(f"{s}_addr={self.addr(s)}" for s in STAGES),
+                               f"channels_per_stage={max(self.config.workers.get(s, 1) for s in STAGES)}"], deadline)
         except BaseException:
             self.stop()
             raise

@@ -42,6 +42,7 @@ class GatewayConfig:
     budget: Budget = field(default_factory=Budget)
     # kept back from each stage call for the gateway's own work (and from the caller's gRPC deadline for the
     # trip back); measured: a timed-out stage call returns ~1 ms late, so 1 ms answered up to deadline + 1.2 ms
+    channels_per_stage: int = 1      # connections per stage; set to its worker count so SO_REUSEPORT spreads calls
     reserve_ms: float = 2.0
     recall_n: int = 1000
     rank_n: int = 200                # candidates sent to rerank
@@ -54,6 +55,8 @@ class GatewayConfig:
     def validate(self) -> None:
         self.server.validate()
         self.budget.validate()
+        if self.channels_per_stage < 1:
+            raise ValueError(f"channels_per_stage must be >= 1, got {self.channels_per_stage}")
         self.experiments.validate()
         check_pair(self.stage_tls_cert, self.stage_tls_key, "stage_", ca=self.stage_tls_ca)
         if not 1 <= self.deadline_ms <= self.max_deadline_ms:

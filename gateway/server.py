@@ -1,6 +1,7 @@
 """gRPC Gateway servicer: validate Recommend, run the funnel under its deadline, build the reply."""
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 import time
@@ -30,6 +31,17 @@ class GatewayState:
     titles: np.ndarray
 
 
+class RoundRobin:
+    """Calls one stage method through several channels in turn (``next`` on a count is atomic under the GIL)."""
+
+    def __init__(self, methods: list):
+        self.methods = methods
+        self._turn = itertools.count()
+
+    def __call__(self, request, **kwargs):
+        return self.methods[next(self._turn) % len(self.methods)](request, **kwargs)
+
+
 class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     """Thin adapter between Recommend and ``gateway.funnel.run_funnel``; channels are long-lived."""
 
@@ -40,12 +52,16 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
         options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
-        self.channels = [open_channel(addr, options, config.stage_tls_ca, config.stage_tls_cert,
-                                      config.stage_tls_key)
-                         for addr in (config.recall_addr, config.rank_addr, config.rerank_addr)]
-        recall, rank, rerank = self.channels
-        self.stages = Stages(recsys_pb2_grpc.RecallStub(recall).Recall, recsys_pb2_grpc.RankStub(rank).Rank,
-                             recsys_pb2_grpc.RerankStub(rerank).Rerank)
+        # one connection per channel (local subchannel pool): the kernel balances SO_REUSEPORT workers by
+        # connection, so a stage with N workers gets N channels and calls go round-robin over them
+        pooled = [*options, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = {addr: [open_channel(addr, pooled, config.stage_tls_ca, config.stage_tls_cert,
+                                             config.stage_tls_key) for _ in range(config.channels_per_stage)]
+                         for addr in (config.recall_addr, config.rank_addr, config.rerank_addr)}
+        self.stages = Stages(
+            RoundRobin([recsys_pb2_grpc.RecallStub(c).Recall for c in self.channels[config.recall_addr]]),
+            RoundRobin([recsys_pb2_grpc.RankStub(c).Rank for c in self.channels[config.rank_addr]]),
+            RoundRobin([recsys_pb2_grpc.RerankStub(c).Rerank for c in self.channels[config.rerank_addr]]))
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
 
     def load(self, path) -> GatewayState:

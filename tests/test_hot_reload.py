@@ -95,6 +95,21 @@ def test_recall_workers_share_one_port(cluster):
     assert seen == {str(pid) for pid in pids}
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_gateway_spreads_calls_over_both_recall_workers(cluster, stub):
+    pids = [cluster.procs[name].pid for name in ("recall", "recall.1")]
+    before = [_cpu_ticks(pid) for pid in pids]
+    for i in range(300):
+        recommend(stub, str(1 + i % 900))
+    gained = [_cpu_ticks(pid) - b for pid, b in zip(pids, before)]
+    # ~1 ms of recall work per request: an idle worker gains ~0 ticks, a busy one well over 3
+    assert min(gained) >= 3, f"CPU ticks gained per recall worker: {gained}"
+
+
 def test_killed_stage_is_restarted_and_gateway_recovers(cluster, stub, capsys):
     assert recommend(stub).degraded == []
     old = cluster.procs["rank"]
