@@ -52,7 +52,7 @@ class ClusterConfig:
     # GIL per process, so on a dedicated machine give the stages about as many workers in all as cores
     # (e.g. 8 cores: recall 3, rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1
     # and OMP_NUM_THREADS=1 are set here) so workers do not oversubscribe the cores. The kernel spreads
-    # connections (not calls) over the workers, so the gateway opens one channel per worker and round-robins.
+    # connections (not calls) over the workers, so the gateway opens several channels per worker and round-robins.
     workers: dict[str, int] = field(default_factory=dict)
     restart: bool = True                   # restart a crashed process, with exponential backoff:
     restart_backoff_s: float = 0.5         # first delay, doubled per attempt
@@ -157,6 +157,13 @@ class Cluster:
                                    f"log: {self.run_dir / (name + '.log')}")
             time.sleep(0.1)
 
+    def _gateway_channels(self) -> int:
+        """Connections the gateway opens per stage. The kernel hashes each connection to one SO_REUSEPORT
+        worker, so with as many connections as workers two often land on the same one; 8 per worker
+        makes an idle worker unlikely (all 16 on one of 2 workers: p = 2**-15)."""
+        most = max(self.config.workers.get(s, 1) for s in STAGES)
+        return 1 if most == 1 else 8 * most
+
     def start(self) -> "Cluster":
         """Start the stages, then the gateway; return once all four report SERVING."""
         Snapshot.open(self.config.snapshot, verify=False)  # fail fast, in one line, without a snapshot
@@ -165,7 +172,7 @@ class Cluster:
             self._start_group(STAGES, 0, [], deadline)
             self._start_group(("gateway",), self.config.gateway_port,
                               [*(f"{s}_addr={self.addr(s)}" for s in STAGES),
-                               f"channels_per_stage={max(self.config.workers.get(s, 1) for s in STAGES)}"], deadline)
+                               f"channels_per_stage={self._gateway_channels()}"], deadline)
         except BaseException:
             self.stop()
             raise

@@ -42,7 +42,7 @@ class GatewayConfig:
     budget: Budget = field(default_factory=Budget)
     # kept back from each stage call for the gateway's own work (and from the caller's gRPC deadline for the
     # trip back); measured: a timed-out stage call returns ~1 ms late, so 1 ms answered up to deadline + 1.2 ms
-    channels_per_stage: int = 1      # connections per stage; set to its worker count so SO_REUSEPORT spreads calls
+    channels_per_stage: int = 1      # connections per stage (round-robin); several per SO_REUSEPORT worker
     reserve_ms: float = 2.0
     recall_n: int = 1000
     rank_n: int = 200                # candidates sent to rerank
