@@ -141,6 +141,24 @@ def server_arg_parser(description: str):
     return parser
 
 
+def die_with_parent() -> None:
+    """SIGTERM this process when the launcher that started it dies (Linux ``PR_SET_PDEATHSIG``).
+
+    The launcher passes its pid in ``RECSYS_PARENT_PID``; if it is already gone, stop now.
+    """
+    parent = os.environ.get("RECSYS_PARENT_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_server(component: str, config_cls: type, argv: list[str] | None, description: str,
                build: Callable[[object, Logger], list[tuple[Callable, object, str]]]) -> int:
     """Main of a server process: config → ``build`` (loads artifacts) → serve until signalled.
@@ -154,6 +172,7 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
     from common.log import get_logger
     from common.snapshot import SnapshotError
 
+    die_with_parent()
     args = server_arg_parser(description).parse_args(argv)
     overrides = list(args.overrides)
     if args.snapshot:

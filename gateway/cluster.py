@@ -2,8 +2,9 @@
 
 Each stage is its own process on its own port. Stages bind port 0 and report the port through a file
 in the run directory, so tests and demos never collide; the gateway is then started with their
-addresses. Children get SIGTERM when the launcher exits for any reason (Linux parent-death signal), so
-no process is orphaned even if the launcher itself is killed.
+addresses. Children get SIGTERM when the launcher exits for any reason (Linux parent-death signal, armed by the
+child itself: a preexec_fn would make Python fork the launcher, whose gRPC fork handlers then
+sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it can exec).
 
 A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
 it reported (SO_REUSEPORT). A supervisor thread restarts a worker that exits unasked on the same port,
@@ -12,7 +13,6 @@ with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -76,15 +76,6 @@ def worker_name(stage: str, index: int) -> str:
     return stage if index == 0 else f"{stage}.{index}"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launcher dies (prctl PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-    os.setpgrp()  # Ctrl-C in a terminal goes to the launcher only; it stops the children in order
-
-
 class Cluster:
     """The four server processes of one cluster."""
 
@@ -121,11 +112,12 @@ class Cluster:
         for item in [*extra, *self.config.overrides.get(name, [])]:
             args += ["--set", item]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                   OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+                   OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   RECSYS_PARENT_PID=str(os.getpid()))
         logfile = open(self.run_dir / f"{key}.log", "ab")
         self._logs.append(logfile)
         self.procs[key] = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                           cwd=ROOT, preexec_fn=_die_with_parent)
+                                           cwd=ROOT, start_new_session=True)
         self._spawned[key] = (name, extra, index, time.monotonic())
         if not restart:
             log.info("process_started", stage=name, worker=key, pid=self.procs[key].pid,

@@ -58,3 +58,30 @@ def test_export_bad_config_is_one_line_error(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "holdout_frac" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_servers_exit_when_the_launcher_is_killed(snapshot_root, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cluster", "--snapshot", str(snapshot_root),
+                             "--gateway-port", "0", "--set", f"run_dir={tmp_path}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "cluster ready" in proc.stdout.readline()
+        pids = [_pid_of(tmp_path, name) for name in ("recall", "rank", "rerank", "gateway")]
+        proc.kill()  # no chance to clean up: the servers' parent-death signal must do it
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and [pid for pid in pids if _alive(pid)]:
+            time.sleep(0.2)
+        assert not [pid for pid in pids if _alive(pid)], "servers outlived a killed launcher"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _pid_of(run_dir: Path, name: str) -> int:
+    """The pid a server logged in its own log file when it started listening."""
+    for line in (run_dir / f"{name}.log").read_text().splitlines():
+        if '"server_started"' in line:
+            return json.loads(line)["pid"]
+    raise AssertionError(f"{name} never logged server_started")
