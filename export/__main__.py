@@ -62,7 +62,8 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
     """Config overrides of ``--synthetic N_ITEMS``: the generator's sizes, and training scaled to what a
     2-core machine exports in minutes (later ``--set`` overrides win). Offline metrics always use 500
     held-out users; from 50,000 items every model trains one epoch on at most 300,000 rows (sampled users)
-    with larger batches (each step updates the whole id-embedding tables, so fewer steps is what helps)."""
+    with larger batches. Id tables of 10^5 rows or more train with sparse gradients (``export.fit``), so a
+    10^6-item export takes about 4 minutes on a quiet 2-core machine (two-tower 22 s, HNSW 40 s)."""
     out = ["dataset=synthetic", f"synthetic.n_items={n_items}", "eval_users=500"]
     if users:
         out.append(f"synthetic.n_users={users}")

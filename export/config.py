@@ -71,3 +71,8 @@ class ExportConfig:
             raise ValueError("eval_users and max_train_rows must be >= 0, content_top_m >= 1")
         if self.dataset == "synthetic":
             self.synthetic.validate()
+        for name in ("two_tower", "deepfm", "mmoe", "mmoe_teacher", "prerank"):
+            try:
+                getattr(self, name).sparse.validate()
+            except ValueError as exc:
+                raise ValueError(f"{name}.{exc}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
-from export.fit import fit
+from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 
 
 @dataclass
@@ -33,6 +33,7 @@ class DeepFMConfig:
     batch_size: int = 2048
     lr: float = 2e-3
     weight_decay: float = 0.0
+    sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
     neg_per_pos: int = 1          # sampled unseen items per positive row
     min_positive_rating: float = 4.0
     seed: int = 0
@@ -188,7 +189,7 @@ def train_deepfm(
     b = torch.from_numpy(bag)
     y = torch.from_numpy(label)
     model = DeepFM(schema, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = y.shape[0]
     log: dict = {"epoch_loss": [], "n_examples": n, "positive_rate": float(label.mean()) if n else 0.0}
     model.train()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
-from export.fit import fit
+from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 from export.deepfm import _sample_unseen
 
 TASKS = ["click", "like", "rating"]
@@ -51,6 +51,7 @@ class MMoEConfig:
     batch_size: int = 2048
     lr: float = 3e-3
     weight_decay: float = 0.0
+    sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
     neg_per_pos: int = 1          # sampled unrated items per logged row (click = 0)
     like_threshold: float = 4.0   # like = rating >= this
     max_rating: float = 5.0       # rating target = rating / max_rating
@@ -236,7 +237,7 @@ def train_mmoe(
     y = {k: torch.from_numpy(v) for k, v in labels.items()}
     t_logits = mmoe_logits(teacher, x, b) if teacher is not None else None
     model = MMoE(schema, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = x.shape[0]
     log: dict = {"epoch_loss": [], "n_examples": n, "clicked": int(labels["mask"].sum()),
                  "distilled": teacher is not None}

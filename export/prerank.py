@@ -14,14 +14,14 @@ output per task. Inputs are exactly :func:`common.rank_features.assemble`'s ``sp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.rank_features import RankSchema
-from export.fit import fit
+from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 from export.mmoe import TASKS, DistillConfig, mmoe_loss
 
 
@@ -36,6 +36,7 @@ class PrerankConfig:
     batch_size: int = 2048
     lr: float = 3e-3
     weight_decay: float = 0.0
+    sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
     temperature: float = 1.0       # distillation temperature on the teacher's task logits
     distill_weight: float = 0.8    # weight of the teacher's soft targets (1 - it: the labels)
     seed: int = 0
@@ -123,7 +124,7 @@ def train_prerank(
     if t_logits is not None and t_logits.shape[0] != x.shape[0]:
         raise ValueError(f"{t_logits.shape[0]} teacher rows for {x.shape[0]} examples")
     model = PrerankFM(schema, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = x.shape[0]
     log: dict = {"n_examples": n, "distilled": t_logits is not None,
                  "distill": {"temperature": cfg.temperature, "weight": cfg.distill_weight}}

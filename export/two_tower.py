@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.dataset import Dataset, Interactions
-from export.fit import fit
+from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 from export.history import history_before
 
 
@@ -37,6 +37,7 @@ class TwoTowerConfig:
     lr: float = 3e-3
     temperature: float = 0.05
     weight_decay: float = 0.0
+    sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
     id_dropout: float = 0.1       # probability of replacing an id by the unknown code 0
     logq_correction: bool = True  # subtract log(item sampling prob) from in-batch logits
     seed: int = 0
@@ -162,8 +163,7 @@ def train_two_tower(
     gen = torch.Generator().manual_seed(cfg.seed)
     user_tower = UserTower(ds.n_users, ds.user_cat_vocab, ds.n_items, cfg)
     item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg)
-    params = list(user_tower.parameters()) + list(item_tower.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = EmbeddingAdam([user_tower, item_tower], cfg.lr, cfg.weight_decay, cfg.sparse, decoupled=True)
 
     users = torch.from_numpy(train.user.astype(np.int64))
     items = torch.from_numpy(train.item.astype(np.int64))
