@@ -77,7 +77,7 @@ def in_process_funnel(snapshot: Snapshot, users: list[str], n: int, k: int, reca
 
 def ann_vs_exact(snapshot: Snapshot, users: list[str], k: int = 100, n_queries: int = 300) -> dict:
     """hnswlib against exact numpy inner-product search on the same user vectors: recall and latency."""
-    from recall_server.channels import user_vector
+    from recall_server.channels.ann import user_vector
     from recall_server.config import RecallConfig
     from recall_server.recall import build_query
     from recall_server.state import load_state

@@ -36,12 +36,13 @@ class RecallConfig:
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""
-        from recall_server.channels import CHANNELS
+        from recall_server.channels import known_channels
 
         self.server.validate()
+        known = known_channels()
         for name in self.channels:
-            if name not in CHANNELS:
-                raise ValueError(f"channels: unknown channel '{name}'; known: {', '.join(sorted(CHANNELS))}")
+            if name not in known:
+                raise ValueError(f"channels: unknown channel '{name}'; known: {', '.join(known)}")
             if self.quotas.get(name, 0) < 0:
                 raise ValueError(f"quotas.{name} must be >= 0")
             if not 0.0 <= self.weights.get(name, 1.0) < float("inf"):

@@ -7,7 +7,7 @@ import numpy as np
 
 from kernels.i2i_score import recency_weights
 from kernels.merge import merge_quota
-from recall_server.channels import CHANNELS, RecallQuery
+from recall_server.channels import RecallQuery, channel_module
 from recall_server.config import RecallConfig
 from recall_server.state import RecallState
 
@@ -60,7 +60,7 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
     for c, name in enumerate(names):
-        got_ids, got_scores = CHANNELS[name](state, query, quota.get(name, 0))
+        got_ids, got_scores = channel_module(name).recall(state, query, quota.get(name, 0))
         ids.append(got_ids)
         scores.append(got_scores)
         channel.append(np.full(got_ids.size, c, np.int32))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.snapshot import Snapshot, SnapshotError
-from recall_server.channels import CHANNELS
+from recall_server.channels import channel_module
 from recall_server.config import RecallConfig
 from recall_server.recall import build_query, recall
 from recall_server.state import load_state
@@ -82,7 +82,7 @@ def test_empty_history_override_is_ann_on_profile_only(state, config, users):
     assert not np.any(result.channel_masks & (bit(result, "itemcf") | bit(result, "swing")))
     query, _ = build_query(state, config, users[0], [], [])
     assert query.hist.size == 0
-    assert CHANNELS["swing"](state, query, 50)[0].size == 0
+    assert channel_module("swing").recall(state, query, 50)[0].size == 0
 
 
 def test_quota_override_respected(state, config, users):
@@ -102,7 +102,7 @@ def test_channel_masks_match_each_channels_top_quota(state, config, users):
         result = recall(state, config, user_id, 5000)
         query, _ = build_query(state, config, user_id, None, [])
         for c, name in enumerate(result.channel_names):
-            ids, _ = CHANNELS[name](state, query, config.quotas[name])
+            ids, _ = channel_module(name).recall(state, query, config.quotas[name])
             kept = ids[~np.isin(ids, query.exclude)][: config.quotas[name]]
             tagged = result.ids[(result.channel_masks >> np.uint32(c)) & np.uint32(1) == 1]
             np.testing.assert_array_equal(np.sort(tagged), np.sort(kept))
@@ -112,10 +112,10 @@ def test_swing_and_segment_channels_fire_for_known_users(state, config, users):
     for user_id in users:
         query, cold = build_query(state, config, user_id, None, [])
         assert not cold and query.hist.size > 0
-        ids, scores = CHANNELS["swing"](state, query, 50)
+        ids, scores = channel_module("swing").recall(state, query, 50)
         assert ids.size > 0 and np.all(np.diff(scores) <= 0)
         assert not np.isin(ids, query.exclude).any()
-        seg, _ = CHANNELS["segment_popular"](state, query, 50)
+        seg, _ = channel_module("segment_popular").recall(state, query, 50)
         assert seg.size > 0
     result = recall(state, config, users[0], 1000)
     assert np.any(result.channel_masks & bit(result, "swing"))
@@ -166,3 +166,46 @@ def test_structurally_invalid_tables_are_refused(snapshot_copy, config):
     np.save(snapshot_copy / "blocklist.npy", np.array([-1], np.int32))
     with pytest.raises(SnapshotError, match="blocklist.npy"):
         load_state(Snapshot.open(snapshot_copy, verify=False), config)
+
+
+NEW_CHANNEL = '''"""A channel written for the test: the user's own history, latest first, from a table load() builds."""
+import numpy as np
+
+from recall_server.channels import ranked
+
+
+def load(snapshot, config):
+    return {"loaded_from": str(snapshot.path)}
+
+
+def recall(state, query, k):
+    assert "loaded_from" in state.tables["recent_history"]
+    return ranked((query.hist[::-1] - 1)[:k].astype(np.int32))
+'''
+
+
+def test_a_new_channel_is_one_file_and_one_config_line(tmp_path, monkeypatch, snapshot, users):
+    """Drop a module next to the channels (here: on the package path) and name it in the config."""
+    import recall_server.channels as channels
+
+    (tmp_path / "recent_history.py").write_text(NEW_CHANNEL)
+    monkeypatch.setattr(channels, "__path__", [*channels.__path__, str(tmp_path)])
+    channels._module_names.cache_clear()
+    channels.channel_module.cache_clear()
+    try:
+        from common.config import load_config
+
+        config = load_config(RecallConfig, None, [f"snapshot={snapshot.path}",
+                                                  "channels=ann,itemcf,recent_history", "quotas.recent_history=5"])
+        state = load_state(snapshot, config)
+        assert state.tables["recent_history"] == {"loaded_from": str(snapshot.path)}
+        user_id = users[0]
+        history = [str(i) for i in snapshot.item_ids[[3, 1, 4, 1, 5]]]
+        got = recall(state, config, user_id, 50, history_override=history, exclude_ids=[])
+        tagged = got.ids[(got.channel_masks & bit(got, "recent_history")) != 0]
+        assert set(tagged.tolist()) <= {3, 1, 4, 5} and tagged.size > 0
+        with pytest.raises(ValueError, match="unknown channel 'nope'; known: .*recent_history"):
+            load_config(RecallConfig, None, ["channels=ann,nope"])
+    finally:
+        channels._module_names.cache_clear()
+        channels.channel_module.cache_clear()

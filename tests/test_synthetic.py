@@ -58,7 +58,7 @@ def test_content_table_matches_brute_force():
 def _cold_item_via_content(state, config, snapshot):
     """A (history item, cold item) pair where recalling with that history and only the content channel
     returns the cold item; asserts the cold item had no training interaction."""
-    row, indptr, indices, _ = state.content
+    row, indptr, indices, _ = state.tables["content"]
     assert indices.size, "the snapshot has no cold items in its content table"
     hist_item = int(np.flatnonzero(np.diff(indptr)[row] > 0)[0])
     cold_item = int(indices[indptr[row[hist_item]]])
