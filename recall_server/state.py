@@ -9,7 +9,6 @@ import numpy as np
 import onnxruntime as ort
 
 from common.snapshot import Snapshot, SnapshotError
-from kernels.i2i_score import check_neighbor_table
 from recall_server.channels import channel_module
 from recall_server.config import RecallConfig
 
@@ -82,14 +81,3 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         if load is not None:
             state.tables[name] = load(snapshot, config)
     return state
-
-
-def load_neighbor_table(snapshot: Snapshot, name: str, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A validated i2i CSR table ``(indptr int64, indices int32, scores float32)``; SnapshotError naming it."""
-    table = snapshot.load_npz(name)
-    try:
-        check_neighbor_table(table["indptr"], table["indices"], table["scores"], n_items)
-    except (KeyError, ValueError) as exc:
-        raise SnapshotError(f"i2i table {snapshot.path / name} is invalid: {exc}") from None
-    return (table["indptr"].astype(np.int64), table["indices"].astype(np.int32),
-            table["scores"].astype(np.float32))

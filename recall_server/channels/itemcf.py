@@ -1,23 +1,16 @@
 """Item-to-item: the user's recent items' ItemCF neighbours (``i2i_itemcf.npz``), weighted by recency."""
 from __future__ import annotations
 
-import numpy as np
-
-from kernels.i2i_score import i2i_score
-from recall_server.channels import RecallQuery, empty
-from recall_server.state import load_neighbor_table
+from recall_server.channels._i2i import load_neighbor_table, score_history
 
 FILE = "i2i_itemcf.npz"
 
 
-def load(snapshot, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load(snapshot, config):
     """The validated ItemCF CSR table."""
-    return load_neighbor_table(snapshot, FILE, int(snapshot.schema["n_items"]))
+    return load_neighbor_table(snapshot, FILE)
 
 
-def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Recency-weighted sum of the history items' neighbour scores, top ``k``, excluded items skipped."""
-    if query.hist.size == 0 or k <= 0:
-        return empty()
-    indptr, indices, scores = state.tables["itemcf"]
-    return i2i_score(query.hist - 1, query.hist_weights, indptr, indices, scores, k, query.exclude)
+def recall(state, query, k):
+    """See :func:`recall_server.channels._i2i.score_history`."""
+    return score_history(state.tables["itemcf"], query, k)
