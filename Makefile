@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench export cluster protos clean
+.PHONY: install demo test bench bench-recall export cluster protos clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=/path/to/python3.11"; exit 2; }
@@ -24,6 +24,10 @@ test: install
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m gateway.bench
+
+# issue 6's scale check: the recall server over gRPC, 1,000 candidates from a 10^6-item synthetic catalogue
+bench-recall: install
+	$(PY) -m recall_server.bench_grpc --synthetic 1000000 --requests 1000 --warmup 100
 
 export: install
 	$(PY) -m export

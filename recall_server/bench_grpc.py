@@ -1,7 +1,10 @@
 """Recall server end to end, gRPC included, at low load: ``python -m recall_server.bench_grpc``.
 
-    python -m recall_server.bench_grpc --snapshot DIR [--n 1000] [--requests 500] [--warmup 50]
-                                       [--set key=value ...] [--json PATH]
+    python -m recall_server.bench_grpc [--snapshot DIR | --synthetic N_ITEMS] [--n 1000] [--requests 500]
+                                       [--warmup 50] [--set key=value ...] [--json PATH]
+
+``--synthetic 1000000`` benches a synthetic 10^6-item catalogue (``export.synthetic``), exporting it into
+``snapshots-synthetic-1000000`` on first use (about 4 minutes on 2 cores) and reusing it afterwards.
 
 Starts only the recall server (``gateway.cluster.Cluster.start_stages``) on the snapshot, then sends
 ``--requests`` sequential Recall RPCs (one in flight: the latency without queueing) for random known users,
@@ -66,7 +69,10 @@ def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recall_server.bench_grpc", description=__doc__.splitlines()[0])
-    parser.add_argument("--snapshot", default="snapshots", help="snapshot root or version directory")
+    parser.add_argument("--snapshot", help="snapshot root or version directory (default: snapshots, or "
+                                           "snapshots-synthetic-N with --synthetic N)")
+    parser.add_argument("--synthetic", type=int, metavar="N_ITEMS",
+                        help="bench a synthetic catalogue of N_ITEMS items (exported on first use)")
     parser.add_argument("--n", type=int, default=1000, help="candidates per request")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
@@ -77,10 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    import grpc
+
     from common.snapshot import Snapshot, SnapshotError
+    from export.__main__ import ensure_snapshot, synthetic_root
     from gateway.bench import machine_info
     from gateway.cluster import Cluster, ClusterConfig
 
+    if args.n < 1 or args.requests < 1 or args.warmup < 0:
+        print("bench_grpc: --n and --requests must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    if args.synthetic is not None and args.synthetic < 10:
+        print("bench_grpc: --synthetic needs at least 10 items", file=sys.stderr)
+        return 2
+    if args.snapshot is None:
+        args.snapshot = synthetic_root(args.synthetic) if args.synthetic else "snapshots"
+    if args.synthetic and not ensure_snapshot(args.snapshot, synthetic=args.synthetic):
+        return 2
     try:
         snapshot = Snapshot.open(args.snapshot, verify=False)
     except SnapshotError as exc:
@@ -102,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         report["server_start_s"] = round(time.perf_counter() - t0, 2)
         report["grpc_ms"], report["mean_candidates"] = grpc_latency(cluster.addr("recall"), users, args.n,
                                                                     args.requests, args.warmup)
+    except grpc.RpcError as exc:
+        print(f"bench_grpc: the recall server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
     finally:
         cluster.stop()
     if not args.no_in_process:

@@ -20,3 +20,29 @@ def test_quick_bench_report_is_consistent(snapshot_root, tmp_path, capsys):
     assert 0.9 <= report["ann_vs_exact"]["hnswlib_recall_vs_exact"] <= 1.0
     assert compare(str(out), str(out)) == 0
     assert "p50 1.00" in capsys.readouterr().out
+
+
+def test_recall_grpc_bench_report(snapshot_root, tmp_path, capsys):
+    """recall_server.bench_grpc against a real recall server: the report, not the speed."""
+    from recall_server.bench_grpc import main as bench_grpc
+
+    out = tmp_path / "recall.json"
+    assert bench_grpc(["--snapshot", str(snapshot_root), "--n", "300", "--requests", "20", "--warmup", "2",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    g, p = report["grpc_ms"], report["in_process_ms"]
+    assert 0 < g["p50"] <= g["p90"] <= g["p99"] <= g["max"] and 0 < p["p50"] <= p["max"]
+    assert report["mean_candidates"] == 300 and report["dataset"]["items"] > 0
+    assert "recall over gRPC, 20 sequential requests, n=300" in capsys.readouterr().out
+
+
+def test_recall_grpc_bench_refuses_bad_arguments(snapshot_root, capsys):
+    from recall_server.bench_grpc import main as bench_grpc
+
+    assert bench_grpc(["--snapshot", str(snapshot_root), "--n", "0"]) == 2
+    assert bench_grpc(["--synthetic", "3"]) == 2
+    assert bench_grpc(["--snapshot", str(snapshot_root), "--n", "6000", "--requests", "1", "--warmup", "0",
+                       "--no-in-process"]) == 2
+    err = capsys.readouterr().err
+    assert "--n and --requests must be >= 1" in err and "at least 10 items" in err
+    assert "INVALID_ARGUMENT: n must be in 1..5000" in err
