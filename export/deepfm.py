@@ -9,7 +9,6 @@ is inside the model) so the exported ONNX graph needs no post-processing.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +18,9 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
+from export.field_codes import bag_weights, field_rows, register_field_offsets
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
+from export.onnx_export import export_onnx
 
 
 @dataclass
@@ -47,12 +48,7 @@ class DeepFM(nn.Module):
         self.n_fields = schema.n_fields
         self.n_bag = schema.n_bag
         k = cfg.embed_dim
-        vocab = torch.tensor(schema.field_vocab, dtype=torch.int64)
-        # One table for all fields, addressed by field offset + code: a single
-        # Gather instead of F of them, in training and in the ONNX graph.
-        self.register_buffer("vocab", vocab, persistent=False)
-        self.register_buffer("offsets", torch.cumsum(vocab, 0) - vocab, persistent=False)
-        total = int(vocab.sum())
+        total = register_field_offsets(self, schema.field_vocab)  # one table for all fields
         self.embed = nn.Embedding(total, k)
         self.linear = nn.Embedding(total, 1)
         nn.init.normal_(self.embed.weight, std=0.01)
@@ -70,13 +66,11 @@ class DeepFM(nn.Module):
 
     def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores float32 [B] (training uses these for a stable BCE)."""
-        # Out-of-range codes read as unknown (0) instead of another field's row.
-        codes = torch.where((sparse >= 0) & (sparse < self.vocab), sparse, torch.zeros_like(sparse))
-        idx = codes + self.offsets
+        idx = field_rows(self, sparse)
         emb = self.embed(idx)                                    # [B, F, k]
         if self.n_bag > 0:
             # Weighted mean over the active entries; an empty bag gives 0 / 1 = 0.
-            w = bag / bag.sum(1, keepdim=True).clamp(min=1.0)    # [B, G]
+            w = bag_weights(bag)                                 # [B, G]
             bag_emb = w @ self.bag_embed                         # [B, k]
             bag_lin = w @ self.bag_linear                        # [B]
         else:
@@ -218,22 +212,5 @@ def export_deepfm_onnx(model: DeepFM, path: str, n_fields: int, n_bag: int) -> N
     Inputs ``sparse`` int64 [B, F] and ``bag`` float32 [B, G]; output ``prob``
     float32 [B]; the batch axis is dynamic.
     """
-    was_training = model.training
-    model.eval()
     dummy = (torch.zeros((2, n_fields), dtype=torch.int64), torch.zeros((2, n_bag), dtype=torch.float32))
-    # dynamo=False on purpose: the TorchScript exporter needs no onnxscript
-    # and handles dynamic_axes directly; torch is pinned, so its
-    # deprecation notice is noise here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            dummy,
-            path,
-            input_names=["sparse", "bag"],
-            output_names=["prob"],
-            dynamic_axes={"sparse": {0: "batch"}, "bag": {0: "batch"}, "prob": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    model.train(was_training)
+    export_onnx(model, dummy, path, ["sparse", "bag"], ["prob"])

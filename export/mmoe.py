@@ -22,7 +22,6 @@ what serving asks the student for, so it is knowledge worth transferring).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,9 @@ from torch import nn
 
 from common.rank_features import RankSchema, assemble, context_codes
 from export.dataset import Dataset, Interactions
+from export.field_codes import bag_weights, field_rows, register_field_offsets
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
+from export.onnx_export import export_onnx
 from export.deepfm import _sample_unseen
 
 TASKS = ["click", "like", "rating"]
@@ -102,10 +103,7 @@ class MMoE(nn.Module):
         self.n_experts = cfg.n_experts
         self.expert_hidden = cfg.expert_hidden
         k = cfg.embed_dim
-        vocab = torch.tensor(schema.field_vocab, dtype=torch.int64)
-        self.register_buffer("vocab", vocab, persistent=False)
-        self.register_buffer("offsets", torch.cumsum(vocab, 0) - vocab, persistent=False)
-        self.embed = nn.Embedding(int(vocab.sum()), k)
+        self.embed = nn.Embedding(register_field_offsets(self, schema.field_vocab), k)
         nn.init.normal_(self.embed.weight, std=0.05)
         self.bag_embed = nn.Parameter(torch.randn(max(self.n_bag, 1), k) * 0.05)
         n_in = (self.n_fields + 1) * k
@@ -120,11 +118,9 @@ class MMoE(nn.Module):
 
     def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid task scores float32 [B, T]."""
-        codes = torch.where((sparse >= 0) & (sparse < self.vocab), sparse, torch.zeros_like(sparse))
-        emb = self.embed(codes + self.offsets)                    # [B, F, k]
+        emb = self.embed(field_rows(self, sparse))                # [B, F, k]
         if self.n_bag > 0:
-            w = bag / bag.sum(1, keepdim=True).clamp(min=1.0)
-            bag_emb = w @ self.bag_embed                          # [B, k]
+            bag_emb = bag_weights(bag) @ self.bag_embed           # [B, k]
         else:
             bag_emb = torch.zeros_like(emb[:, 0])
         x = torch.cat([emb, bag_emb.unsqueeze(1)], dim=1).flatten(1)          # [B, (F+1)k]
@@ -259,12 +255,5 @@ def export_mmoe_onnx(model: MMoE, path: str, n_fields: int, n_bag: int) -> None:
     ``click``, ``like``, ``rating`` float32 [B] (probabilities, rating / 5);
     the batch axis is dynamic.
     """
-    was_training = model.training
-    model.eval()
     dummy = (torch.zeros((2, n_fields), dtype=torch.int64), torch.zeros((2, n_bag), dtype=torch.float32))
-    axes = {"sparse": {0: "batch"}, "bag": {0: "batch"}, **{t: {0: "batch"} for t in TASKS}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, dummy, path, input_names=["sparse", "bag"], output_names=list(TASKS),
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
-    model.train(was_training)
+    export_onnx(model, dummy, path, ["sparse", "bag"], list(TASKS))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from common.rank_features import RankSchema
+from export.field_codes import bag_weights, field_rows, register_field_offsets
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 from export.mmoe import TASKS, DistillConfig, mmoe_loss
 
@@ -54,10 +55,7 @@ class PrerankFM(nn.Module):
         self.n_bag = schema.n_bag
         self.n_tasks = n_tasks
         k = cfg.embed_dim
-        vocab = torch.tensor(schema.field_vocab, dtype=torch.int64)
-        self.register_buffer("vocab", vocab, persistent=False)
-        self.register_buffer("offsets", torch.cumsum(vocab, 0) - vocab, persistent=False)
-        total = int(vocab.sum())
+        total = register_field_offsets(self, schema.field_vocab)
         self.embed = nn.Embedding(total, k)
         self.linear = nn.Embedding(total, n_tasks)
         nn.init.normal_(self.embed.weight, std=0.05)
@@ -76,11 +74,10 @@ class PrerankFM(nn.Module):
 
     def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid task scores float32 [B, T]."""
-        codes = torch.where((sparse >= 0) & (sparse < self.vocab), sparse, torch.zeros_like(sparse))
-        idx = codes + self.offsets
+        idx = field_rows(self, sparse)
         emb = self.embed(idx)                                     # [B, F, k]
         if self.n_bag > 0:
-            w = bag / bag.sum(1, keepdim=True).clamp(min=1.0)     # [B, G]
+            w = bag_weights(bag)                                  # [B, G]
             bag_emb = w @ self.bag_embed                          # [B, k]
             bag_lin = w @ self.bag_linear                         # [B, T]
         else:

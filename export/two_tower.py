@@ -12,7 +12,6 @@ gets a useful vector from its categorical features (and, for users, history).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.dataset import Dataset, Interactions
+from export.field_codes import bag_weights, field_rows, register_field_offsets, valid_codes
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
+from export.onnx_export import export_onnx
 from export.history import history_before
 
 
@@ -43,28 +44,18 @@ class TwoTowerConfig:
     seed: int = 0
 
 
-def _valid_codes(x: torch.Tensor, vocab: torch.Tensor | int) -> torch.Tensor:
-    """Codes outside ``[0, vocab)`` become 0, so bad input reads "unknown"
-    instead of failing the Gather (or reading another field's rows)."""
-    return torch.where((x >= 0) & (x < vocab), x, torch.zeros_like(x))
-
-
 class _FieldEmbedding(nn.Module):
     """One embedding per categorical field, stored as a single offset table."""
 
     def __init__(self, vocab: list[int], dim: int) -> None:
         super().__init__()
         self.n_fields = len(vocab)
-        sizes = torch.tensor([int(v) for v in vocab], dtype=torch.int64)
-        offsets = torch.cumsum(sizes, 0) - sizes
-        self.register_buffer("vocab", sizes, persistent=False)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(max(int(sizes.sum()), 1), dim)
+        self.table = nn.Embedding(max(register_field_offsets(self, vocab), 1), dim)
         nn.init.normal_(self.table.weight, std=0.05)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """int64 [B, Fn] → float32 [B, Fn * dim]."""
-        e = self.table(_valid_codes(codes, self.vocab) + self.offsets)
+        e = self.table(field_rows(self, codes))
         return e.flatten(1)
 
 
@@ -95,9 +86,9 @@ class UserTower(nn.Module):
 
     def forward(self, user_code: torch.Tensor, user_cat: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """user_code int64 [B], user_cat int64 [B, Fu], hist int64 [B, N] → float32 [B, dim], unit norm."""
-        uid = self.user_id(_valid_codes(user_code, self.n_users + 1))
+        uid = self.user_id(valid_codes(user_code, self.n_users + 1))
         cat = self.user_cat(user_cat)
-        h = _valid_codes(hist, self.n_items + 1)
+        h = valid_codes(hist, self.n_items + 1)
         mask = (h > 0).to(torch.float32).unsqueeze(-1)
         # Masked mean: padding is excluded from the count; an empty history
         # gives 0 / 1 = zeros instead of NaN.
@@ -125,10 +116,10 @@ class ItemTower(nn.Module):
 
     def forward(self, item_code: torch.Tensor, item_cat: torch.Tensor, item_bag: torch.Tensor) -> torch.Tensor:
         """item_code int64 [B], item_cat int64 [B, Fi], item_bag float32 [B, G] → float32 [B, dim], unit norm."""
-        iid = self.item_id(_valid_codes(item_code, self.n_items + 1))
+        iid = self.item_id(valid_codes(item_code, self.n_items + 1))
         cat = self.item_cat(item_cat)
         if self.n_bag > 0:
-            bag = self.bag(item_bag / item_bag.sum(1, keepdim=True).clamp(min=1.0))
+            bag = self.bag(bag_weights(item_bag))
         else:
             bag = torch.zeros_like(iid)
         out = self.mlp(torch.cat([iid, cat, bag], dim=1))
@@ -260,8 +251,6 @@ def export_user_tower_onnx(user_tower: UserTower, path: str, n_user_fields: int,
     Inputs: ``user_code`` int64 [B], ``user_cat`` int64 [B, Fu], ``hist`` int64
     [B, N]; output ``user_emb`` float32 [B, dim]; the batch axis is dynamic.
     """
-    was_training = user_tower.training
-    user_tower.eval()
     # Batch 2 with one padded history, so tracing sees the general case.
     dummy = (
         torch.tensor([1, 0], dtype=torch.int64),
@@ -270,19 +259,4 @@ def export_user_tower_onnx(user_tower: UserTower, path: str, n_user_fields: int,
             [torch.ones((1, history_len), dtype=torch.int64), torch.zeros((1, history_len), dtype=torch.int64)]
         ),
     )
-    # dynamo=False on purpose: the TorchScript exporter needs no onnxscript
-    # and handles dynamic_axes directly; torch is pinned, so its
-    # deprecation notice is noise here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            user_tower,
-            dummy,
-            path,
-            input_names=["user_code", "user_cat", "hist"],
-            output_names=["user_emb"],
-            dynamic_axes={"user_code": {0: "batch"}, "user_cat": {0: "batch"}, "hist": {0: "batch"}, "user_emb": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    user_tower.train(was_training)
+    export_onnx(user_tower, dummy, path, ["user_code", "user_cat", "hist"], ["user_emb"])

@@ -22,13 +22,7 @@ import numpy as np
 from common.snapshot import Snapshot, SnapshotError
 from export.__main__ import ensure_snapshot, synthetic_root
 from gateway.cluster import Cluster, ClusterConfig
-from gateway.loadgen import run_rate
-
-
-def _pct(values) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+from gateway.loadgen import percentiles, run_rate
 
 
 def machine_info() -> dict:
@@ -72,7 +66,7 @@ def in_process_funnel(snapshot: Snapshot, users: list[str], n: int, k: int, reca
         if i >= 50:  # the first 50 warm caches
             for name, a, b in (("recall", t0, t1), ("rank", t1, t2), ("rerank", t2, t3), ("total", t0, t3)):
                 times[name].append((b - a) * 1000.0)
-    return {name: _pct(v) for name, v in times.items()}
+    return {name: percentiles(v) for name, v in times.items()}
 
 
 def ann_vs_exact(snapshot: Snapshot, users: list[str], k: int = 100, n_queries: int = 300) -> dict:
@@ -102,7 +96,7 @@ def ann_vs_exact(snapshot: Snapshot, users: list[str], k: int = 100, n_queries: 
         hnsw_ms.append((t1 - t0) * 1000)
         exact_ms.append((t2 - t1) * 1000)
         overlap.append(np.intersect1d(labels[0], top).size / k)
-    out.update({"hnswlib_ms": _pct(hnsw_ms), "numpy_exact_ms": _pct(exact_ms),
+    out.update({"hnswlib_ms": percentiles(hnsw_ms), "numpy_exact_ms": percentiles(exact_ms),
                 "hnswlib_recall_vs_exact": float(np.mean(overlap))})
     try:
         import faiss  # optional peer

@@ -15,6 +15,16 @@ from gateway.client import parse_response
 from protos import recsys_pb2, recsys_pb2_grpc
 
 
+def percentiles(values) -> dict:
+    """p50 / p90 / p99 / p99.9 / max / mean of latencies (any unit, JSON-ready); {} for no values."""
+    if len(values) == 0:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "p99.9": float(np.percentile(a, 99.9)),
+            "max": float(a.max()), "mean": float(a.mean())}
+
+
 @dataclass
 class RateResult:
     """Everything measured at one offered rate."""
@@ -31,19 +41,11 @@ class RateResult:
 
     def summary(self) -> dict:
         """Counts and percentiles, JSON-ready."""
-        def pct(values: list[float]) -> dict:
-            if not values:
-                return {}
-            a = np.asarray(values)
-            return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-                    "p99": float(np.percentile(a, 99)), "p99.9": float(np.percentile(a, 99.9)),
-                    "max": float(a.max()), "mean": float(a.mean())}
-
         return {"offered_rate": self.rate, "duration_s": self.duration_s, "sent": self.sent, "ok": self.ok,
                 "errors": self.errors, "error_count": sum(self.errors.values()), "degraded": self.degraded,
                 "achieved_rate": self.ok / self.duration_s if self.duration_s else 0.0,
-                "late_sends": self.late_sends, "latency_ms": pct(self.latency_ms),
-                "stage_ms": {name: pct(v) for name, v in self.stage_ms.items()}}
+                "late_sends": self.late_sends, "latency_ms": percentiles(self.latency_ms),
+                "stage_ms": {name: percentiles(v) for name, v in self.stage_ms.items()}}
 
 
 def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int, deadline_ms: int,

@@ -23,17 +23,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _pct(ms: list[float]) -> dict:
-    a = np.asarray(ms, np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
-
-
 def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int) -> tuple[dict, float]:
     """Sequential Recall RPCs: latency percentiles (ms) and the mean number of candidates returned."""
     import grpc
 
     from common import wire
+    from gateway.loadgen import percentiles
     from protos import recsys_pb2, recsys_pb2_grpc
 
     ms, sizes = [], []
@@ -47,11 +42,12 @@ def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int
             if i >= warmup:
                 ms.append(elapsed)
                 sizes.append(ids.size)
-    return _pct(ms), float(np.mean(sizes))
+    return percentiles(ms), float(np.mean(sizes))
 
 
 def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup: int) -> dict:
     """The same requests as plain ``recall()`` calls in this process (ms); ``snapshot`` is an open Snapshot."""
+    from gateway.loadgen import percentiles
     from recall_server.config import RecallConfig
     from recall_server.recall import recall
     from recall_server.state import load_state
@@ -64,7 +60,7 @@ def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup
         recall(state, config, user_id, n)
         if i >= warmup:
             ms.append((time.perf_counter() - t0) * 1000.0)
-    return _pct(ms)
+    return percentiles(ms)
 
 
 def main(argv: list[str] | None = None) -> int:
