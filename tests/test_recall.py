@@ -190,7 +190,7 @@ def test_a_new_channel_is_one_file_and_one_config_line(tmp_path, monkeypatch, sn
 
     (tmp_path / "recent_history.py").write_text(NEW_CHANNEL)
     monkeypatch.setattr(channels, "__path__", [*channels.__path__, str(tmp_path)])
-    channels._module_names.cache_clear()
+    channels.known_channels.cache_clear()
     channels.channel_module.cache_clear()
     try:
         from common.config import load_config
@@ -207,5 +207,5 @@ def test_a_new_channel_is_one_file_and_one_config_line(tmp_path, monkeypatch, sn
         with pytest.raises(ValueError, match="unknown channel 'nope'; known: .*recent_history"):
             load_config(RecallConfig, None, ["channels=ann,nope"])
     finally:
-        channels._module_names.cache_clear()
+        channels.known_channels.cache_clear()
         channels.channel_module.cache_clear()

@@ -17,7 +17,6 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 
@@ -33,17 +32,10 @@ class RecallQuery:
     exclude: np.ndarray           # int32 dense ids never to return (seen + request + blocklist), sorted
 
 
-Channel = Callable[..., tuple[np.ndarray, np.ndarray]]   # (state, query, k) -> (ids, scores)
-
-
 @functools.cache
-def _module_names() -> tuple[str, ...]:
+def known_channels() -> tuple[str, ...]:
+    """Names of the channel modules in this package (modules starting with ``_`` are helpers)."""
     return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
-
-
-def known_channels() -> list[str]:
-    """Names of the channel modules in this package."""
-    return list(_module_names())
 
 
 @functools.cache
@@ -52,7 +44,7 @@ def channel_module(name: str) -> ModuleType:
 
     Cached: the request path resolves every channel on every call.
     """
-    known = _module_names()
+    known = known_channels()
     if name not in known:
         raise ValueError(f"unknown channel '{name}'; known: {', '.join(known)}")
     module = importlib.import_module(f"{__name__}.{name}")
