@@ -18,7 +18,7 @@ The multi-hot ``bag`` (e.g. genres) travels separately as float32 [B, G].
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class RankSchema:
     field_names: list[str]
     field_vocab: list[int]
     bag_names: list[str]
+    dense_names: list[str] = field(default_factory=list)   # common.candidate_features columns ([] : none)
 
     def __post_init__(self) -> None:
         if len(self.field_names) != len(self.field_vocab):
@@ -51,6 +52,7 @@ class RankSchema:
         self.field_names = [str(n) for n in self.field_names]
         self.field_vocab = [int(v) for v in self.field_vocab]
         self.bag_names = [str(n) for n in self.bag_names]
+        self.dense_names = [str(n) for n in self.dense_names]
 
     @property
     def n_fields(self) -> int:
@@ -83,6 +85,7 @@ class RankSchema:
             field_names=list(d["field_names"]),
             field_vocab=[int(v) for v in d["field_vocab"]],
             bag_names=list(d["bag_names"]),
+            dense_names=list(d.get("dense_names", [])),
         )
 
     @classmethod

@@ -47,10 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, SnapshotError, ValueError, OSError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
-    metrics = json.loads((path / "manifest.json").read_text())["metrics"]
+    manifest = json.loads((path / "manifest.json").read_text())
     print(f"snapshot {path}")
-    print(json.dumps({k: metrics[k] for k in ("recall", "rank", "hnsw_recall@100_vs_exact", "parity")}, indent=2))
+    print(summary(manifest))
     return 0
+
+
+def summary(manifest: dict) -> str:
+    """The funnel tables (validation, then test with the peers) and the choices behind them, as text."""
+    from export.evaluate_funnel import format_funnel
+
+    m = manifest["metrics"]
+    sel = m["selection"]
+    funnel = m["funnel"]
+    lines = [f"validation part ({funnel['validation']['users']} users; models trained on the training cut):",
+             format_funnel(funnel["validation"]), "",
+             f"test part ({funnel['test']['users']} users; published models; read once):",
+             format_funnel(funnel["test"], m["peers"].get("rows")), "",
+             f"choices on validation: epochs {sel['epochs']}, fusion {sel['fusion']['form']} "
+             f"{sel['fusion']['weights']}, int8 {sel['int8']['choice']}, rerank {sel['rerank']['choice']}",
+             f"merged recall (test): {json.dumps(m['recall'].get('merged', {}))}",
+             f"hnsw recall@100 vs exact: {m['hnsw_recall@100_vs_exact']}; export {manifest['timings_s']['total']:.0f} s"]
+    return "\n".join(lines)
 
 
 def synthetic_root(n_items: int) -> str:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from export.deepfm import DeepFMConfig
 from export.mmoe import DistillConfig, MMoEConfig, MMoETeacherConfig
 from export.prerank import PrerankConfig
+from export.rank_replay import ReplayConfig
+from export.ranker import RankerConfig
 from export.synthetic import SyntheticConfig
 from export.two_tower import TwoTowerConfig
 
@@ -26,13 +28,16 @@ class ExportConfig:
     out: str = "snapshots"                 # snapshot root; the new version lands in out/<version>
     dataset: str = "ml-100k"               # "ml-100k", "synthetic" (see [synthetic]), or a generic atomic file stem
     data_dir: str = ""                     # empty: ../shared/data/ml-100k, $RECSYS_DATA_DIR or the recbole wheel
-    holdout_frac: float = 0.2              # per user, the latest fraction of interactions is held out
+    holdout_frac: float = 0.2              # per user, the latest fraction of interactions is the test part
+    valid_frac: float = 0.1                # per user, the fraction just before it is the validation part
     itemcf_top_m: int = 100
     swing_top_m: int = 100
     swing_alpha: float = 1.0               # 1 / (alpha + |I(u) & I(v)|)
     swing_user_damping: float = 0.5        # user weight |I(u)| ** -damping
     swing_max_users: int = 1000            # users per item entering Swing's pair loop (0: no cap)
     popular_n: int = 2000
+    next_top_m: int = 50                   # i2i_next.npz: next-item transitions kept per item
+    recent_days: float = 30.0              # item_stats.npz recent_count: interactions in the data's last days
     content_top_m: int = 50                # i2i_content.npz: cold items nearest in content space per row
     # cold start: popular items per demographic segment (user profile fields; numeric ones bucketed by edges)
     segment_fields: list[str] = field(default_factory=lambda: ["age", "gender"])
@@ -43,6 +48,14 @@ class ExportConfig:
     eval_users: int = 0                    # offline metrics on a seeded sample of this many held-out users (0: all)
     max_train_rows: int = 0                # two-tower / DeepFM / MMoE train on a seeded sample of users with at most
                                            # this many training rows in all (0: all); i2i tables use every row
+    # the served funnel the choices and the funnel table are made for (the gateway's recall_n and rank_n,
+    # k = 10); rerank defaults: the most diverse MMR lambda within rerank_max_cost of the rank order's
+    # validation NDCG@10 (NONE when none is)
+    recall_n: int = 1000
+    rank_n: int = 200
+    k: int = 10
+    rerank_lambdas: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8, 0.7])
+    rerank_max_cost: float = 0.02
     make_current: bool = True
     threads: int = 2
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
@@ -52,6 +65,8 @@ class ExportConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     prerank: PrerankConfig = field(default_factory=PrerankConfig)  # pre-rank distilled from the teacher
     hnsw: HnswConfig = field(default_factory=HnswConfig)
+    rank_replay: ReplayConfig = field(default_factory=ReplayConfig)   # the ranker's examples (export.rank_replay)
+    ranker: RankerConfig = field(default_factory=RankerConfig)        # choices on validation (export.ranker)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when dataset = "synthetic"
 
     def validate(self) -> None:
@@ -69,6 +84,18 @@ class ExportConfig:
             raise ValueError("eval_k must list positive cut-offs")
         if self.eval_users < 0 or self.max_train_rows < 0 or self.content_top_m < 1:
             raise ValueError("eval_users and max_train_rows must be >= 0, content_top_m >= 1")
+        if not 0.0 <= self.valid_frac < 1.0 or self.holdout_frac + self.valid_frac >= 1.0:
+            raise ValueError(f"valid_frac must be in [0, 1) with holdout_frac + valid_frac < 1, got {self.valid_frac}")
+        if self.valid_frac == 0.0:
+            raise ValueError("valid_frac must be > 0: every choice is made on the validation part")
+        if not 1 <= self.k <= self.rank_n <= self.recall_n:
+            raise ValueError("need 1 <= k <= rank_n <= recall_n")
+        if any(not 0.0 <= x <= 1.0 for x in self.rerank_lambdas) or not 0.0 <= self.rerank_max_cost < 1.0:
+            raise ValueError("rerank_lambdas must lie in [0, 1] and rerank_max_cost in [0, 1)")
+        if self.next_top_m < 1 or self.recent_days <= 0:
+            raise ValueError("next_top_m must be >= 1 and recent_days > 0")
+        self.rank_replay.validate()
+        self.ranker.validate()
         if self.dataset == "synthetic":
             self.synthetic.validate()
         for name in ("two_tower", "deepfm", "mmoe", "mmoe_teacher", "prerank"):

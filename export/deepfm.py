@@ -121,14 +121,15 @@ def make_rank_examples(
     neg_per_pos: int,
     seed: int,
     min_positive_rating: float = 4.0,
+    known: Interactions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labelled ranking examples from an interaction log.
 
     Every row of ``inter`` becomes one example, label 1 when its rating is
     >= ``min_positive_rating`` and 0 otherwise (seen but disliked). Each
     positive row also yields ``neg_per_pos`` examples with label 0 for items
-    the user never interacted with anywhere in ``ds.interactions`` (uniformly
-    sampled), with the positive row's timestamp as context. Sampling depends
+    the user never interacted with in ``known`` (default: ``inter`` itself; never
+    pass rows the model may not know, such as the test part) (uniformly sampled), with the positive row's timestamp as context. Sampling depends
     only on ``seed``, so metrics are comparable across runs.
 
     Returns ``sparse`` int64 [M, F], ``bag`` float32 [M, G], ``label`` float32 [M];
@@ -143,7 +144,8 @@ def make_rank_examples(
 
     pos = np.flatnonzero(label > 0)
     neg_src = np.repeat(pos, neg_per_pos)
-    all_inter = ds.interactions
+    # only what the model may know: a held-out row must not shape the training negatives (issue 11)
+    all_inter = known if known is not None else inter
     seen_keys = np.unique(all_inter.user.astype(np.int64) * ds.n_items + all_inter.item.astype(np.int64))
     neg_items, ok = _sample_unseen(users[neg_src], ds.n_items, seen_keys, rng)
     neg_src, neg_items = neg_src[ok], neg_items[ok]
@@ -167,9 +169,9 @@ def make_rank_examples(
 
 
 def train_deepfm(
-    ds: Dataset, train: Interactions, cfg: DeepFMConfig, schema: RankSchema
+    ds: Dataset, train: Interactions, cfg: DeepFMConfig, schema: RankSchema, known: Interactions | None = None
 ) -> tuple[DeepFM, dict]:
-    """Train DeepFM with BCE and Adam on :func:`make_rank_examples` of ``train``.
+    """Train DeepFM with BCE and Adam on :func:`make_rank_examples` of ``train`` (negatives avoid ``known``).
 
     Returns the model in eval mode and a log with per-epoch mean loss.
     """
@@ -177,7 +179,7 @@ def train_deepfm(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     sparse, bag, label = make_rank_examples(
-        ds, train, schema, cfg.neg_per_pos, cfg.seed, cfg.min_positive_rating
+        ds, train, schema, cfg.neg_per_pos, cfg.seed, cfg.min_positive_rating, known=known
     )
     x = torch.from_numpy(sparse)
     b = torch.from_numpy(bag)

@@ -76,13 +76,15 @@ class EmbeddingAdam:
 
 
 def fit(opt: torch.optim.Optimizer | EmbeddingAdam, n: int, batch_size: int, epochs: int, gen: torch.Generator,
-        batch_loss: Callable[[torch.Tensor], torch.Tensor | None]) -> list[float]:
+        batch_loss: Callable[[torch.Tensor], torch.Tensor | None],
+        on_epoch: Callable[[int], None] | None = None) -> list[float]:
     """Shuffle ``n`` rows each epoch and step ``opt`` on ``batch_loss(row_indices)``.
 
-    ``batch_loss`` returns None to skip a batch. Returns the mean loss of each epoch.
+    ``batch_loss`` returns None to skip a batch; ``on_epoch(epoch)`` (1-based) runs after each epoch.
+    Returns the mean loss of each epoch.
     """
     losses = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         total, steps = 0.0, 0
         for start in range(0, n, batch_size):
@@ -95,4 +97,6 @@ def fit(opt: torch.optim.Optimizer | EmbeddingAdam, n: int, batch_size: int, epo
             total += loss.item()
             steps += 1
         losses.append(total / max(steps, 1))
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return losses

@@ -137,3 +137,45 @@ def hit_rate_at_k(
     if not has.any():
         return float("nan")
     return float((hits[has] > 0).mean())
+
+
+def ndcg_at_k(
+    pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
+) -> float:
+    """Mean over users with >= 1 truth item of binary-relevance NDCG@k.
+
+    DCG = sum over the first k predictions that are truth items of 1 / log2(position + 2) (a repeated
+    prediction counts once, at its first position); the ideal DCG puts min(k, |truth|) hits first.
+    ``pred`` is int [U, K'] padded with -1. Returns NaN when no user has truth.
+    """
+    pred = np.asarray(pred)
+    indptr = np.asarray(truth_indptr, dtype=np.int64)
+    items = np.asarray(truth_items, dtype=np.int64)
+    if pred.ndim != 2 or pred.shape[0] != indptr.shape[0] - 1:
+        raise ValueError(f"pred must be [U, K] with U = {indptr.shape[0] - 1}, got {pred.shape}")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    top = pred[:, :k].astype(np.int64)
+    n_users, width = top.shape
+    span = int(max(items.max(initial=-1), top.max(initial=-1))) + 1
+    truth_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
+    truth_keys = np.unique(truth_user * span + items)
+    n_truth = np.bincount(truth_keys // span, minlength=n_users)
+    keys = np.arange(n_users, dtype=np.int64)[:, None] * span + top
+    # first occurrence of each prediction in its row (later repeats earn nothing)
+    sorted_keys = np.sort(keys, axis=1)
+    first = np.ones_like(top, dtype=bool)
+    if width > 1:
+        order = np.argsort(keys, axis=1, kind="stable")
+        dup_sorted = np.zeros_like(top, dtype=bool)
+        dup_sorted[:, 1:] = sorted_keys[:, 1:] == sorted_keys[:, :-1]
+        np.put_along_axis(first, order, ~dup_sorted, axis=1)
+    hit = (top >= 0) & first & np.isin(keys, truth_keys)
+    discount = 1.0 / np.log2(np.arange(2, width + 2))
+    dcg = hit @ discount
+    ideal_cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    idcg = ideal_cum[np.minimum(n_truth, k)]
+    has = n_truth > 0
+    if not has.any():
+        return float("nan")
+    return float((dcg[has] / idcg[has]).mean())

@@ -1,8 +1,11 @@
 """Multi-task MMoE ranking model (click, like, rating) over the shared rank feature schema.
 
-Inputs are exactly what :func:`common.rank_features.assemble` produces, as for
-DeepFM: ``sparse`` int64 [B, F] and ``bag`` float32 [B, G] (the bag is one more
-field whose embedding is the weighted mean of its active entries).
+Inputs are what :func:`common.rank_features.assemble` produces, as for DeepFM:
+``sparse`` int64 [B, F] and ``bag`` float32 [B, G] (the bag is one more field
+whose embedding is the weighted mean of its active entries); and, for a model
+built with ``n_dense > 0``, ``dense`` float32 [B, D]: the candidate's recall and
+history features (:mod:`common.candidate_features`), standardised inside the
+model with the training rows' mean and deviation, so ONNX carries the scaling.
 
 Architecture: shared embeddings → ``n_experts`` one-hidden-layer expert MLPs
 (computed as one wide Linear, then split) → per task a softmax gate over the
@@ -95,8 +98,10 @@ class DistillConfig:
 class MMoE(nn.Module):
     """Shared embeddings, shared experts, one softmax gate and one tower per task."""
 
-    def __init__(self, schema: RankSchema, cfg: MMoEConfig, n_tasks: int = len(TASKS)) -> None:
+    def __init__(self, schema: RankSchema, cfg: MMoEConfig, n_tasks: int = len(TASKS), n_dense: int = 0) -> None:
         super().__init__()
+        self.n_dense = n_dense
+        register_dense_scaling(self, n_dense)
         self.n_fields = schema.n_fields
         self.n_bag = schema.n_bag
         self.n_tasks = n_tasks
@@ -106,7 +111,7 @@ class MMoE(nn.Module):
         self.embed = nn.Embedding(register_field_offsets(self, schema.field_vocab), k)
         nn.init.normal_(self.embed.weight, std=0.05)
         self.bag_embed = nn.Parameter(torch.randn(max(self.n_bag, 1), k) * 0.05)
-        n_in = (self.n_fields + 1) * k
+        n_in = (self.n_fields + 1) * k + n_dense
         # All experts' hidden layers as one Linear: one Gemm in ONNX, one int8 MatMul after quantization.
         self.experts = nn.Linear(n_in, cfg.n_experts * cfg.expert_hidden)
         self.gates = nn.Linear(n_in, n_tasks * cfg.n_experts)
@@ -116,7 +121,7 @@ class MMoE(nn.Module):
             for _ in range(n_tasks)
         ])
 
-    def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
+    def logits(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-sigmoid task scores float32 [B, T]."""
         emb = self.embed(field_rows(self, sparse))                # [B, F, k]
         if self.n_bag > 0:
@@ -124,25 +129,51 @@ class MMoE(nn.Module):
         else:
             bag_emb = torch.zeros_like(emb[:, 0])
         x = torch.cat([emb, bag_emb.unsqueeze(1)], dim=1).flatten(1)          # [B, (F+1)k]
+        if self.n_dense:
+            x = torch.cat([x, scale_dense(self, dense)], dim=1)              # [B, (F+1)k + D]
         ex = self.drop(F.relu(self.experts(x))).reshape(-1, self.n_experts, self.expert_hidden)  # [B, E, H]
         g = torch.softmax(self.gates(x).reshape(-1, self.n_tasks, self.n_experts), dim=-1)        # [B, T, E]
         mixed = (g.unsqueeze(-1) * ex.unsqueeze(1)).sum(2)                    # [B, T, H]
         return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=1)
 
-    def forward(self, sparse: torch.Tensor, bag: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """sparse int64 [B, F], bag float32 [B, G] → (p_click, p_like, p_rating_norm), each [B]."""
-        p = torch.sigmoid(self.logits(sparse, bag))
+    def forward(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+        """sparse int64 [B, F], bag float32 [B, G] (, dense float32 [B, D]) → (p_click, p_like, p_rating_norm)."""
+        p = torch.sigmoid(self.logits(sparse, bag, dense))
         return tuple(p[:, t] for t in range(self.n_tasks))
+
+
+def register_dense_scaling(module: nn.Module, n_dense: int) -> None:
+    """Buffers ``dense_mean`` / ``dense_std`` [D] (0 / 1 until :func:`fit_dense_scaling`), saved with the model
+    and exported to ONNX, so serving feeds raw features."""
+    module.register_buffer("dense_mean", torch.zeros(n_dense))
+    module.register_buffer("dense_std", torch.ones(n_dense))
+
+
+def fit_dense_scaling(module: nn.Module, dense: np.ndarray) -> None:
+    """Set the scaling buffers from training rows (a constant column keeps std 1)."""
+    if getattr(module, "n_dense", 0) and dense.shape[0]:
+        d = np.asarray(dense, np.float64)
+        module.dense_mean.copy_(torch.from_numpy(d.mean(0).astype(np.float32)))
+        std = d.std(0)
+        module.dense_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
+
+
+def scale_dense(module: nn.Module, dense: torch.Tensor | None) -> torch.Tensor:
+    """Standardised dense features, clipped to +-8 deviations (a far outlier must not dominate)."""
+    if dense is None:
+        raise ValueError(f"{type(module).__name__} was built with {module.n_dense} dense features; pass dense")
+    return torch.clamp((dense - module.dense_mean) / module.dense_std, -8.0, 8.0)
 
 
 def make_mmoe_examples(
     ds: Dataset, inter: Interactions, schema: RankSchema, neg_per_pos: int, seed: int,
-    like_threshold: float = 4.0, max_rating: float = 5.0,
+    like_threshold: float = 4.0, max_rating: float = 5.0, known: Interactions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Multi-task examples: every logged row is click = 1, plus ``neg_per_pos`` sampled unrated items each.
 
-    Negatives are items the user never interacted with anywhere in
-    ``ds.interactions``, drawn with ``seed`` only (so metrics are comparable),
+    Negatives are items the user never interacted with in ``known`` (default:
+    ``inter``; never rows the model may not know, such as the test part), drawn with ``seed`` only (so metrics are comparable),
     with the logged row's timestamp as context. Labels (float32 [M]):
     ``click``; ``like`` (rating >= like_threshold) and ``rating`` (rating / max_rating),
     both 0 on sampled rows; ``mask`` = click (where like and rating are defined).
@@ -153,7 +184,8 @@ def make_mmoe_examples(
     items = inter.item.astype(np.int64)
     ts = inter.timestamp.astype(np.int64)
     neg_src = np.repeat(np.arange(users.shape[0]), neg_per_pos)
-    all_inter = ds.interactions
+    # only what the model may know: a held-out row must not shape the training negatives (issue 11)
+    all_inter = known if known is not None else inter
     seen_keys = np.unique(all_inter.user.astype(np.int64) * ds.n_items + all_inter.item.astype(np.int64))
     neg_items, ok = _sample_unseen(users[neg_src], ds.n_items, seen_keys, rng)
     neg_src, neg_items = neg_src[ok], neg_items[ok]
@@ -193,32 +225,38 @@ def mmoe_loss(
 
 
 @torch.no_grad()
-def mmoe_logits(model: MMoE, sparse: np.ndarray | torch.Tensor, bag: np.ndarray | torch.Tensor,
-                batch_size: int = 16384) -> torch.Tensor:
-    """Pre-sigmoid task scores [M, T] in eval mode."""
+def mmoe_logits(model: nn.Module, sparse: np.ndarray | torch.Tensor, bag: np.ndarray | torch.Tensor,
+                dense: np.ndarray | torch.Tensor | None = None, batch_size: int = 16384) -> torch.Tensor:
+    """Pre-sigmoid task scores [M, T] in eval mode (any model with ``logits(sparse, bag, dense)``)."""
     was_training = model.training
     model.eval()
     x = torch.as_tensor(np.ascontiguousarray(sparse, dtype=np.int64))
     b = torch.as_tensor(np.ascontiguousarray(bag, dtype=np.float32))
-    out = [model.logits(x[s:s + batch_size], b[s:s + batch_size]) for s in range(0, x.shape[0], batch_size)]
+    d = torch.as_tensor(np.ascontiguousarray(dense, dtype=np.float32)) if dense is not None else None
+    out = [model.logits(x[s:s + batch_size], b[s:s + batch_size], d[s:s + batch_size] if d is not None else None)
+           for s in range(0, x.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, model.n_tasks))
 
 
-def predict_mmoe(model: MMoE, sparse: np.ndarray, bag: np.ndarray) -> np.ndarray:
+def predict_mmoe(model: nn.Module, sparse: np.ndarray, bag: np.ndarray, dense: np.ndarray | None = None
+                 ) -> np.ndarray:
     """Task probabilities float32 [M, T] (columns in :data:`TASKS` order)."""
-    return torch.sigmoid(mmoe_logits(model, sparse, bag)).numpy()
+    return torch.sigmoid(mmoe_logits(model, sparse, bag, dense)).numpy()
 
 
 def train_mmoe(
     ds: Dataset, train: Interactions, cfg: MMoEConfig, schema: RankSchema, teacher: MMoE | None = None,
     distill: DistillConfig | None = None,
-    examples: tuple | None = None,
+    examples: tuple | None = None, dense: np.ndarray | None = None,
+    on_epoch=None,
 ) -> tuple[MMoE, dict]:
     """Train an MMoE with Adam on :func:`make_mmoe_examples` of ``train`` (or the given ``examples``).
 
+    ``dense`` float32 [M, D] builds a model with D dense inputs (scaled with these rows' statistics).
     With ``teacher``, its logits on the same examples become soft targets
-    (see :func:`mmoe_loss`). Returns the model in eval mode and a log.
+    (see :func:`mmoe_loss`). ``on_epoch(model, epoch)`` is called after every epoch (validation curves).
+    Returns the model in eval mode and a log.
     """
     t0 = time.perf_counter()
     distill = distill or DistillConfig()
@@ -231,8 +269,10 @@ def train_mmoe(
     x = torch.from_numpy(sparse)
     b = torch.from_numpy(bag)
     y = {k: torch.from_numpy(v) for k, v in labels.items()}
-    t_logits = mmoe_logits(teacher, x, b) if teacher is not None else None
-    model = MMoE(schema, cfg)
+    d = torch.from_numpy(np.ascontiguousarray(dense, np.float32)) if dense is not None else None
+    t_logits = mmoe_logits(teacher, x, b, d) if teacher is not None else None
+    model = MMoE(schema, cfg, n_dense=0 if dense is None else dense.shape[1])
+    fit_dense_scaling(model, dense if dense is not None else np.zeros((0, 0)))
     opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = x.shape[0]
     log: dict = {"epoch_loss": [], "n_examples": n, "clicked": int(labels["mask"].sum()),
@@ -241,19 +281,23 @@ def train_mmoe(
         log["distill"] = {"temperature": distill.temperature, "weight": distill.weight}
     model.train()
     log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, lambda idx: mmoe_loss(
-        model.logits(x[idx], b[idx]), {k: v[idx] for k, v in y.items()},
-        t_logits[idx] if t_logits is not None else None, distill))
+        model.logits(x[idx], b[idx], d[idx] if d is not None else None), {k: v[idx] for k, v in y.items()},
+        t_logits[idx] if t_logits is not None else None, distill),
+        on_epoch=(lambda epoch: on_epoch(model, epoch)) if on_epoch else None)
     model.eval()
     log["seconds"] = round(time.perf_counter() - t0, 3)
     return model, log
 
 
-def export_mmoe_onnx(model: MMoE, path: str, n_fields: int, n_bag: int) -> None:
-    """Write the MMoE as ONNX (opset 17, TorchScript exporter).
+def export_mmoe_onnx(model: nn.Module, path: str, n_fields: int, n_bag: int) -> None:
+    """Write the MMoE (or the pre-rank) as ONNX (opset 17, TorchScript exporter).
 
-    Inputs ``sparse`` int64 [B, F] and ``bag`` float32 [B, G]; outputs
-    ``click``, ``like``, ``rating`` float32 [B] (probabilities, rating / 5);
-    the batch axis is dynamic.
+    Inputs ``sparse`` int64 [B, F], ``bag`` float32 [B, G] and, when the model has dense
+    features, ``dense`` float32 [B, D]; outputs ``click``, ``like``, ``rating`` float32 [B]
+    (probabilities, rating / 5); the batch axis is dynamic.
     """
     dummy = (torch.zeros((2, n_fields), dtype=torch.int64), torch.zeros((2, n_bag), dtype=torch.float32))
-    export_onnx(model, dummy, path, ["sparse", "bag"], list(TASKS))
+    names = ["sparse", "bag"]
+    if getattr(model, "n_dense", 0):
+        dummy, names = (*dummy, torch.zeros((2, model.n_dense), dtype=torch.float32)), [*names, "dense"]
+    export_onnx(model, dummy, path, names, list(TASKS))

@@ -1,17 +1,32 @@
-"""The export pipeline: dataset → models, tables, index, features → one published snapshot."""
+"""The export pipeline: dataset → models, tables, index, features → one published snapshot.
+
+The honest protocol (issue 11, DESIGN §7): per user, train | validation (10 %) | test (20 %) by time.
+
+* **Training cut**: recall artifacts from the training part minus each user's latest ``label_frac`` rows;
+  recall replayed for every user, labelled with those rows → the ranker's training examples.
+* **Validation cut**: recall artifacts from the whole training part; labels = the validation part → every
+  choice: epochs (validation curves), fusion form and weights, int8 mode, rerank defaults, ALS's
+  hyper-parameters; and the validation funnel table, computed with the models trained on the training cut.
+* **Published snapshot**: every artifact from train + validation (histories, seen sets, i2i tables, two-tower
+  retrained); the ranker family retrained on both cuts' examples with the chosen epochs
+  (``ranker.retrain_on_validation``).
+* **Test**: read once, at the end, for the report: the funnel table through the serving functions, the
+  peers, per-channel recall and the models' AUCs.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from common.candidate_features import dense_names
 from common.config import as_dict
-from common.feature_store import pack_user, write_feature_store
 from common.log import get_logger
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot, SnapshotBuilder
@@ -20,18 +35,30 @@ from export.dataset import Dataset, Interactions
 from export.datasets import load_atomic, load_movielens_100k
 from export.deepfm import export_deepfm_onnx, make_rank_examples, predict, train_deepfm
 from export.evaluate import evaluate_recall
-from export.evaluate_prerank import evaluate_prerank
-from export.evaluate_rerank import evaluate_rerank
-from export.history import last_n
+from export.evaluate_funnel import evaluate_funnel, format_funnel
 from export.metrics import auc, gauc
 from export.mmoe import TASKS as MMOE_TASKS
-from export.mmoe_export import build_mmoe
-from export.recall_tables import blocklist_ids, content_table, popular_segments, swing_table
-from export.split import make_split
-from export.two_tower import export_user_tower_onnx, item_embeddings, train_two_tower, user_embeddings, user_inputs
-from kernels.csr import build_csr
-from kernels.itemcf import itemcf_topm
+from export.mmoe import mmoe_logits
+from export.peers import evaluate_peers
+from export.rank_replay import concat_examples, examples, replay
+from export.ranker import (
+    INT8_FILE,
+    PRERANK_FILE,
+    STUDENT_FILE,
+    choose_int8_mode,
+    export_models,
+    fusion_search,
+    quantize_mode,
+    task_probs,
+    train_family,
+)
+from export.recall_build import build_recall, hnsw_recall, sample_users, user_vectors, write_manifest
+from export.split import Split, make_split, temporal_parts
+from export.two_tower import user_inputs
 from rank_server.config import RankConfig
+from recall_server.config import RecallConfig
+from rerank_server.config import RerankConfig
+from rerank_server.rerank import resolve_params
 
 log = get_logger("export")
 RANK_TASKS = list(MMOE_TASKS)   # outputs of the served MMoE, in order
@@ -50,76 +77,52 @@ def load_dataset(config: ExportConfig) -> Dataset:
     return load_atomic(config.data_dir, config.dataset)
 
 
-def sample_users(inter: Interactions, n_users: int, max_rows: int = 0, max_users: int = 0,
-                 seed: int = 0) -> Interactions:
-    """The rows of a seeded random sample of users (whole histories, so time order within a user is kept):
-    users are taken in random order while the rows stay within ``max_rows`` and the users within
-    ``max_users`` (0: no limit). Returns ``inter`` itself when nothing is cut."""
-    counts = np.bincount(inter.user, minlength=n_users)
-    active = np.flatnonzero(counts)
-    if (not max_rows or len(inter) <= max_rows) and (not max_users or active.size <= max_users):
-        return inter
-    order = np.random.default_rng(seed).permutation(active)
-    if max_rows:
-        order = order[np.cumsum(counts[order]) <= max_rows]
-    if max_users:
-        order = order[:max_users]
-    keep = np.zeros(n_users, bool)
-    keep[order] = True
-    return inter.subset(keep[inter.user])
+def rank_schema(ds: Dataset) -> RankSchema:
+    """The ranking models' feature schema: the sparse fields of the dataset and the candidate features of
+    the default recall channels."""
+    base = RankSchema.from_dataset_meta(ds.n_users, ds.n_items, ds.user_cat_names, ds.user_cat_vocab,
+                                        ds.item_cat_names, ds.item_cat_vocab, ds.item_bag_names)
+    return dataclasses.replace(base, dense_names=dense_names(list(RecallConfig().channels)))
 
 
-def popular_items(train: Interactions, n_items: int, n: int) -> np.ndarray:
-    """Dense ids by training-period interaction count, most popular first (ties: smaller id)."""
-    counts = np.bincount(train.item, minlength=n_items)
-    return np.lexsort((np.arange(n_items), -counts))[:n].astype(np.int32)
+def rank_manifest(schema: RankSchema, fusion: dict, rerank: dict, serving: str) -> dict:
+    """The manifest keys the rank and rerank servers read."""
+    return {"rank_serving_model": serving, "prerank_serving_model": PRERANK_FILE,
+            "rank_fusion": {"form": fusion["form"], "weights": fusion["weights"]}, "rerank_params": rerank}
 
 
-def itemcf_table(train: Interactions, n_users: int, n_items: int, top_m: int) -> dict[str, np.ndarray]:
-    """ItemCF top-M neighbours (CSR) from the training interactions, via the Numba kernel."""
-    u_indptr, u_items, _ = build_csr(train.user.astype(np.int32), train.item.astype(np.int32), n_users)
-    i_indptr, i_users, _ = build_csr(train.item.astype(np.int32), train.user.astype(np.int32), n_items)
-    indptr, indices, scores = itemcf_topm(u_indptr, u_items, i_indptr, i_users, n_items, top_m)
-    return {"indptr": indptr, "indices": indices, "scores": scores}
+def choose_rerank(table: dict, max_cost: float) -> tuple[str, dict]:
+    """The most diverse rerank variant (distinct genres@10) whose validation NDCG@10 is within ``max_cost``
+    (relative) of the plain rank order (variant ``NONE``); ``NONE`` when none is."""
+    rows = table["rows"]
+    floor = rows["NONE"]["ndcg@10"] * (1.0 - max_cost)
+    ok = [name for name in table["config"]["rerank"] if rows[name]["ndcg@10"] >= floor]
+    name = max(ok, key=lambda n: (rows[n]["genres@10"], rows[n]["ndcg@10"])) if ok else "NONE"
+    return name, table["config"]["rerank"][name]
 
 
-def build_hnsw(emb: np.ndarray, config: ExportConfig, path: Path) -> None:
-    """An inner-product HNSW index over the item vectors, labels = dense ids."""
-    index = hnswlib.Index(space="ip", dim=emb.shape[1])
-    index.init_index(max_elements=emb.shape[0], M=config.hnsw.M, ef_construction=config.hnsw.ef_construction,
-                     random_seed=0)
-    index.set_num_threads(config.threads)
-    index.add_items(emb, np.arange(emb.shape[0]))
-    index.save_index(str(path))
+def training_cut(split: Split, label_frac: float) -> tuple[Interactions, Interactions]:
+    """The training cut: ``(before, labels)``, each user's latest ``label_frac`` training rows as labels."""
+    before, _, labels = temporal_parts(split.train, label_frac, 0.0)
+    return split.train.subset(before), split.train.subset(labels)
 
 
-def hnsw_recall(path: Path, emb: np.ndarray, queries: np.ndarray, k: int, ef: int) -> float:
-    """Mean overlap of the index's top-k with exact inner-product search, over ``queries``."""
-    index = hnswlib.Index(space="ip", dim=emb.shape[1])
-    index.load_index(str(path), max_elements=emb.shape[0])
-    k = min(k, emb.shape[0])
-    index.set_ef(max(ef, k))
-    got, _ = index.knn_query(queries, k=k)
-    overlap = []
-    block = max(1, (1 << 26) // max(emb.shape[0], 1))  # ~256 MB of float32 scores per block
-    for s in range(0, queries.shape[0], block):
-        scores = queries[s:s + block] @ emb.T
-        exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        overlap += [np.intersect1d(g, e).size / k for g, e in zip(got[s:s + block], exact)]
-    return float(np.mean(overlap)) if overlap else 0.0
-
-
-def feature_records(ds: Dataset, train: Interactions, history: np.ndarray) -> dict[str, bytes]:
-    """Packed LMDB records of every user: profile, last-N history codes, seen items."""
-    order = np.lexsort((train.item, train.user))
-    seen_indptr = np.searchsorted(train.user[order], np.arange(ds.n_users + 1))
-    seen_items = train.item[order].astype(np.int32)
-    records = {}
-    for u, user_id in enumerate(ds.user_ids.tolist()):  # offline, once per user
-        hist = history[u][history[u] > 0]
-        seen = np.unique(seen_items[seen_indptr[u]:seen_indptr[u + 1]])
-        records[user_id] = pack_user(u, ds.user_cat[u], hist, seen)
-    return records
+def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSchema, work: Path,
+                lap=lambda step: None):
+    """Recall artifacts of the training and validation cuts under ``work`` and serving replayed at each:
+    ``(build_a, build_b, replay_a, replay_b)``. Reads only ``split.train`` and ``split.valid`` (the leak
+    test holds it to that)."""
+    rr = config.rank_replay
+    cut_train, cut_labels = training_cut(split, rr.label_frac)
+    build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"))
+    towers = None if rr.retrain_two_tower else (build_a.user_tower, build_a.item_tower, build_a.two_tower_log)
+    build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
+                           lap=lambda s: lap(f"cut_valid_{s}"))
+    rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users)
+    rep_b = replay(build_b.path, ds, split.valid, schema, config.recall_n, rr, seed=rr.seed + 1,
+                   max_users=config.eval_users)
+    lap("replay")
+    return build_a, build_b, rep_a, rep_b
 
 
 def run_export(config: ExportConfig) -> Path:
@@ -127,137 +130,177 @@ def run_export(config: ExportConfig) -> Path:
     torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
 
-    def lap(name: str, t0: float) -> float:
-        timings[name] = round(time.perf_counter() - t0, 3)
-        log.info("step_done", step=name, seconds=timings[name])
-        return time.perf_counter()
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - clock[0], 3)
+        log.info("step_done", step=name, seconds=round(now - clock[0], 3))
+        clock[0] = now
 
-    t = time.perf_counter()
     ds = load_dataset(config)
-    split = make_split(ds, config.holdout_frac)
-    t = lap("load_and_split", t)
-    # models train on a user sample when max_train_rows caps them; offline metrics use eval_users users
-    model_train = sample_users(split.train, ds.n_users, max_rows=config.max_train_rows, seed=1)
-    eval_test = sample_users(split.test, ds.n_users, max_users=config.eval_users, seed=2)
-    eval_query_users = np.unique(eval_test.user) if config.eval_users else np.arange(ds.n_users)
+    split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
+    rr = config.rank_replay
+    cut_train, cut_labels = training_cut(split, rr.label_frac)
+    schema = rank_schema(ds)
+    gw_recall_n, gw_rank_n = config.recall_n, config.rank_n
     log.info("dataset", name=ds.name, users=ds.n_users, items=ds.n_items, train=len(split.train),
-             test=len(split.test), model_train=len(model_train), eval_test=len(eval_test))
+             valid=len(split.valid), test=len(split.test), cut_train=len(cut_train), cut_labels=len(cut_labels))
+    lap("load_and_split")
 
     builder = SnapshotBuilder(config.out)
+    work = Path(config.out) / f".replay-{builder.version}"
     try:
-        # ---- two-tower: item vectors for ANN and rerank, user tower for serving
-        tt = config.two_tower
-        user_tower, item_tower, tt_log = train_two_tower(ds, model_train, tt)
-        item_emb = item_embeddings(item_tower, ds)
-        content_emb = item_embeddings(item_tower, ds, drop_ids=True)  # features only: new items' view
-        history = last_n(split.train, ds.n_users, tt.history_len)
-        export_user_tower_onnx(user_tower, str(builder.path / "models/user_tower.onnx"), ds.user_cat.shape[1],
-                               tt.history_len)
-        inputs = user_inputs(ds, history)
-        torch_users = user_embeddings(user_tower, inputs)
-        onnx_users = ort.InferenceSession(str(builder.path / "models/user_tower.onnx"),
-                                          providers=["CPUExecutionProvider"]).run(None, inputs)[0]
-        builder.save_array("item_emb.npy", item_emb)
-        t = lap("two_tower", t)
+        # ---- the two cuts: recall artifacts from the log before each cut, then serving replayed
+        build_a, build_b, rep_a, rep_b = replay_cuts(ds, split, config, schema, work, lap)
 
-        # ---- HNSW over item vectors
-        build_hnsw(item_emb, config, builder.path / "items.hnsw")
-        ann_recall = hnsw_recall(builder.path / "items.hnsw", item_emb, torch_users[eval_query_users], 100,
-                                 config.hnsw.ef_eval)
-        t = lap("hnsw", t)
+        # ---- choices on validation: epochs, fusion, int8 mode, rerank defaults
+        ex_a = examples(rep_a, rep_a.sample(rr, rr.seed))
+        rep_b_small = rep_b.subset(config.ranker.curve_users, rr.seed)   # per-epoch curves, int8 scoring
+        fam = train_family(schema, config.mmoe_teacher, config.mmoe, config.prerank, config.distill, *ex_a,
+                           valid=rep_b_small)
+        fusion = fusion_search(task_probs(fam["teacher"], rep_b), rep_b, config.ranker.fusion_forms)
+        lap("ranker_validation")
+        rng = np.random.default_rng(rr.seed)
+        calib_rows = rng.choice(ex_a[0][0].shape[0], min(config.ranker.calibration_rows, ex_a[0][0].shape[0]),
+                                replace=False)
+        calib = (ex_a[0][0][calib_rows], ex_a[0][1][calib_rows], ex_a[1][calib_rows])
+        export_models(build_b.path, schema, fam["teacher"], fam["student"], fam["prerank"])
+        int8 = choose_int8_mode(build_b.path, rep_b_small, calib, fusion, config.ranker.max_ndcg_drop)
+        quantize_mode(build_b.path / STUDENT_FILE, build_b.path / INT8_FILE, int8["choice"], calib)
+        serving = INT8_FILE if int8["choice"] != "fp32" else STUDENT_FILE
+        valid_manifest = {"schema": {**json.loads((build_b.path / "manifest.json").read_text())["schema"],
+                                     "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
+                          **rank_manifest(schema, fusion, {}, serving)}
+        write_manifest(build_b.path, valid_manifest)
+        rerank_cfg = RerankConfig(use_fitted=False)
+        variants = {"NONE": resolve_params(rerank_cfg, "NONE")}
+        for lam in config.rerank_lambdas:
+            variants[f"MMR lambda={lam:g}"] = resolve_params(rerank_cfg, "MMR", mmr_lambda=lam)
+        valid_snapshot = Snapshot.open(build_b.path, verify=False)
+        try:
+            grid = evaluate_funnel(valid_snapshot, ds, split.valid, gw_recall_n, gw_rank_n, config.k,
+                                   rerank_variants=variants, max_users=config.eval_users)
+        finally:
+            valid_snapshot.close()
+        chosen, params = choose_rerank(grid, config.rerank_max_cost)
+        rerank_params = {"method": params["method"], "mmr_lambda": params["mmr_lambda"]}
+        validation = {"users": grid["users"], "config": {**grid["config"], "rerank": {chosen: params}},
+                      "rows": {**{k: v for k, v in grid["rows"].items() if k not in variants},
+                               "rerank": grid["rows"][chosen]},
+                      "rerank_grid": {k: grid["rows"][k] for k in variants}, "rerank_choice": chosen}
+        lap("validation_funnel")
 
-        # ---- ItemCF (Numba) and popular
-        builder.save_npz("i2i_itemcf.npz", **itemcf_table(split.train, ds.n_users, ds.n_items, config.itemcf_top_m))
-        builder.save_array("popular.npy", popular_items(split.train, ds.n_items, config.popular_n))
-        builder.save_npz("i2i_swing.npz", **swing_table(split.train, ds.n_users, ds.n_items, config.swing_top_m,
-                                                       config.swing_alpha, config.swing_user_damping,
-                                                       config.swing_max_users))
-        builder.save_npz("popular_segments.npz", **popular_segments(ds, split.train, config.segment_fields,
-                                                                    config.segment_edges, config.segment_popular_n))
-        builder.save_array("blocklist.npy", blocklist_ids(ds, config.blocklist))
-        t = lap("itemcf_swing_popular", t)
-        builder.save_npz("i2i_content.npz", **content_table(content_emb, ds, split.train, config.content_top_m))
-        del content_emb
-        t = lap("content", t)
+        # ---- the published snapshot: everything before the test part
+        build = build_recall(ds, split.known, config, builder.path, lap=lambda s: lap(f"publish_{s}"))
+        if config.ranker.retrain_on_validation:
+            best_t = max(1, int(np.argmax(fam["curves"]["teacher"])) + 1)
+            best_s = max(1, int(np.argmax(fam["curves"]["student"])) + 1)
+            ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))
+            final = train_family(schema, dataclasses.replace(config.mmoe_teacher, epochs=best_t),
+                                 dataclasses.replace(config.mmoe, epochs=best_s), config.prerank, config.distill,
+                                 *ex_ab)
+            final["curves"] = fam["curves"]
+            final["epochs"] = {"teacher": best_t, "student": best_s}
+        else:
+            final = fam
+        export_models(builder.path, schema, final["teacher"], final["student"], final["prerank"])
+        quantize_mode(builder.path / STUDENT_FILE, builder.path / INT8_FILE, int8["choice"], calib)
+        parity = onnx_parity(builder.path, final, rep_b)
+        lap("ranker_publish")
 
-        # ---- DeepFM ranker
-        schema = RankSchema.from_dataset_meta(ds.n_users, ds.n_items, ds.user_cat_names, ds.user_cat_vocab,
-                                              ds.item_cat_names, ds.item_cat_vocab, ds.item_bag_names)
+        # ---- DeepFM: the label-trained, ids-only ranker (random negatives from what the snapshot knows)
         dcfg = config.deepfm
-        deepfm, dfm_log = train_deepfm(ds, model_train, dcfg, schema)
+        model_train = sample_users(split.known, ds.n_users, max_rows=config.max_train_rows, seed=1)
+        deepfm, dfm_log = train_deepfm(ds, model_train, dcfg, schema, known=split.known)
         rank_path = builder.path / "models/rank_deepfm.onnx"
         export_deepfm_onnx(deepfm, str(rank_path), schema.n_fields, schema.n_bag)
-        sparse, bag, label = make_rank_examples(ds, eval_test, schema, dcfg.neg_per_pos, dcfg.seed + 1,
-                                                dcfg.min_positive_rating)
-        onnx_prob = ort.InferenceSession(str(rank_path), providers=["CPUExecutionProvider"]).run(
-            None, {"sparse": sparse, "bag": bag})[0].reshape(-1)
-        torch_prob = predict(deepfm, sparse, bag)
-        t = lap("deepfm", t)
+        lap("deepfm")
 
-        # ---- MMoE: teacher, distilled student, ONNX fp32 + int8 (the served ranker)
-        mmoe = build_mmoe(ds, model_train, eval_test, schema, config.mmoe, config.mmoe_teacher, config.distill,
-                          builder.path, prerank_cfg=config.prerank)
-        t = lap("mmoe", t)
-
-        # ---- features
-        write_feature_store(builder.path / "features.lmdb", {
-            "item_ids": ds.item_ids.astype(str), "item_titles": ds.item_titles.astype(str),
-            "item_cat": ds.item_cat.astype(np.int32), "item_bag": ds.item_bag.astype(np.uint8),
-            "user_ids": ds.user_ids.astype(str)}, feature_records(ds, split.train, history))
-        t = lap("features", t)
-
+        torch_users = user_vectors(build, ds)
+        onnx_users = ort.InferenceSession(str(builder.path / "models/user_tower.onnx"),
+                                          providers=["CPUExecutionProvider"]).run(
+            None, user_inputs(ds, build.history))[0]
         manifest = {
             "dataset": {"name": ds.name, "users": ds.n_users, "items": ds.n_items,
-                        "interactions": len(ds.interactions), "train": len(split.train), "test": len(split.test),
-                        "model_train": len(model_train), "eval_test": len(eval_test),
-                        "split": f"per-user temporal, last {config.holdout_frac:.0%} held out"},
-            "schema": {"n_users": ds.n_users, "n_items": ds.n_items, "embedding_dim": int(item_emb.shape[1]),
-                       "history_len": tt.history_len, "user_cat_names": ds.user_cat_names,
-                       "user_cat_vocab": ds.user_cat_vocab, "item_cat_names": ds.item_cat_names,
-                       "item_cat_vocab": ds.item_cat_vocab, "bag_names": ds.item_bag_names,
+                        "interactions": len(ds.interactions), "train": len(split.train),
+                        "validation": len(split.valid), "test": len(split.test),
+                        "cut_train": len(cut_train), "cut_labels": len(cut_labels),
+                        "split": f"per-user temporal: train, validation {config.valid_frac:.0%}, "
+                                 f"test last {config.holdout_frac:.0%}",
+                        "published_knows": "train + validation (histories, seen sets, tables, all models)"},
+            "schema": {**json.loads((builder.path / "manifest.json").read_text())["schema"],
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
-            "rank_serving_model": mmoe["serving_model"],
-            "prerank_serving_model": mmoe["prerank_serving_model"],
+            **rank_manifest(schema, fusion, rerank_params, serving),
             "config": as_dict(config),
         }
-        (builder.path / "manifest.json").write_text(json.dumps({**manifest, "format": 1,
-                                                                "version": builder.version}))
-        # one view of the unpublished snapshot for every evaluation, closed before publish renames the
-        # directory: an LMDB environment left open here would block reopening it under its final name
+        write_manifest(builder.path, manifest)
+        lap("features")
+
+        # ---- test: read once, for the report
+        eval_test = sample_users(split.test, ds.n_users, max_users=config.eval_users, seed=2)
         preview = Snapshot.open(builder.path, verify=False)
         try:
+            test_funnel = evaluate_funnel(preview, ds, eval_test, gw_recall_n, gw_rank_n, config.k,
+                                          rank_variants={"rank (int8)": INT8_FILE, "rank (fp32)": STUDENT_FILE})
             recall_metrics = evaluate_recall(preview, ds, eval_test, config.eval_k)
-            t = lap("evaluate", t)
-            rerank_metrics = evaluate_rerank(preview, ds, eval_test)
-            t = lap("evaluate_rerank", t)
-            # does pre-rank keep rank's top 50? label-trained DeepFM vs the pre-rank distilled from the teacher
-            prerank_metrics = evaluate_prerank(
-                preview, ds, eval_test, mmoe["serving_model"],
-                {"deepfm": "models/rank_deepfm.onnx", "distilled": mmoe["prerank_serving_model"]},
-                RankConfig().fusion)
         finally:
             preview.close()
-        t = lap("evaluate_prerank", t)
+        lap("test_funnel")
+        peers = evaluate_peers(split.known, eval_test, ds.n_users, ds.n_items,
+                               np.load(builder.path / "popular.npy"), split.train, split.valid)
+        lap("peers")
+        eval_users = np.unique(eval_test.user)
+        ann_recall = hnsw_recall(builder.path / "items.hnsw", build.item_emb, torch_users[eval_users], 100,
+                                 config.hnsw.ef_eval)
+        sparse, bag, label = make_rank_examples(ds, eval_test, schema, dcfg.neg_per_pos, dcfg.seed + 1,
+                                                dcfg.min_positive_rating, known=split.known)
+        onnx_prob = ort.InferenceSession(str(rank_path), providers=["CPUExecutionProvider"]).run(
+            None, {"sparse": sparse, "bag": bag})[0].reshape(-1)
+        lap("test_metrics")
         manifest["metrics"] = {
+            "parts": "funnel.test, peers, recall, rank.deepfm: test part (read once); funnel.validation, "
+                     "selection: validation part",
+            "funnel": {"test": test_funnel, "validation": validation},
+            "peers": peers,
             "recall": recall_metrics,
-            "rerank": rerank_metrics,
-            "prerank": prerank_metrics,
             "hnsw_recall@100_vs_exact": round(ann_recall, 4),
+            "selection": {"curves": fam["curves"], "curve_users": fam.get("curve_users"),
+                          "epochs": final.get("epochs"), "fusion": fusion,
+                          "int8": int8, "rerank": {"choice": chosen, "max_cost": config.rerank_max_cost}},
             "rank": {"deepfm": {"like": {"auc": round(auc(label, onnx_prob), 4),
                                          "gauc": round(gauc(label, onnx_prob, sparse[:, 0]), 4),
-                                         "examples": int(label.size), "positives": int(label.sum())}},
-                     **mmoe["metrics"], "quantization": mmoe["quantization"],
-                     "prerank_quantization": mmoe["prerank_quantization"]},
+                                         "negatives": "uniform random unseen items", "part": "test",
+                                         "examples": int(label.size), "positives": int(label.sum())}}},
             "parity": {"user_tower_max_abs_diff": float(np.abs(onnx_users - torch_users).max()),
-                       "deepfm_max_abs_diff": float(np.abs(onnx_prob - torch_prob).max()), **mmoe["parity"]},
-            "training": {"two_tower": tt_log, "deepfm": dfm_log, **mmoe["training"]},
+                       "deepfm_max_abs_diff": float(np.abs(onnx_prob - predict(deepfm, sparse, bag)).max()),
+                       **parity},
+            "training": {"two_tower": build.two_tower_log, "deepfm": dfm_log, **final["training"]},
         }
         manifest["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
-        final = builder.publish(manifest, make_current=config.make_current)
+        log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))
+        final_path = builder.publish(manifest, make_current=config.make_current)
     except BaseException:
         builder.abort()
         raise
-    log.info("snapshot_published", path=str(final), current=config.make_current,
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("snapshot_published", path=str(final_path), current=config.make_current,
              seconds=round(time.perf_counter() - t_start, 2))
-    return final
+    return final_path
+
+
+def onnx_parity(path: Path, family: dict, rep) -> dict:
+    """Max |ONNX - torch| of the served student and pre-rank on validation rows (the first 2,000)."""
+    from export.quantize import onnx_predict, session
+
+    rows = slice(0, min(2000, rep.n_rows))
+    arrays = (rep.sparse[rows], rep.bag[rows], rep.dense[rows])
+    out = {}
+    for name, model, file in (("mmoe_student", family["student"], STUDENT_FILE),
+                              ("prerank", family["prerank"], PRERANK_FILE)):
+        torch_p = torch.sigmoid(mmoe_logits(model, *arrays)).numpy()
+        out[f"{name}_max_abs_diff"] = float(np.abs(onnx_predict(session(path / file), *arrays) - torch_p).max())
+    out["int8_vs_fp32_mean_abs_diff"] = float(np.abs(
+        onnx_predict(session(path / INT8_FILE), *arrays) - onnx_predict(session(path / STUDENT_FILE), *arrays)).mean())
+    return out

@@ -23,7 +23,7 @@ from torch import nn
 from common.rank_features import RankSchema
 from export.field_codes import bag_weights, field_rows, register_field_offsets
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
-from export.mmoe import TASKS, DistillConfig, mmoe_loss
+from export.mmoe import TASKS, DistillConfig, fit_dense_scaling, mmoe_loss, register_dense_scaling, scale_dense
 
 
 @dataclass
@@ -49,8 +49,12 @@ class PrerankConfig:
 class PrerankFM(nn.Module):
     """Multi-task DeepFM: ``(sparse, bag) -> T`` task logits from first-order + FM + a small DNN."""
 
-    def __init__(self, schema: RankSchema, cfg: PrerankConfig, n_tasks: int = len(TASKS)) -> None:
+    def __init__(self, schema: RankSchema, cfg: PrerankConfig, n_tasks: int = len(TASKS), n_dense: int = 0) -> None:
         super().__init__()
+        self.n_dense = n_dense
+        register_dense_scaling(self, n_dense)
+        # dense features (recall and history, common.candidate_features) enter first-order and the DNN
+        self.dense_linear = nn.Linear(n_dense, n_tasks, bias=False) if n_dense else None
         self.n_fields = schema.n_fields
         self.n_bag = schema.n_bag
         self.n_tasks = n_tasks
@@ -65,14 +69,14 @@ class PrerankFM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_tasks))
         self.fm_scale = nn.Parameter(torch.ones(n_tasks))
         layers: list[nn.Module] = []
-        n_in = (self.n_fields + 1) * k
+        n_in = (self.n_fields + 1) * k + n_dense
         for h in cfg.hidden:
             layers += [nn.Linear(n_in, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
             n_in = h
         layers.append(nn.Linear(n_in, n_tasks))
         self.dnn = nn.Sequential(*layers)
 
-    def logits(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
+    def logits(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-sigmoid task scores float32 [B, T]."""
         idx = field_rows(self, sparse)
         emb = self.embed(idx)                                     # [B, F, k]
@@ -87,11 +91,17 @@ class PrerankFM(nn.Module):
         first = self.linear(idx).sum(1) + bag_lin                 # [B, T]
         s = fields.sum(1)
         fm = 0.5 * (s * s - (fields * fields).sum(1)).sum(1, keepdim=True)  # [B, 1]
-        return self.bias + first + fm * self.fm_scale + self.dnn(fields.flatten(1))
+        flat = fields.flatten(1)
+        if self.n_dense:
+            z = scale_dense(self, dense)
+            first = first + self.dense_linear(z)
+            flat = torch.cat([flat, z], dim=1)
+        return self.bias + first + fm * self.fm_scale + self.dnn(flat)
 
-    def forward(self, sparse: torch.Tensor, bag: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """sparse int64 [B, F], bag float32 [B, G] → one probability [B] per task (TASKS order)."""
-        p = torch.sigmoid(self.logits(sparse, bag))
+    def forward(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+        """sparse int64 [B, F], bag float32 [B, G] (, dense [B, D]) → one probability [B] per task (TASKS order)."""
+        p = torch.sigmoid(self.logits(sparse, bag, dense))
         return tuple(p[:, t] for t in range(self.n_tasks))
 
 
@@ -103,7 +113,7 @@ def prerank_loss(logits: torch.Tensor, labels: dict[str, torch.Tensor], teacher_
 
 def train_prerank(
     schema: RankSchema, cfg: PrerankConfig, examples: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
-    teacher_logits: torch.Tensor | np.ndarray | None,
+    teacher_logits: torch.Tensor | np.ndarray | None, dense: np.ndarray | None = None,
 ) -> tuple[PrerankFM, dict]:
     """Train the pre-rank on ``examples`` (the MMoE's) with the teacher's logits [M, T] as soft targets.
 
@@ -120,14 +130,17 @@ def train_prerank(
     t_logits = torch.as_tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
     if t_logits is not None and t_logits.shape[0] != x.shape[0]:
         raise ValueError(f"{t_logits.shape[0]} teacher rows for {x.shape[0]} examples")
-    model = PrerankFM(schema, cfg)
+    d = torch.from_numpy(np.ascontiguousarray(dense, np.float32)) if dense is not None else None
+    model = PrerankFM(schema, cfg, n_dense=0 if dense is None else dense.shape[1])
+    if dense is not None:
+        fit_dense_scaling(model, dense)
     opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = x.shape[0]
     log: dict = {"n_examples": n, "distilled": t_logits is not None,
                  "distill": {"temperature": cfg.temperature, "weight": cfg.distill_weight}}
     model.train()
     log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, lambda idx: prerank_loss(
-        model.logits(x[idx], b[idx]), {k: v[idx] for k, v in y.items()},
+        model.logits(x[idx], b[idx], d[idx] if d is not None else None), {k: v[idx] for k, v in y.items()},
         t_logits[idx] if t_logits is not None else None, cfg))
     model.eval()
     log["seconds"] = round(time.perf_counter() - t0, 3)

@@ -27,17 +27,20 @@ from onnxruntime.quantization import (
 )
 
 OP_TYPES = ["MatMul", "Gemm"]
+# the ranking models' inputs in order; a model without dense features takes the first two
+INPUTS = (("sparse", np.int64), ("bag", np.float32), ("dense", np.float32))
+
+
+def feeds(arrays: tuple[np.ndarray, ...], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """``{"sparse", "bag"[, "dense"]}`` rows ``start:stop`` of the positional input arrays."""
+    return {name: np.ascontiguousarray(a[start:stop], dtype) for (name, dtype), a in zip(INPUTS, arrays)}
 
 
 class FeatureBatchReader(CalibrationDataReader):
-    """Calibration batches ``{"sparse", "bag"}`` cut from real assembled feature rows."""
+    """Calibration batches ``{"sparse", "bag"[, "dense"]}`` cut from real assembled feature rows."""
 
-    def __init__(self, sparse: np.ndarray, bag: np.ndarray, batch_size: int = 100):
-        self._batches = [
-            {"sparse": np.ascontiguousarray(sparse[s:s + batch_size], np.int64),
-             "bag": np.ascontiguousarray(bag[s:s + batch_size], np.float32)}
-            for s in range(0, sparse.shape[0], batch_size)
-        ]
+    def __init__(self, *arrays: np.ndarray, batch_size: int = 100):
+        self._batches = [feeds(arrays, s, s + batch_size) for s in range(0, arrays[0].shape[0], batch_size)]
         self._it = iter(self._batches)
 
     def get_next(self) -> dict | None:
@@ -52,9 +55,9 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> None:
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=OP_TYPES, weight_type=QuantType.QInt8)
 
 
-def quantize_static_int8(src: str | Path, dst: str | Path, sparse: np.ndarray, bag: np.ndarray) -> None:
-    """Static int8 (QDQ) quantization of MatMul/Gemm, calibrated on ``sparse``/``bag`` rows."""
-    quantize_static(str(src), str(dst), FeatureBatchReader(sparse, bag), quant_format=QuantFormat.QDQ,
+def quantize_static_int8(src: str | Path, dst: str | Path, *arrays: np.ndarray) -> None:
+    """Static int8 (QDQ) quantization of MatMul/Gemm, calibrated on ``sparse``/``bag``[/``dense``] rows."""
+    quantize_static(str(src), str(dst), FeatureBatchReader(*arrays), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=OP_TYPES, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=False)
 
@@ -68,20 +71,19 @@ def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(sess: ort.InferenceSession, sparse: np.ndarray, bag: np.ndarray,
-                 batch_size: int = 16384) -> np.ndarray:
-    """All outputs stacked as float32 [M, T]."""
+def onnx_predict(sess: ort.InferenceSession, *arrays: np.ndarray, batch_size: int = 16384) -> np.ndarray:
+    """All outputs stacked as float32 [M, T] for the positional inputs (sparse, bag[, dense])."""
     outs = []
-    for s in range(0, sparse.shape[0], batch_size):
-        o = sess.run(None, {"sparse": sparse[s:s + batch_size], "bag": bag[s:s + batch_size]})
+    for s in range(0, arrays[0].shape[0], batch_size):
+        o = sess.run(None, feeds(arrays, s, s + batch_size))
         outs.append(np.stack([np.asarray(a, np.float32).reshape(-1) for a in o], axis=1))
     return np.concatenate(outs) if outs else np.zeros((0, len(sess.get_outputs())), np.float32)
 
 
-def latency_ms(sess: ort.InferenceSession, sparse: np.ndarray, bag: np.ndarray, repeats: int = 200,
+def latency_ms(sess: ort.InferenceSession, *arrays: np.ndarray, repeats: int = 200,
                warmup: int = 20) -> dict[str, float]:
-    """p50/p99 milliseconds of one ``run`` on the given batch."""
-    feed = {"sparse": np.ascontiguousarray(sparse), "bag": np.ascontiguousarray(bag)}
+    """p50/p99 milliseconds of one ``run`` on the given batch (sparse, bag[, dense])."""
+    feed = feeds(arrays)
     for _ in range(warmup):
         sess.run(None, feed)
     times = np.empty(repeats)
@@ -94,14 +96,15 @@ def latency_ms(sess: ort.InferenceSession, sparse: np.ndarray, bag: np.ndarray, 
 
 
 def choose_int8(
-    fp32_path: str | Path, out_path: str | Path, calib: tuple[np.ndarray, np.ndarray],
-    evaluate, bench_batch: tuple[np.ndarray, np.ndarray], max_auc_drop: float = 0.005,
+    fp32_path: str | Path, out_path: str | Path, calib: tuple[np.ndarray, ...],
+    evaluate, bench_batch: tuple[np.ndarray, ...], max_auc_drop: float = 0.005,
 ) -> dict:
     """Quantize dynamic and static, keep the faster one of equal quality at ``out_path``.
 
-    ``evaluate(session) -> {task: auc}`` scores a session on held-out rows;
-    ``bench_batch`` is the (sparse, bag) batch timed on one thread. Returns a
-    record: per candidate AUCs, latency and whether it passed; ``choice`` is
+    ``evaluate(session) -> {metric: value}`` scores a session on validation rows (higher is better: AUC
+    per task, or a list metric such as NDCG@10); ``calib`` / ``bench_batch`` are (sparse, bag[, dense])
+    rows: the calibration rows and the batch timed on one thread. Returns a
+    record: per candidate metrics, latency and whether it passed; ``choice`` is
     "dynamic", "static" or "fp32" (no int8 candidate kept quality: ``out_path``
     then holds a copy of the fp32 model, so the file always exists).
     """

@@ -155,3 +155,50 @@ def content_table(content_emb: np.ndarray, ds: Dataset, train: Interactions, top
             indptr[s + r + 1] = indptr[s + r] + min(int(sz.sum()), top_m)
     return {"row": row, "indptr": indptr, "indices": np.concatenate(out_ids).astype(np.int32),
             "scores": np.concatenate(out_scores).astype(np.float32)}
+
+
+def transition_table(inter: Interactions, n_users: int, n_items: int, top_m: int, span: int = 3
+                     ) -> dict[str, np.ndarray]:
+    """``i2i_next.npz``: next-item transitions, CSR like the ItemCF table (rows: source item).
+
+    Per user, items in time order; every ordered pair (a at t, b at t + d) with 1 <= d <= ``span`` adds
+    1 / d to the weight of a -> b. A row keeps its ``top_m`` heaviest targets, scores normalised by the
+    row's total outgoing weight (an estimate of P(b soon after a)); ties: smaller id first. Sorting all
+    pairs once is O(P log P) with P <= span * len(inter).
+    """
+    order = np.lexsort((inter.timestamp, inter.user))
+    users = inter.user[order].astype(np.int64)
+    items = inter.item[order].astype(np.int64)
+    src, dst, wts = [], [], []
+    for d in range(1, span + 1):
+        same = users[d:] == users[:-d]
+        src.append(items[:-d][same])
+        dst.append(items[d:][same])
+        wts.append(np.full(int(same.sum()), 1.0 / d))
+    src, dst, wts = np.concatenate(src), np.concatenate(dst), np.concatenate(wts)
+    keep = src != dst
+    key = src[keep] * n_items + dst[keep]
+    uniq, inv = np.unique(key, return_inverse=True)
+    weight = np.bincount(inv.reshape(-1), weights=wts[keep])
+    a, b = uniq // n_items, uniq % n_items
+    total = np.bincount(a, weights=weight, minlength=n_items)
+    rank_order = np.lexsort((b, -weight, a))                # per source: heaviest first, then smaller id
+    a, b, weight = a[rank_order], b[rank_order], weight[rank_order]
+    starts = np.searchsorted(a, np.arange(n_items + 1))
+    pos = np.arange(a.size) - starts[a]
+    top = pos < top_m
+    a, b, weight = a[top], b[top], weight[top]
+    indptr = np.searchsorted(a, np.arange(n_items + 1)).astype(np.int64)
+    return {"indptr": indptr, "indices": b.astype(np.int32),
+            "scores": (weight / np.maximum(total[a], 1e-12)).astype(np.float32)}
+
+
+def item_stats(inter: Interactions, n_items: int, recent_days: float) -> dict[str, np.ndarray]:
+    """``item_stats.npz``: per item, its interaction ``count`` and ``recent_count`` (rows in the last
+    ``recent_days`` days before the data's latest timestamp), float32 [n_items] each."""
+    count = np.bincount(inter.item, minlength=n_items).astype(np.float32)
+    if len(inter) == 0:
+        return {"count": count, "recent_count": count.copy()}
+    recent = inter.timestamp >= int(inter.timestamp.max()) - recent_days * 86400
+    return {"count": count,
+            "recent_count": np.bincount(inter.item[recent], minlength=n_items).astype(np.float32)}

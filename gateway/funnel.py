@@ -147,7 +147,9 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         reply = _call("rank", stages.rank,
                       recsys_pb2.RankRequest(user_id=user_id, context=context,
                                              item_idx=wire.encode(cand, wire.INT32), snapshot_version=version,
-                                             fusion=exp.fusion),
+                                             fusion=exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
+                                             channel_names=channel_names,
+                                             recall_scores=wire.encode(cand_scores, wire.FLOAT32)),
                       config.budget.rank * budget_ms / 1000.0, deadline, reserve, metadata)
         ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
         fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)

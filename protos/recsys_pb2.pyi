@@ -124,7 +124,7 @@ class RecallResponse(_message.Message):
     def __init__(self, item_idx: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., channel_masks: _Optional[bytes] = ..., channel_names: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "context", "item_idx", "snapshot_version", "fusion")
+    __slots__ = ("user_id", "context", "item_idx", "snapshot_version", "fusion", "channel_masks", "channel_names", "recall_scores")
     class FusionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,12 +137,18 @@ class RankRequest(_message.Message):
     ITEM_IDX_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_MASKS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SCORES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: Context
     item_idx: bytes
     snapshot_version: str
     fusion: _containers.ScalarMap[str, float]
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ..., fusion: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    channel_masks: bytes
+    channel_names: _containers.RepeatedScalarFieldContainer[str]
+    recall_scores: bytes
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ..., fusion: _Optional[_Mapping[str, float]] = ..., channel_masks: _Optional[bytes] = ..., channel_names: _Optional[_Iterable[str]] = ..., recall_scores: _Optional[bytes] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("item_idx", "fused", "task_names", "task_scores", "dropped_unknown", "snapshot_version")

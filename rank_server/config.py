@@ -26,9 +26,11 @@ class RankConfig:
     prerank_keep: int = 200
     onnx_threads: int = 1
     reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
-    # fused = p_click^a * p_like^b * (1 + rating)^c with rating = the model's rating / 5 in [0, 1]
-    # (rank_server.fusion); tasks missing here get exponent 0 (ignored)
-    fusion: dict[str, float] = field(default_factory=lambda: {"click": 1.0, "like": 1.0, "rating": 0.5})
+    # score fusion (rank_server.fusion): "auto" takes the form and weights export fitted on the validation
+    # split (manifest rank_fusion); a form named here uses only the weights below. `fusion` overrides
+    # per-task weights either way (e.g. {"like": 0.5}); rating is the model's rating / 5 in [0, 1]
+    fusion_form: str = "auto"
+    fusion: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         self.server.validate()
@@ -38,6 +40,10 @@ class RankConfig:
             raise ValueError(f"prerank_keep must be >= 1, got {self.prerank_keep}")
         if self.onnx_threads < 1:
             raise ValueError(f"onnx_threads must be >= 1, got {self.onnx_threads}")
+        from rank_server.fusion import FORMS
+
+        if self.fusion_form not in ("auto", *FORMS):
+            raise ValueError(f"fusion_form must be auto or one of {', '.join(FORMS)}, got {self.fusion_form!r}")
         for task, weight in self.fusion.items():
             if weight < 0:
                 raise ValueError(f"fusion.{task} must be >= 0, got {weight}")

@@ -1,4 +1,16 @@
-"""Score fusion: one number per item from several task probabilities."""
+"""Score fusion: one number per item from several task probabilities.
+
+Forms (``RankConfig.fusion_form``; export fits one with its weights on the validation split and records it
+in the manifest's ``rank_fusion``):
+
+* ``product``  ``prod_t f_t ** w_t``, ``f_t = p_t`` (or ``1 + p_t`` for :data:`PLUS_ONE_TASKS`)
+* ``sum``      ``sum_t w_t * p_t``
+* ``one_plus`` ``prod_t (1 + w_t * p_t)``: every task boosts, none vetoes
+* ``rank``     ``sum_t w_t / (rank_t + RANK_BETA)``, ``rank_t`` the item's 0-based rank by task t in the
+  request: insensitive to each head's calibration
+
+Tasks missing from the weights get weight 0.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +18,9 @@ import numpy as np
 # Tasks whose score enters the product as (1 + s) ** w instead of s ** w: a regression output
 # (rating / 5, in [0, 1]) that should boost, never veto, an item (DESIGN §1, issue 3).
 PLUS_ONE_TASKS = frozenset({"rating"})
+FORMS = ("product", "sum", "one_plus", "rank")
+DEFAULT_WEIGHTS = {"click": 1.0, "like": 1.0, "rating": 0.5}   # a snapshot without fitted fusion (older exports)
+RANK_BETA = 10.0
 
 
 def weighted_product(task_scores: np.ndarray, task_names: list[str], weights: dict[str, float],
@@ -22,3 +37,24 @@ def weighted_product(task_scores: np.ndarray, task_names: list[str], weights: di
     shift = np.array([1.0 if name in plus_one else 0.0 for name in task_names], dtype=np.float32)
     logp = np.log(np.clip(task_scores, 1e-7, 1.0) + shift)
     return np.exp(logp @ w).astype(np.float32)
+
+
+def fuse(task_scores: np.ndarray, task_names: list[str], weights: dict[str, float],
+         form: str = "product") -> np.ndarray:
+    """One score per row of ``task_scores`` [n, T] by ``form`` (see the module docstring); float32 [n]."""
+    if form == "product":
+        return weighted_product(task_scores, task_names, weights)
+    w = np.array([weights.get(name, 0.0) for name in task_names], dtype=np.float64)
+    p = np.asarray(task_scores, np.float64)
+    if form == "sum":
+        out = p @ w
+    elif form == "one_plus":
+        out = np.exp(np.log1p(np.clip(p, 0.0, 1.0) * w).sum(axis=1))
+    elif form == "rank":
+        ranks = np.empty_like(p)
+        order = np.argsort(-p, axis=0, kind="stable")
+        np.put_along_axis(ranks, order, np.arange(p.shape[0], dtype=np.float64)[:, None].repeat(p.shape[1], 1), 0)
+        out = (w / (ranks + RANK_BETA)).sum(axis=1)
+    else:
+        raise ValueError(f"fusion form must be one of {', '.join(FORMS)}, got {form!r}")
+    return out.astype(np.float32)

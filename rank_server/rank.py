@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.candidate_features import CandidateTables, candidate_features, channels_of
 from common.rank_features import RankSchema
-from common.snapshot import Snapshot
+from common.snapshot import Snapshot, SnapshotError
 from rank_server.config import RankConfig
 from rank_server.features import ItemFeatures, rank_inputs
-from rank_server.fusion import weighted_product
+from rank_server.fusion import DEFAULT_WEIGHTS, fuse
 from rank_server.model import RankModel
 
 
@@ -23,6 +24,16 @@ class RankState:
     model: RankModel
     n_user_fields: int
     prerank: RankModel | None = None
+    tables: CandidateTables | None = None    # dense candidate features, when the models take them
+
+
+@dataclass
+class RecallInfo:
+    """What recall said about the candidates (request order), passed on by the gateway."""
+
+    channel_masks: np.ndarray | None = None   # uint32 per candidate
+    channel_names: list[str] | None = None
+    scores: np.ndarray | None = None          # float32 merged recall score per candidate
 
 
 @dataclass
@@ -33,6 +44,7 @@ class RankResult:
     task_names: list[str]
     dropped_unknown: int
     prerank_dropped: int = 0  # known candidates cut by pre-rank (not in the reply)
+    prerank_scores: np.ndarray | None = None  # float32 [n] pre-rank scores of the kept candidates (None: no cut)
 
 
 def model_file(snapshot: Snapshot, config: RankConfig) -> str:
@@ -49,12 +61,13 @@ def prerank_file(snapshot: Snapshot, config: RankConfig) -> str:
     return snapshot.manifest.get("prerank_serving_model", "models/prerank.onnx")
 
 
-def prerank_scores(prerank: RankModel, sparse: np.ndarray, bag: np.ndarray, fusion: dict[str, float]) -> np.ndarray:
-    """One pre-rank score per row: a multi-task pre-rank's outputs fused with the ranker's ``fusion`` weights
-    (so it orders candidates by the same objective), a single-output model's output as is."""
-    p = prerank.predict(sparse, bag)
+def prerank_scores(prerank: RankModel, sparse: np.ndarray, bag: np.ndarray, fusion: dict[str, float],
+                   dense: np.ndarray | None = None, form: str = "product") -> np.ndarray:
+    """One pre-rank score per row: a multi-task pre-rank's outputs fused like the ranker's (so it orders
+    candidates by the same objective), a single-output model's output as is."""
+    p = prerank.predict(sparse, bag, dense)
     if len(prerank.task_names) > 1:
-        return weighted_product(p, prerank.task_names, fusion)
+        return fuse(p, prerank.task_names, fusion, form)
     return p[:, 0]
 
 
@@ -74,25 +87,58 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
         prerank = RankModel(snapshot.file(prerank_file(snapshot, config)), schema, tasks, config.onnx_threads)
         if not set(tasks) <= set(prerank.outputs):  # a single-score model (e.g. the label-trained DeepFM)
             prerank.task_names = ["prerank"]
+    tables = None
+    if schema.dense_names:
+        tables = CandidateTables.load(snapshot, channels_of(schema.dense_names))
+        if tables.names != schema.dense_names:
+            raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
+                                f"this build's candidate features {tables.names}; re-run export")
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
-                     len(snapshot.schema["user_cat_names"]), prerank)
+                     len(snapshot.schema["user_cat_names"]), prerank, tables)
 
 
-def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int) -> RankResult:
-    """Score ``item_idx`` for ``user_id``; unknown ids are dropped and counted, not fatal."""
+def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, float]]:
+    """The fusion form and weights in force: the config's where set, else what export fitted on validation
+    (manifest ``rank_fusion``), else the product of click, like and (1 + rating)^0.5."""
+    fitted = snapshot.manifest.get("rank_fusion") or {}
+    form = config.fusion_form if config.fusion_form != "auto" else fitted.get("form", "product")
+    weights = dict(fitted.get("weights", DEFAULT_WEIGHTS)) if config.fusion_form == "auto" else {}
+    return form, {**weights, **config.fusion}
+
+
+def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
+         recall: RecallInfo | None = None, fusion: dict[str, float] | None = None) -> RankResult:
+    """Score ``item_idx`` (recall's order) for ``user_id``; unknown ids are dropped and counted, not fatal.
+
+    ``recall``: recall's channel bits and scores per candidate (the dense features' recall columns);
+    ``fusion``: per-task weights over the ones in force (experiments)."""
     known = (item_idx >= 0) & (item_idx < state.items.n_items)
     kept = item_idx[known].astype(np.int32)
     tasks = state.model.task_names
     if kept.size == 0:
         return RankResult(kept, np.empty(0, np.float32), np.empty((0, len(tasks)), np.float32), tasks,
                           int(item_idx.size))
+    form, weights = fusion_of(state.snapshot, config)
+    weights = {**weights, **(fusion or {})}
     user = state.snapshot.features.user(user_id)
     sparse, bag = rank_inputs(state.schema, state.items, user, state.n_user_fields, kept, timestamp)
+    dense = None
+    if state.tables is not None:
+        recall = recall or RecallInfo()
+        aligned = known.all()  # recall arrays follow the request; drop the unknown ids' rows with them
+        masks = recall.channel_masks if recall.channel_masks is None or aligned else recall.channel_masks[known]
+        scores = recall.scores if recall.scores is None or aligned else recall.scores[known]
+        dense = candidate_features(state.tables, user.hist if user is not None else np.empty(0, np.int32),
+                                   user.seen.size if user is not None else 0, kept, masks, recall.channel_names,
+                                   scores)
     cut = 0
+    pre = None
     if state.prerank is not None and kept.size > config.prerank_keep:
-        top = prerank_top(prerank_scores(state.prerank, sparse, bag, config.fusion), config.prerank_keep)
+        pre_all = prerank_scores(state.prerank, sparse, bag, weights, dense, form)
+        top = prerank_top(pre_all, config.prerank_keep)
         cut = int(kept.size - top.size)
-        kept, sparse, bag = kept[top], sparse[top], bag[top]
-    scores = state.model.predict(sparse, bag)
-    return RankResult(kept, weighted_product(scores, tasks, config.fusion), scores, tasks,
-                      int(item_idx.size - kept.size - cut), cut)
+        kept, sparse, bag, pre = kept[top], sparse[top], bag[top], pre_all[top]
+        dense = dense[top] if dense is not None else None
+    scores = state.model.predict(sparse, bag, dense)
+    return RankResult(kept, fuse(scores, tasks, weights, form), scores, tasks,
+                      int(item_idx.size - kept.size - cut), cut, pre)

@@ -1,7 +1,6 @@
 """gRPC Rank servicer: validate, call ``rank``, encode."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import grpc
@@ -13,7 +12,7 @@ from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rank_server.config import RankConfig
-from rank_server.rank import RankState, load_state, rank
+from rank_server.rank import RankState, RecallInfo, load_state, rank
 
 
 class RankServicer(recsys_pb2_grpc.RankServicer):
@@ -48,13 +47,16 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
                           f"item_idx has {item_idx.size} candidates, the limit is {self.config.max_candidates}")
         if request.context.timestamp < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "context.timestamp must be >= 0")
-        config = self.config
         if request.fusion:  # an experiment's fusion exponents over the configured ones
             problem = check_fusion(dict(request.fusion), state.model.task_names)
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            config = dataclasses.replace(config, fusion={**config.fusion, **request.fusion})
-        result = rank(state, config, request.user_id, item_idx, request.context.timestamp)
+        try:
+            recall = recall_info(request, item_idx.size)
+        except wire.WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        result = rank(state, self.config, request.user_id, item_idx, request.context.timestamp, recall,
+                      dict(request.fusion))
         return recsys_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),
@@ -66,6 +68,17 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
 
 
 MAX_FUSION_WEIGHT = 100.0
+
+
+def recall_info(request, n: int) -> RecallInfo:
+    """The request's optional recall arrays, each empty or one entry per candidate (WireError otherwise)."""
+    masks = wire.decode(request.channel_masks, wire.UINT32, "channel_masks", n) if request.channel_masks else None
+    scores = wire.decode(request.recall_scores, wire.FLOAT32, "recall_scores", n) if request.recall_scores else None
+    if scores is not None and not np.isfinite(scores).all():
+        raise wire.WireError("recall_scores must be finite")
+    if len(request.channel_names) > 32:
+        raise wire.WireError(f"channel_names has {len(request.channel_names)} names, at most 32 (one bit each)")
+    return RecallInfo(masks, list(request.channel_names) or None, scores)
 
 
 def check_fusion(fusion: dict[str, float], task_names: list[str]) -> str | None:

@@ -1,6 +1,7 @@
 """Configuration of the rerank server process."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from common.server import ServerOptions
@@ -48,6 +49,9 @@ class RulesConfig:
             raise ValueError(f"rules.{exc}") from None
 
 
+FITTED_KEYS = ("method", "mmr_lambda", "dpp_alpha", "window", "dpp_window")
+
+
 @dataclass
 class RerankConfig:
     """Everything the rerank server reads at start-up; per-request params override the defaults."""
@@ -64,10 +68,27 @@ class RerankConfig:
     max_candidates: int = 5000
     rules: RulesConfig = field(default_factory=RulesConfig)
     reload_poll_s: float = 2.0   # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
+    # take method / mmr_lambda / dpp_alpha / window from the snapshot's manifest (rerank_params, fitted by
+    # export on the validation split) instead of the values above; false: the values above always
+    use_fitted: bool = True
+
+    def for_snapshot(self, snapshot) -> "RerankConfig":
+        """This config with the snapshot's fitted rerank defaults applied (when ``use_fitted``)."""
+        fitted = (snapshot.manifest.get("rerank_params") or {}) if self.use_fitted else {}
+        known = {k: v for k, v in fitted.items() if k in FITTED_KEYS}
+        if not known:
+            return self
+        out = dataclasses.replace(self, **known)
+        out.validate_params()
+        return out
 
     def validate(self) -> None:
         self.server.validate()
         self.rules.validate()
+        self.validate_params()
+
+    def validate_params(self) -> None:
+        """The method and its defaults (also checked on a snapshot's fitted values)."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 <= self.mmr_lambda <= 1.0:

@@ -26,6 +26,7 @@ class RerankState:
     snapshot: Snapshot
     item_emb: np.ndarray
     items: object          # rerank_server.items attributes, built once so requests only gather them
+    config: RerankConfig   # the server's config with this snapshot's fitted defaults (RerankConfig.for_snapshot)
 
 
 class RerankServicer(recsys_pb2_grpc.RerankServicer):
@@ -41,9 +42,10 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
         snapshot = Snapshot.open(path)
         state = RerankState(snapshot, snapshot.load_array("item_emb.npy"),
-                            load_item_attributes(snapshot, self.config.rules.blocked_item_ids))
+                            load_item_attributes(snapshot, self.config.rules.blocked_item_ids),
+                            self.config.for_snapshot(snapshot))
         self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.item_emb.shape[0]),
-                      rules=self.config.rules.enabled)
+                      rules=self.config.rules.enabled, method=state.config.method, mmr_lambda=state.config.mmr_lambda)
         self.self_test(state)
         return state
 
@@ -53,19 +55,19 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
         idx = np.arange(n, dtype=np.int32)
         scores = np.linspace(1.0, 0.0, n, dtype=np.float32)
         for method in ("NONE", "MMR", "DPP", "DPP_WINDOW"):
-            positions = rerank(state.item_emb, idx, scores, min(10, n), resolve_params(self.config, method),
+            positions = rerank(state.item_emb, idx, scores, min(10, n), resolve_params(state.config, method),
                                state.items, self.rules)
             if np.unique(positions).size != positions.size:
                 raise ValueError(f"self-test: {method} returned duplicate positions")
 
     def Rerank(self, request, context):
-        cfg = self.config
         # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
         state = self.reloader.get(request.snapshot_version)
         if state is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"candidates belong to snapshot {request.snapshot_version}, this server serves "
                           f"{', '.join(self.reloader.versions)}")
+        cfg = state.config
         version = state.snapshot.version
         if not 1 <= request.k <= cfg.max_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{cfg.max_k}, got {request.k}")

@@ -28,7 +28,8 @@ def snapshot_root(tmp_path_factory) -> Path:
         pytest.skip(f"ML-100K is not available: {exc}")
     root = tmp_path_factory.mktemp("snapshots")
     config = load_config(ExportConfig, None, [f"out={root}", "two_tower.epochs=3", "deepfm.epochs=2",
-                                                  "mmoe.epochs=1", "mmoe_teacher.epochs=1", "prerank.epochs=1"])
+                                                  "mmoe.epochs=1", "mmoe_teacher.epochs=1", "prerank.epochs=1",
+                                                  "eval_users=300"])
     run_export(config)
     return root
 

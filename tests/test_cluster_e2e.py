@@ -113,3 +113,21 @@ def test_rank_down_degrades_and_still_answers(snapshot_root, tmp_path):
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert all(proc.poll() is not None for proc in cluster.procs.values())
+
+
+def test_served_lists_agree_with_the_manifests_funnel_table(client, snapshot):
+    """gateway.evaluate's path: Recommend through the public API for the export's test users (a sample
+    here, to keep the suite quick) gives exactly the lists the export's funnel table scored offline."""
+    from export.evaluate_funnel import evaluate_funnel
+    from gateway.evaluate import compare, served_lists, served_table, test_truth
+
+    ds, truth = test_truth(snapshot)
+    users = np.unique(truth.user)[:60]
+    truth = truth.subset(np.isin(truth.user, users))
+    offline = evaluate_funnel(snapshot, ds, truth)["rows"]["rerank"]
+    _, lists, lists50, counts = served_lists(
+        lambda user, k, ts, dl: client.recommend(user, k=k, timestamp=ts, deadline_ms=dl), ds, truth, snapshot,
+        deadline_ms=5000)
+    assert counts["degraded"] == counts["errors"] == 0 and counts["requests"] == 2 * users.size
+    served = served_table(snapshot, truth, ds.n_users, lists, lists50)
+    assert compare(served, offline, 1e-4) == [], (served, offline)

@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from common.snapshot import SnapshotError
-from export.evaluate_prerank import topk_survival
 from export.mmoe import TASKS, MMoEConfig, export_mmoe_onnx, make_mmoe_examples, mmoe_logits, predict_mmoe, train_mmoe
 from export.prerank import PrerankConfig, prerank_loss, train_prerank
 from export.quantize import onnx_predict, session
 from rank_server.config import RankConfig
-from rank_server.fusion import weighted_product
+from rank_server.fusion import DEFAULT_WEIGHTS, weighted_product
 from rank_server.model import RankModel
 from tests.test_mmoe import _wrong_model
 from tests.test_models import _schema, _synthetic_dataset
@@ -84,8 +83,8 @@ def test_distilled_prerank_follows_the_teacher(ds, examples, teacher_logits, pre
     p = mmoe_logits(plain, examples[0], examples[1]).numpy()
     assert np.mean((d - t) ** 2) < np.mean((p - t) ** 2)
     # ordering by fused score agrees with the teacher's
-    fused_t = weighted_product(1 / (1 + np.exp(-t)), TASKS, RankConfig().fusion)
-    fused_d = weighted_product(1 / (1 + np.exp(-d)), TASKS, RankConfig().fusion)
+    fused_t = weighted_product(1 / (1 + np.exp(-t)), TASKS, DEFAULT_WEIGHTS)
+    fused_d = weighted_product(1 / (1 + np.exp(-d)), TASKS, DEFAULT_WEIGHTS)
     assert np.corrcoef(np.argsort(np.argsort(fused_t)), np.argsort(np.argsort(fused_d)))[0, 1] > 0.8
 
 
@@ -152,38 +151,15 @@ def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
         def user(self, user_id):
             return None
 
-    snap = type("S", (), {"features": _NoUsers()})()
+    snap = type("S", (), {"features": _NoUsers(), "manifest": {}})()
     state = RankState(snap, s, items, RankModel(tmp_path / "rank.onnx", s, TASKS, 1), 2, pre)
     cand = np.arange(0, 40, dtype=np.int32)[::-1].copy()
     cfg = RankConfig(prerank_keep=10)
     res = rank(state, cfg, "", cand, 10**9)
     sp, bg = rank_inputs(s, items, None, 2, cand, 10**9)
-    fused = weighted_product(pre.predict(sp, bg), TASKS, cfg.fusion)
-    np.testing.assert_allclose(prerank_scores(pre, sp, bg, cfg.fusion), fused, rtol=1e-6)
+    fused = weighted_product(pre.predict(sp, bg), TASKS, DEFAULT_WEIGHTS)
+    np.testing.assert_allclose(prerank_scores(pre, sp, bg, DEFAULT_WEIGHTS), fused, rtol=1e-6)
     want = cand[np.sort(np.argsort(-fused, kind="stable")[:10])]
     assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, want)
 
 
-def _survival_reference(rank_scores, pre_scores, k, keep):
-    n = len(rank_scores)
-    if n <= keep:
-        return 1.0
-    by_rank = sorted(range(n), key=lambda i: (-rank_scores[i], i))[:min(k, n)]
-    by_pre = set(sorted(range(n), key=lambda i: (-pre_scores[i], i))[:keep])
-    return sum(i in by_pre for i in by_rank) / len(by_rank)
-
-
-def test_topk_survival_matches_reference():
-    rng = np.random.default_rng(0)
-    for n, k, keep in ((1000, 50, 200), (300, 50, 200), (120, 50, 100), (60, 50, 200), (90, 100, 30)):
-        r = rng.random(n).astype(np.float32)
-        p = (r + rng.normal(0, 0.3, n)).astype(np.float32)
-        assert topk_survival(r, p, k, keep) == pytest.approx(_survival_reference(r, p, k, keep))
-    # ties broken by the earlier candidate, on both sides
-    r = np.round(rng.random(500), 1).astype(np.float32)
-    p = np.round(rng.random(500), 1).astype(np.float32)
-    assert topk_survival(r, p, 50, 200) == pytest.approx(_survival_reference(r, p, 50, 200))
-    r = rng.random(1000)
-    assert topk_survival(r, r, 50, 200) == 1.0                # the ranker itself keeps its top 50
-    assert topk_survival(r, -r, 50, 200) == 0.0               # the reverse order keeps none
-    assert np.isnan(topk_survival(np.zeros(0), np.zeros(0)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.dataset import Dataset, Interactions
-from export.split import Split, make_split, temporal_split
+from export.split import Split, make_split, temporal_parts, temporal_split
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
 
@@ -144,3 +144,64 @@ def test_ml100k_split_is_fast_and_sized():
     per_user = np.bincount(ds.interactions.user, minlength=ds.n_users)
     assert len(split.test) == int(np.floor(0.2 * per_user + 1e-9).sum())
     assert len(split.train) + len(split.test) == 100_000
+
+
+def reference_parts(inter: Interactions, holdout_frac: float, valid_frac: float, min_train: int):
+    """Plain-Python (valid, test) masks: the test tail first, then the validation rows just before it."""
+    valid = np.zeros(len(inter), dtype=bool)
+    test = np.zeros(len(inter), dtype=bool)
+    rows_by_user: dict[int, list[int]] = {}
+    for row, u in enumerate(inter.user.tolist()):
+        rows_by_user.setdefault(u, []).append(row)
+    for rows in rows_by_user.values():
+        n = len(rows)
+        ordered = sorted(rows, key=lambda r: (int(inter.timestamp[r]), r))
+        k_test = max(0, min(math.floor(holdout_frac * n + 1e-9), n - min_train))
+        k_valid = max(0, min(math.floor(valid_frac * n + 1e-9), n - k_test - min_train))
+        test[ordered[n - k_test:]] = k_test > 0
+        if k_valid:
+            valid[ordered[n - k_test - k_valid:n - k_test]] = True
+    return valid, test
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("frac, vfrac, min_train", [(0.2, 0.1, 1), (0.3, 0.3, 2), (0.1, 0.0, 1)])
+def test_parts_match_python_reference(seed, frac, vfrac, min_train):
+    inter = random_inter(seed, n=int(np.random.default_rng(seed).integers(1, 2000)))
+    train, valid, test = temporal_parts(inter, frac, vfrac, min_train)
+    ref_valid, ref_test = reference_parts(inter, frac, vfrac, min_train)
+    np.testing.assert_array_equal(valid, ref_valid)
+    np.testing.assert_array_equal(test, ref_test)
+    np.testing.assert_array_equal(train, ~(ref_valid | ref_test))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_validation_never_changes_the_test_part(seed):
+    inter = random_inter(seed)
+    _, test_only = temporal_split(inter, 0.2)
+    _, valid, test = temporal_parts(inter, 0.2, 0.1)
+    np.testing.assert_array_equal(test, test_only)
+    for u in np.unique(inter.user):  # validation sits between train and test in time
+        tr, va, te = (inter.timestamp[m & (inter.user == u)] for m in (~(valid | test), valid, test))
+        if va.size:
+            assert va.min() >= tr.max() and (te.size == 0 or te.min() >= va.max())
+
+
+@pytest.mark.parametrize("vfrac", [-0.1, 1.0, float("nan")])
+def test_bad_valid_frac(vfrac):
+    with pytest.raises(ValueError, match="valid_frac"):
+        temporal_parts(make_inter([0], [0]), 0.2, vfrac)
+
+
+def test_split_known_is_train_plus_valid_in_log_order():
+    inter = make_inter([0] * 10 + [1] * 10, list(range(10)) * 2)
+    ds = Dataset(
+        name="t", user_ids=np.array(["a", "b"]), item_ids=np.array([str(i) for i in range(20)]),
+        interactions=inter, user_cat=np.zeros((2, 0), np.int32), user_cat_names=[],
+        user_cat_vocab=[], item_cat=np.zeros((20, 0), np.int32), item_cat_names=[],
+        item_cat_vocab=[], item_bag=np.zeros((20, 0), np.uint8), item_bag_names=[],
+        item_titles=np.array([""] * 20),
+    )
+    split = make_split(ds, 0.2, valid_frac=0.1)
+    assert (len(split.train), len(split.valid), len(split.test)) == (14, 2, 4)
+    assert split.known.item.tolist() == [i for i in range(20) if i % 10 < 8]

@@ -1,0 +1,240 @@
+"""The ranker's honest protocol and its pieces (issue 11): no test row shapes training, candidate features
+against numpy references, list metrics by hand, fusion forms, replay ordering."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.candidate_features import CandidateTables, candidate_features, dense_names
+from common.config import load_config
+from export.config import ExportConfig
+from export.dataset import Interactions
+from export.deepfm import make_rank_examples
+from export.evaluate_funnel import list_row
+from export.metrics import ndcg_at_k
+from export.mmoe import make_mmoe_examples
+from export.rank_replay import order_lists
+from export.recall_tables import item_stats, transition_table
+from rank_server.fusion import FORMS, fuse
+from tests.test_models import _schema, _synthetic_dataset
+
+
+# ---------------------------------------------------------------- leak test
+
+@pytest.fixture(scope="module")
+def small_synthetic():
+    from export.synthetic import SyntheticConfig, make_dataset
+
+    return make_dataset(SyntheticConfig(n_items=400, n_users=120, n_interactions=6000, seed=3))
+
+
+def _strip_test_rows(ds, split):
+    """The same dataset with the test rows removed from its log."""
+    import dataclasses
+
+    return dataclasses.replace(ds, interactions=split.known)
+
+
+def test_no_test_row_shapes_the_rankers_training_data(small_synthetic, tmp_path):
+    """The training and validation replays (recall artifacts, candidates, features, labels, sampled
+    negatives) are identical whether or not the dataset still holds the test part."""
+    from export.pipeline import rank_schema, replay_cuts
+    from export.split import make_split
+
+    ds = small_synthetic
+    config = load_config(ExportConfig, None, ["two_tower.epochs=1", "recall_n=300", "rank_n=100",
+                                              "rank_replay.neg_per_user=20"])
+    split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
+    assert len(split.test) > 0
+    out = []
+    for name, data in (("full", ds), ("stripped", _strip_test_rows(ds, split))):
+        _, _, rep_a, rep_b = replay_cuts(data, split, config, rank_schema(data), tmp_path / name)
+        rows = rep_a.sample(config.rank_replay, 0)
+        out.append((rep_a, rep_b, rows))
+    (a1, b1, r1), (a2, b2, r2) = out
+    np.testing.assert_array_equal(r1, r2)
+    for x, y in ((a1, a2), (b1, b2)):
+        for field in ("users", "offsets", "item", "recalled", "sparse", "bag", "truth_items"):
+            np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=field)
+        np.testing.assert_allclose(x.dense, y.dense, rtol=1e-6, atol=1e-6)
+        for k in x.labels:
+            np.testing.assert_array_equal(x.labels[k], y.labels[k])
+    # the validation labels are the validation part, never the test part
+    test_keys = set(zip(split.test.user.tolist(), split.test.item.tolist()))
+    owner = np.repeat(b1.users, np.diff(b1.offsets))
+    pos = b1.labels["click"] > 0
+    assert not test_keys & set(zip(owner[pos].tolist(), b1.item[pos].tolist()))
+
+
+def test_sampled_negatives_avoid_only_what_is_known():
+    ds = _synthetic_dataset()
+    schema = _schema(ds)
+    inter = ds.interactions
+    known = inter.subset(np.arange(len(inter)) < len(inter) // 2)
+    a = make_mmoe_examples(ds, known, schema, 2, 0, known=known)
+    b = make_mmoe_examples(ds, known, schema, 2, 0)           # default: the rows given
+    for x, y in zip(a[:2], b[:2]):
+        np.testing.assert_array_equal(x, y)
+    c = make_rank_examples(ds, known, schema, 2, 0, known=known)
+    d = make_rank_examples(ds, known, schema, 2, 0)
+    np.testing.assert_array_equal(c[0], d[0])
+
+
+# ---------------------------------------------------------------- candidate features vs numpy
+
+def _csr(rows: dict[int, dict[int, float]], n: int):
+    indptr = np.zeros(n + 1, np.int64)
+    idx, sc = [], []
+    for i in range(n):
+        nb = rows.get(i, {})
+        for j, s in sorted(nb.items(), key=lambda t: -t[1]):
+            idx.append(j)
+            sc.append(s)
+        indptr[i + 1] = len(idx)
+    return indptr, np.asarray(idx, np.int32), np.asarray(sc, np.float32)
+
+
+def test_candidate_features_match_a_plain_reference():
+    rng = np.random.default_rng(0)
+    n, d = 30, 4
+    tables_raw = {name: {i: {int(j): float(rng.random()) for j in rng.choice(n, 5, replace=False) if j != i}
+                         for i in range(n)} for name in ("itemcf", "swing", "next")}
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    count = rng.integers(0, 50, n).astype(np.float32)
+    recent = np.minimum(count, rng.integers(0, 10, n)).astype(np.float32)
+    channels = ["ann", "itemcf", "popular"]
+    t = CandidateTables.build(emb, _csr(tables_raw["itemcf"], n), _csr(tables_raw["swing"], n),
+                              _csr(tables_raw["next"], n), count, recent, channels)
+    hist_codes = np.array([0, 3, 8, 12, 5], np.int32)            # a padded history: items 2, 7, 11, 4
+    cand = np.array([9, 1, 7, 20, 4], np.int32)
+    masks = np.array([1, 3, 4, 0, 2], np.uint32)
+    scores = np.array([0.9, 0.5, 0.45, 0.2, 0.1], np.float32)
+    got = candidate_features(t, hist_codes, 37, cand, masks, ["ann", "itemcf", "popular"], scores)
+    assert got.shape == (5, len(dense_names(channels)))
+
+    hist = [2, 7, 11, 4]
+    w = [0.9 ** (len(hist) - 1 - h) for h in range(len(hist))]
+    last_w = [0.0, 0.25, 0.5, 1.0]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    mean = unit[hist].mean(0)
+    for r, c in enumerate(cand.tolist()):
+        def sim(name, weights):
+            return sum(wh * tables_raw[name].get(h, {}).get(c, 0.0) for h, wh in zip(hist, weights))
+        want = [math.log1p(r), scores[r] / 0.9, masks[r] & 1, masks[r] >> 1 & 1, masks[r] >> 2 & 1,
+                math.log1p(sim("itemcf", w)), math.log1p(sim("swing", w)), math.log1p(sim("itemcf", last_w)),
+                math.log1p(sim("next", last_w)), unit[c] @ (mean / np.linalg.norm(mean)),
+                max(unit[c] @ unit[h] for h in hist), unit[c] @ unit[hist[-1]], math.log1p(count[c]),
+                math.log1p(recent[c]), math.log1p(37)]
+        np.testing.assert_allclose(got[r], want, rtol=1e-5, atol=1e-6, err_msg=f"candidate {c}")
+
+
+def test_candidate_features_without_history_or_recall_info():
+    n = 10
+    empty = (np.zeros(n + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
+    t = CandidateTables.build(np.eye(n, 3, dtype=np.float32), empty, empty, empty, np.ones(n), np.ones(n), ["ann"])
+    got = candidate_features(t, np.empty(0, np.int32), 0, np.array([3, 1], np.int32))
+    assert got.shape == (2, len(t.names)) and np.isfinite(got).all()
+    assert got[:, 1:3].sum() == 0            # no recall information: score and channel columns are 0
+    assert candidate_features(t, np.array([2]), 1, np.empty(0, np.int32)).shape == (0, len(t.names))
+
+
+def test_transition_table_matches_counting():
+    inter = Interactions(user=np.array([0, 0, 0, 0, 1, 1, 1], np.int32),
+                         item=np.array([1, 2, 3, 2, 1, 3, 0], np.int32),
+                         rating=np.ones(7, np.float32), timestamp=np.array([1, 2, 3, 4, 1, 2, 3], np.int64))
+    table = transition_table(inter, 2, 4, top_m=10, span=2)
+    weights: dict[tuple[int, int], float] = {}
+    for seq in ([1, 2, 3, 2], [1, 3, 0]):
+        for t in range(len(seq)):
+            for d in (1, 2):
+                if t + d < len(seq) and seq[t] != seq[t + d]:
+                    weights[seq[t], seq[t + d]] = weights.get((seq[t], seq[t + d]), 0.0) + 1.0 / d
+    for a in range(4):
+        got = dict(zip(table["indices"][table["indptr"][a]:table["indptr"][a + 1]].tolist(),
+                       table["scores"][table["indptr"][a]:table["indptr"][a + 1]].tolist()))
+        total = sum(v for (x, _), v in weights.items() if x == a)
+        want = {b: v / total for (x, b), v in weights.items() if x == a}
+        assert got.keys() == want.keys()
+        for b in want:
+            assert got[b] == pytest.approx(want[b], rel=1e-6)
+    stats = item_stats(inter, 4, recent_days=2 / 86400)
+    assert stats["count"].tolist() == [1, 2, 2, 2] and stats["recent_count"].tolist() == [1, 0, 2, 2]
+
+
+# ---------------------------------------------------------------- list metrics by hand
+
+def test_ndcg_by_hand():
+    pred = np.array([[1, 2, 3], [5, 5, -1], [7, 8, 9]])
+    indptr, items = np.array([0, 2, 3, 3]), np.array([1, 3, 5])
+    # user 0: hits at positions 0 and 2 of 2 relevant; user 1: a hit at 0 (the repeat earns nothing);
+    # user 2 has no truth and does not count
+    u0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert ndcg_at_k(pred, indptr, items, 3) == pytest.approx((u0 + 1.0) / 2)
+    assert ndcg_at_k(pred, indptr, items, 1) == pytest.approx(1.0)
+
+
+def test_list_row_by_hand():
+    bag = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.uint8)
+    unit = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8]], np.float32)
+    pred = np.full((2, 10), -1)
+    pred[0, :3] = [0, 1, 3]
+    pred[1, :2] = [2, 0]
+    indptr, items = np.array([0, 1, 3]), np.array([3, 0, 1])
+    row = list_row(pred, indptr, items, bag, unit)
+    assert row["recall@10"] == pytest.approx((1.0 + 0.5) / 2)
+    assert row["genres@10"] == pytest.approx((3 + 2) / 2)
+    # ILS: user 0 pairs (0,1)=0, (0,3)=.6, (1,3)=.8 → mean .4667; user 1: (2,0) = 1
+    assert row["ils@10"] == pytest.approx((1.4 / 3 + 1.0) / 2, rel=1e-5)
+    assert math.isnan(row["recall@50"])          # a 10-long list has no recall@50
+
+
+def test_served_table_agrees_with_list_row(tmp_path):
+    from gateway.evaluate import compare
+
+    assert compare({m: 0.5 for m in ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")},
+                   {m: 0.5005 for m in ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")}, 0.001) == []
+    assert compare({"recall@10": 0.2, "ndcg@10": 0.3, "recall@50": 0.4, "genres@10": 8, "ils@10": 0.9},
+                   {"recall@10": 0.2, "ndcg@10": 0.31, "recall@50": float("nan"), "genres@10": 8, "ils@10": 0.9},
+                   0.002) == ["ndcg@10", "recall@50"]
+
+
+def test_order_lists_ties_keep_recall_order():
+    offsets = np.array([0, 4, 6])
+    recalled = np.array([True, True, True, False, True, True])
+    item = np.array([10, 11, 12, 13, 20, 21])
+    scores = np.array([0.5, 0.9, 0.5, 99.0, 0.1, 0.1])
+    got = order_lists(offsets, recalled, item, scores, 4)
+    assert got.tolist() == [[11, 10, 12, -1], [20, 21, -1, -1]]
+
+
+# ---------------------------------------------------------------- fusion forms
+
+def test_fusion_forms_match_their_definitions():
+    rng = np.random.default_rng(1)
+    p = rng.random((6, 3)).astype(np.float32)
+    tasks = ["click", "like", "rating"]
+    w = {"click": 1.0, "like": 0.5, "rating": 0.25}
+    np.testing.assert_allclose(fuse(p, tasks, w, "sum"), p @ [1.0, 0.5, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(fuse(p, tasks, w, "one_plus"), np.prod(1 + p * [1.0, 0.5, 0.25], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(fuse(p, tasks, w, "product"),
+                               p[:, 0] * p[:, 1] ** 0.5 * (1 + p[:, 2]) ** 0.25, rtol=1e-5)
+    ranks = np.argsort(np.argsort(-p, axis=0, kind="stable"), axis=0)
+    np.testing.assert_allclose(fuse(p, tasks, w, "rank"), (np.array([1.0, 0.5, 0.25]) / (ranks + 10.0)).sum(1),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="fusion form"):
+        fuse(p, tasks, w, "max")
+    assert set(FORMS) == {"product", "sum", "one_plus", "rank"}
+
+
+def test_rerank_config_takes_the_snapshots_fitted_defaults():
+    from rerank_server.config import RerankConfig
+
+    snap = type("S", (), {"manifest": {"rerank_params": {"method": "MMR", "mmr_lambda": 0.85}}})()
+    assert RerankConfig(mmr_lambda=0.3).for_snapshot(snap).mmr_lambda == 0.85
+    assert RerankConfig(mmr_lambda=0.3, use_fitted=False).for_snapshot(snap).mmr_lambda == 0.3
+    bad = type("S", (), {"manifest": {"rerank_params": {"mmr_lambda": 7}}})()
+    with pytest.raises(ValueError, match="mmr_lambda"):
+        RerankConfig().for_snapshot(bad)
