@@ -40,6 +40,9 @@ class ServerOptions:
     # close each connection after this long (GOAWAY, then grace_s): a dns:/// client re-resolves only when a
     # connection ends, so this is how the gateway finds replicas added by scale-up; 0: never
     max_connection_age_s: float = 0.0
+    # plaintext port serving grpc.health.v1 only (same statuses): kubelet gRPC probes cannot speak TLS, so
+    # with TLS on the main port they probe this one; -1 off, 0 the OS picks (written to <port_file>.health)
+    health_port: int = -1
     metrics_port: int = -1           # Prometheus /metrics over HTTP: -1 off, 0 the OS picks (<port_file>.metrics)
     tls_cert: str = ""               # PEM paths (common.tls); cert + key: TLS; + tls_client_ca: mutual TLS
     tls_key: str = ""
@@ -55,6 +58,8 @@ class ServerOptions:
             raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
         if self.threads < 1:
             raise ValueError(f"server.threads must be >= 1, got {self.threads}")
+        if not -1 <= self.health_port <= 65535:
+            raise ValueError(f"server.health_port must be in -1..65535, got {self.health_port}")
         if self.drain_s < 0 or self.max_connection_age_s < 0:
             raise ValueError("server.drain_s and server.max_connection_age_s must be >= 0")
 
@@ -90,6 +95,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0
+        self.health_server: grpc.Server | None = None  # the health-only plaintext port (health_port)
         self._stopped = threading.Event()
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
@@ -112,10 +118,27 @@ class GrpcServer:
             tmp = f"{port_file}.tmp"
             Path(tmp).write_text(str(self.port))
             os.replace(tmp, port_file)
+        if self.options.health_port >= 0:
+            self._start_health_port(port_file)
         if self.options.metrics_port >= 0:
             serve_metrics(self.options.host, self.options.metrics_port, port_file, self.log)
         self.log.info("server_started", host=self.options.host, port=self.port, pid=os.getpid())
         return self.port
+
+    def _start_health_port(self, port_file: str | None) -> None:
+        """Serve the same health statuses, and nothing else, in plaintext on ``health_port``."""
+        self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
+                                                                    thread_name_prefix=f"{self.component}-health"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        address = f"{self.options.host}:{self.options.health_port}"
+        port = self.health_server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"could not bind {address} (server.health_port): is the port in use?")
+        self.health_server.start()
+        if port_file:
+            Path(f"{port_file}.health.tmp").write_text(str(port))
+            os.replace(f"{port_file}.health.tmp", f"{port_file}.health")
+        self.log.info("health_port_started", port=port)
 
     def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING for the whole server and each service."""
@@ -133,6 +156,8 @@ class GrpcServer:
             time.sleep(self.options.drain_s)
         self.log.info("server_stopping", grace_s=self.options.grace_s)
         self.server.stop(self.options.grace_s).wait()
+        if self.health_server is not None:  # probes saw NOT_SERVING throughout the drain
+            self.health_server.stop(0).wait()
         self._stopped.set()
         self.log.info("server_stopped")
 

@@ -63,4 +63,6 @@ def stage_target(addr: str, key: str = "addr") -> tuple[str, list[tuple[str, str
         items.append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
     if len(families) > 1:
         raise ValueError(f"{key}: an address list must be all IPv4 or all IPv6")
-    return f"ipv{families.pop()}:{','.join(items)}", options
+    # the authority (and so the name TLS verifies) of an ipv4:/ipv6: list target would be the whole list:
+    # use the first replica's, so certificates carrying that IP verify (with TLS prefer a dns:/// name)
+    return f"ipv{families.pop()}:{','.join(items)}", [*options, ("grpc.default_authority", items[0])]

@@ -34,6 +34,8 @@ K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 NAMESPACE = "recsys"
 CONFIGS = {"recall": RecallConfig, "rank": RankConfig, "rerank": RerankConfig, "gateway": GatewayConfig}
+TLS_DIR = "/etc/recsys/tls"
+TLS_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "stage_tls_ca", "stage_tls_cert", "stage_tls_key"}
 KEEP_PREVIOUS_S = 60.0  # common.reload.Reloader's default keep_previous_s, which the servers use
 
 
@@ -45,12 +47,14 @@ def tool(name: str) -> str:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    """Every Kubernetes object file: the base and the mtls overlay's patch (not the kustomizations)."""
+    return sorted(p for p in [*K8S.glob("*.yaml"), *K8S.glob("mtls/*.yaml")] if p.name != "kustomization.yaml")
 
 
 @pytest.fixture(scope="module")
 def docs() -> list[dict]:
-    return [d for p in manifest_files() for d in yaml.safe_load_all(p.read_text()) if d]
+    """The base's objects (what ``kubectl apply -k deploy/k8s`` creates)."""
+    return [d for p in manifest_files() if p.parent == K8S for d in yaml.safe_load_all(p.read_text()) if d]
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
@@ -74,7 +78,9 @@ def configs(docs) -> dict[str, object]:
 
 def test_kustomization_lists_every_manifest():
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(p.name for p in manifest_files())
+    assert sorted(listed) == sorted(p.name for p in manifest_files() if p.parent == K8S)
+    overlay = yaml.safe_load((K8S / "mtls" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../"] and overlay["patches"] == [{"path": "config-tls.yaml"}]
 
 
 def test_manifests_validate_strictly_against_the_newest_schemas():
@@ -135,12 +141,18 @@ def test_deployment_matches_its_config(docs, configs, name):
     assert volumes["snapshots"]["persistentVolumeClaim"]["claimName"] == "recsys-snapshots"
     # numba's cache (NUMBA_CACHE_DIR in the Dockerfile) needs the writable /tmp on a read-only root
     assert mounts["tmp"]["mountPath"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    # the optional mTLS Secret (mtls/), where the overlay's config files look for it
+    assert mounts["tls"]["mountPath"] == TLS_DIR and mounts["tls"]["readOnly"] is True
+    assert volumes["tls"]["secret"] == {"secretName": "recsys-tls", "optional": True, "defaultMode": 0o440}
     # ports: the server binds every interface on the port the probes, the Service and the peers use
     assert cfg.server.host == "0.0.0.0"
     assert port_named(c, "grpc") == cfg.server.port and port_named(c, "metrics") == cfg.server.metrics_port
+    # probes hit the plaintext health-only port (kubelet gRPC probes cannot speak TLS), same statuses
+    assert port_named(c, "health") == cfg.server.health_port
+    assert len({cfg.server.port, cfg.server.metrics_port, cfg.server.health_port}) == 3
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = c[probe]["grpc"]
-        assert grpc_probe["port"] == cfg.server.port, probe
+        assert grpc_probe["port"] == cfg.server.health_port, probe
         assert grpc_probe.get("service", "") == HEALTH_SERVICE, probe  # the whole-server status
     # drain: readiness fails within drain_s, the pod gets drain_s + grace_s (+ margin) before SIGKILL
     ready = c["readinessProbe"]
@@ -239,3 +251,35 @@ def test_dockerfile_matches_the_manifests(docs, configs):
         assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
         assert sec["capabilities"]["drop"] == ["ALL"]
     assert 'ENTRYPOINT ["python", "-m"]' in lines and 'ENTRYPOINT ["python", "-m", "export"]' in lines
+
+
+def test_mtls_overlay_only_adds_tls_and_loads_with_real_certificates(docs, tmp_path):
+    """mtls/ = the base config plus TLS keys pointing into the Secret's mount; with certificates there, every
+    process's config loads (check_pair reads each file)."""
+    from tests.test_tls import make_pki
+
+    pki = make_pki(tmp_path)
+    files = {"tls.crt": pki["server.pem"], "tls.key": pki["server.key"], "ca.crt": pki["ca.pem"]}
+    base = find(docs, "ConfigMap", "recsys-config")["data"]
+    (patch,) = yaml.safe_load_all((K8S / "mtls" / "config-tls.yaml").read_text())
+    assert patch["metadata"] == {"name": "recsys-config", "namespace": NAMESPACE}
+    assert sorted(patch["data"]) == sorted(base)
+    import tomllib
+
+    for name, cls in CONFIGS.items():
+        text = patch["data"][f"{name}.toml"]
+        overlay, plain = tomllib.loads(text), tomllib.loads(base[f"{name}.toml"])
+        added = {k: overlay.pop(k) for k in TLS_KEYS & overlay.keys()}
+        added |= {f"server.{k}": overlay["server"].pop(k) for k in TLS_KEYS & overlay["server"].keys()}
+        assert overlay == plain, name  # nothing but TLS differs from the base
+        assert {"server.tls_cert", "server.tls_key", "server.tls_client_ca"} <= added.keys(), name
+        if name == "gateway":
+            assert {"stage_tls_ca", "stage_tls_cert", "stage_tls_key"} <= added.keys()
+        for path in added.values():
+            assert Path(path).parent == Path(TLS_DIR) and Path(path).name in files, path
+        for secret_name, local in files.items():
+            text = text.replace(f"{TLS_DIR}/{secret_name}", local)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        cfg = load_config(cls, path)
+        assert cfg.server.tls_client_ca == pki["ca.pem"]

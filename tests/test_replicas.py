@@ -35,6 +35,7 @@ def test_address_list_becomes_a_round_robin_ipv4_target():
     target, options = stage_target("127.0.0.1:5001, 10.0.0.2:5002", "recall_addr")
     assert target == "ipv4:127.0.0.1:5001,10.0.0.2:5002"
     assert dict(options)["grpc.service_config"] == SERVICE_CONFIG
+    assert dict(options)["grpc.default_authority"] == "127.0.0.1:5001"  # what TLS verifies (tests/test_tls.py)
     config = json.loads(SERVICE_CONFIG)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["healthCheckConfig"] == {"serviceName": ""}
