@@ -4,8 +4,9 @@ Every stage runs two replica processes, each on its own OS-picked port; the gate
 one ``ipv4:`` address list with gRPC's ``round_robin`` policy and client-side health checking, as it dials
 ``dns:///recall.<ns>.svc.cluster.local`` behind a headless Service. Under a bounded load (about 20 s at
 about 50 requests/s, 127.0.0.1 only) one recall replica is SIGKILLed (the launcher restarts it), one rank
-replica is drained like a terminating pod (SIGTERM: NOT_SERVING for ``server.drain_s``, then stop), and a
-new snapshot version is published the way the export Job publishes it (copy, then flip CURRENT); no
+replica is drained like a terminating pod (SIGTERM: NOT_SERVING for ``server.drain_s``, then stop), every
+stage recycles its connections every 2 s (``server.max_connection_age_s``), and a new snapshot version is
+published the way the export Job publishes it (copy, then flip CURRENT); no
 request may fail, the drain must degrade none, and every running replica must switch to the new version.
 """
 from __future__ import annotations
@@ -79,7 +80,9 @@ def root(snapshot_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(root, tmp_path_factory):
-    stage = ["server.drain_s=1.0", *POLL]  # what the manifests set: drain before refusing calls
+    # as the manifests set: drain before refusing calls; recycled connections (here every 2 s, so the
+    # rehearsal crosses many GOAWAYs under load) so dns:/// clients re-resolve
+    stage = ["server.drain_s=1.0", "server.max_connection_age_s=2", *POLL]
     config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
                            replicas={s: 2 for s in STAGES},
                            overrides={"gateway": ["deadline_ms=3000", *POLL],
