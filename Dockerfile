@@ -25,7 +25,7 @@ COPY gateway gateway
 COPY export export
 # serving venv: the package and its runtime dependencies only (tests/ and benches' extras are not installed)
 RUN python -m venv /opt/recsys \
-    && /opt/recsys/bin/pip install --no-cache-dir --upgrade pip==25.3 \
+    && /opt/recsys/bin/pip install --no-cache-dir --upgrade pip==26.3 \
     && /opt/recsys/bin/pip install --no-cache-dir .
 
 FROM build AS build-export
