@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,15 @@ class ServerOptions:
     threads: int = 8                 # gRPC handler threads
     max_message_mb: int = 16
     grace_s: float = 2.0             # drain time on shutdown
+    # on SIGTERM, report NOT_SERVING and keep serving this long before draining, so clients' health watches
+    # (gateway round_robin) and Kubernetes readiness take this replica out before it refuses calls
+    drain_s: float = 0.0
+    # close each connection after this long (GOAWAY, then grace_s): a dns:/// client re-resolves only when a
+    # connection ends, so this is how the gateway finds replicas added by scale-up; 0: never
+    max_connection_age_s: float = 0.0
+    # plaintext port serving grpc.health.v1 only (same statuses): kubelet gRPC probes cannot speak TLS, so
+    # with TLS on the main port they probe this one; -1 off, 0 the OS picks (written to <port_file>.health)
+    health_port: int = -1
     metrics_port: int = -1           # Prometheus /metrics over HTTP: -1 off, 0 the OS picks (<port_file>.metrics)
     tls_cert: str = ""               # PEM paths (common.tls); cert + key: TLS; + tls_client_ca: mutual TLS
     tls_key: str = ""
@@ -48,12 +58,24 @@ class ServerOptions:
             raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
         if self.threads < 1:
             raise ValueError(f"server.threads must be >= 1, got {self.threads}")
+        if not -1 <= self.health_port <= 65535:
+            raise ValueError(f"server.health_port must be in -1..65535, got {self.health_port}")
+        if self.drain_s < 0 or self.max_connection_age_s < 0:
+            raise ValueError("server.drain_s and server.max_connection_age_s must be >= 0")
 
 
 def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
     """gRPC options setting the message size limits, for servers and clients alike."""
     size = max_message_mb << 20
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+def connection_age_options(options: ServerOptions) -> list[tuple[str, int]]:
+    """gRPC server options closing connections after ``max_connection_age_s`` (none when 0)."""
+    if options.max_connection_age_s <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(options.grace_s * 1000))]
 
 
 class GrpcServer:
@@ -66,12 +88,14 @@ class GrpcServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.threads,
                                                              thread_name_prefix=component),
                                   # SO_REUSEPORT: the workers of one stage bind the same port (DESIGN §6)
-                                  options=[*channel_options(options.max_message_mb), ("grpc.so_reuseport", 1)],
+                                  options=[*channel_options(options.max_message_mb), ("grpc.so_reuseport", 1),
+                                           *connection_age_options(options)],
                                   interceptors=[ServerInterceptor(log)])  # metrics, request ids (common.metrics)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0
+        self.health_server: grpc.Server | None = None  # the health-only plaintext port (health_port)
         self._stopped = threading.Event()
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
@@ -94,10 +118,27 @@ class GrpcServer:
             tmp = f"{port_file}.tmp"
             Path(tmp).write_text(str(self.port))
             os.replace(tmp, port_file)
+        if self.options.health_port >= 0:
+            self._start_health_port(port_file)
         if self.options.metrics_port >= 0:
             serve_metrics(self.options.host, self.options.metrics_port, port_file, self.log)
         self.log.info("server_started", host=self.options.host, port=self.port, pid=os.getpid())
         return self.port
+
+    def _start_health_port(self, port_file: str | None) -> None:
+        """Serve the same health statuses, and nothing else, in plaintext on ``health_port``."""
+        self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
+                                                                    thread_name_prefix=f"{self.component}-health"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        address = f"{self.options.host}:{self.options.health_port}"
+        port = self.health_server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"could not bind {address} (server.health_port): is the port in use?")
+        self.health_server.start()
+        if port_file:
+            Path(f"{port_file}.health.tmp").write_text(str(port))
+            os.replace(f"{port_file}.health.tmp", f"{port_file}.health")
+        self.log.info("health_port_started", port=port)
 
     def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING for the whole server and each service."""
@@ -110,8 +151,13 @@ class GrpcServer:
         if self._stopped.is_set():
             return
         self.set_serving(False)
+        if self.options.drain_s > 0:  # still serving, but out of every health-checked rotation
+            self.log.info("server_draining", drain_s=self.options.drain_s)
+            time.sleep(self.options.drain_s)
         self.log.info("server_stopping", grace_s=self.options.grace_s)
         self.server.stop(self.options.grace_s).wait()
+        if self.health_server is not None:  # probes saw NOT_SERVING throughout the drain
+            self.health_server.stop(0).wait()
         self._stopped.set()
         self.log.info("server_stopped")
 

@@ -9,6 +9,11 @@ sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it
 A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
 it reported (SO_REUSEPORT). A supervisor thread restarts a worker that exits unasked on the same port,
 with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
+
+A stage may instead run several replicas (``replicas``), each binding its own port, as pods do behind a
+Kubernetes headless Service (DESIGN §6): the gateway gets them as one address list and dials it with gRPC's
+``round_robin`` policy and client-side health checking (``gateway.stage_target``), so a dead or draining
+replica is skipped. A restarted replica binds its own port again.
 """
 from __future__ import annotations
 
@@ -54,6 +59,9 @@ class ClusterConfig:
     # and OMP_NUM_THREADS=1 are set here) so workers do not oversubscribe the cores. The kernel spreads
     # connections (not calls) over the workers, so the gateway opens several channels per worker and round-robins.
     workers: dict[str, int] = field(default_factory=dict)
+    # stage → replica processes, each on its own OS-picked port (no SO_REUSEPORT sharing); the gateway dials
+    # them as one list with round_robin + health checking, the topology deploy/k8s runs. Default 1.
+    replicas: dict[str, int] = field(default_factory=dict)
     restart: bool = True                   # restart a crashed process, with exponential backoff:
     restart_backoff_s: float = 0.5         # first delay, doubled per attempt
     restart_backoff_max_s: float = 10.0    # up to this
@@ -67,6 +75,13 @@ class ClusterConfig:
         for stage, n in self.workers.items():
             if n < 1:
                 raise ValueError(f"workers.{stage} must be >= 1, got {n}")
+        for stage, n in self.replicas.items():
+            if stage not in STAGES:
+                raise ValueError(f"replicas: '{stage}' is not a stage; stages: {', '.join(STAGES)}")
+            if n < 1:
+                raise ValueError(f"replicas.{stage} must be >= 1, got {n}")
+            if n > 1 and self.workers.get(stage, 1) > 1:  # one shared port or one port each, not both
+                raise ValueError(f"stage '{stage}' has both workers and replicas; choose one")
         if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
             raise ValueError("need 0 < restart_backoff_s <= restart_backoff_max_s")
 
@@ -85,6 +100,7 @@ class Cluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
+        self.worker_ports: dict[str, int] = {}  # worker key → its port (shared by SO_REUSEPORT workers)
         self._logs: list = []
         self._spawned: dict[str, tuple[str, list[str], int, float]] = {}  # worker → stage, extra, index, start
         self._held: set[str] = set()            # workers stopped on purpose: never restarted
@@ -100,6 +116,15 @@ class Cluster:
 
     def addr(self, name: str) -> str:
         return f"{self.config.host}:{self.ports[name]}"
+
+    def addrs(self, stage: str) -> list[str]:
+        """Every distinct address serving ``stage``: one for SO_REUSEPORT workers, one per replica."""
+        ports = dict.fromkeys(port for key, port in self.worker_ports.items() if key.partition(".")[0] == stage)
+        return [f"{self.config.host}:{port}" for port in ports]
+
+    def stage_addr(self, stage: str) -> str:
+        """What the gateway dials for ``stage``: its address, or its replicas' as a comma-separated list."""
+        return ",".join(self.addrs(stage))
 
     def _spawn(self, name: str, port: int, extra: list[str], index: int = 0, restart: bool = False) -> None:
         key = worker_name(name, index)
@@ -138,11 +163,12 @@ class Cluster:
             if proc.poll() is not None:
                 raise RuntimeError(f"{key} exited with status {proc.returncode} during start-up:\n"
                                    f"{self._log_tail(key)}")
-            if port_file.exists() and name not in self.ports:
-                self.ports[name] = int(port_file.read_text())
-            if (port_file.exists() and name in self.ports
-                    and health_status(self.addr(name), timeout=1.0) == "SERVING"):
-                log.info("process_ready", stage=name, worker=key, port=self.ports[name])
+            if port_file.exists() and key not in self.worker_ports:
+                self.worker_ports[key] = int(port_file.read_text())
+                self.ports.setdefault(name, self.worker_ports[key])
+            if (key in self.worker_ports
+                    and health_status(f"{self.config.host}:{self.worker_ports[key]}", timeout=1.0) == "SERVING"):
+                log.info("process_ready", stage=name, worker=key, port=self.worker_ports[key])
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not SERVING after {self.config.start_timeout_s} s; "
@@ -163,7 +189,7 @@ class Cluster:
         try:
             self._start_group(STAGES, 0, [], deadline)
             self._start_group(("gateway",), self.config.gateway_port,
-                              [*(f"{s}_addr={self.addr(s)}" for s in STAGES),
+                              [*(f"{s}_addr={self.stage_addr(s)}" for s in STAGES),
                                f"channels_per_stage={self._gateway_channels()}"], deadline)
         except BaseException:
             self.stop()
@@ -172,7 +198,8 @@ class Cluster:
         return self
 
     def _start_group(self, names, port: int, extra: list[str], deadline: float) -> None:
-        """Worker 0 of each named stage (it binds ``port``, 0: the OS picks), then the others on its port."""
+        """Worker 0 of each named stage (it binds ``port``, 0: the OS picks), then the others on its port;
+        replicas (``replicas``) each bind a port of their own."""
         for name in names:
             self._spawn(name, port, extra)
         for name in names:
@@ -180,6 +207,10 @@ class Cluster:
         rest = [(name, i) for name in names for i in range(1, self.config.workers.get(name, 1))]
         for name, i in rest:
             self._spawn(name, self.ports[name], extra, i)
+        shared = len(rest)
+        rest += [(name, i) for name in names for i in range(1, self.config.replicas.get(name, 1))]
+        for name, i in rest[shared:]:
+            self._spawn(name, 0, extra, i)
         for name, i in rest:
             self._wait_ready(worker_name(name, i), deadline)
 
@@ -211,7 +242,7 @@ class Cluster:
                       attempt=attempt, restart_in_s=delay, log=str(self.run_dir / f"{key}.log"))
         elif now >= due:
             del self._restart_at[key]
-            self._spawn(name, self.ports[name], extra, index, restart=True)
+            self._spawn(name, self.worker_ports.get(key, self.ports[name]), extra, index, restart=True)
             log.warning("process_restarted", stage=name, worker=key, pid=self.procs[key].pid, old_pid=proc.pid,
                         status=proc.returncode, attempt=self._attempts[key])
 
@@ -307,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster: cannot start: {exc}", file=sys.stderr)
         return 2
     print(f"cluster ready: gateway {cluster.gateway_addr} "
-          f"({', '.join(f'{s} {cluster.addr(s)}' for s in STAGES)}); logs in {cluster.run_dir}; Ctrl-C stops",
+          f"({', '.join(f'{s} {cluster.stage_addr(s)}' for s in STAGES)}); logs in {cluster.run_dir}; Ctrl-C stops",
           flush=True)
     try:
         while not stop.wait(0.5):  # the supervisor thread restarts crashed workers and logs it

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from common.server import ServerOptions
 from common.tls import check_pair
 from gateway.experiments import Experiments
+from gateway.stage_target import stage_target
 
 
 @dataclass
@@ -30,6 +31,8 @@ class GatewayConfig:
 
     snapshot: str = "snapshots"
     server: ServerOptions = field(default_factory=ServerOptions)
+    # host:port, a list of replicas (ip:port,ip:port) or a dns:/// name; lists and names are dialled with
+    # round_robin and health checking (gateway.stage_target)
     recall_addr: str = "127.0.0.1:50051"
     rank_addr: str = "127.0.0.1:50052"
     rerank_addr: str = "127.0.0.1:50053"
@@ -59,6 +62,8 @@ class GatewayConfig:
             raise ValueError(f"channels_per_stage must be >= 1, got {self.channels_per_stage}")
         self.experiments.validate()
         check_pair(self.stage_tls_cert, self.stage_tls_key, "stage_", ca=self.stage_tls_ca)
+        for stage in ("recall", "rank", "rerank"):  # a malformed address list is an error naming the key
+            stage_target(getattr(self, f"{stage}_addr"), f"{stage}_addr")
         if not 1 <= self.deadline_ms <= self.max_deadline_ms:
             raise ValueError(f"deadline_ms must be in 1..max_deadline_ms ({self.max_deadline_ms})")
         if not 1 <= self.max_k <= self.rank_n <= self.recall_n:

@@ -19,6 +19,7 @@ from common.tls import open_channel
 from gateway.config import GatewayConfig
 from gateway.experiments import assign
 from gateway.funnel import Stages, run_funnel
+from gateway.stage_target import stage_target
 from protos import recsys_pb2, recsys_pb2_grpc
 
 
@@ -55,9 +56,14 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         # one connection per channel (local subchannel pool): the kernel balances SO_REUSEPORT workers by
         # connection, so a stage with N workers gets N channels and calls go round-robin over them
         pooled = [*options, ("grpc.use_local_subchannel_pool", 1)]
-        self.channels = {addr: [open_channel(addr, pooled, config.stage_tls_ca, config.stage_tls_cert,
-                                             config.stage_tls_key) for _ in range(config.channels_per_stage)]
-                         for addr in (config.recall_addr, config.rank_addr, config.rerank_addr)}
+        self.channels = {}
+        for stage in ("recall", "rank", "rerank"):
+            # an address list or dns:/// name: round_robin over the replicas with health checking
+            addr = getattr(config, f"{stage}_addr")
+            target, balancing = stage_target(addr, f"{stage}_addr")
+            self.channels[addr] = [open_channel(target, [*pooled, *balancing], config.stage_tls_ca,
+                                                config.stage_tls_cert, config.stage_tls_key)
+                                   for _ in range(config.channels_per_stage)]
         self.stages = Stages(
             RoundRobin([recsys_pb2_grpc.RecallStub(c).Recall for c in self.channels[config.recall_addr]]),
             RoundRobin([recsys_pb2_grpc.RankStub(c).Rank for c in self.channels[config.rank_addr]]),

@@ -64,6 +64,67 @@ def test_mutual_tls_end_to_end(snapshot, snapshot_root, tmp_path):
         server.stop(0)
 
 
+def test_mutual_tls_over_a_round_robin_address_list(snapshot, snapshot_root, tmp_path):
+    """The gateway verifies each replica of an ``ipv4:`` list target against the certificate's SAN."""
+    pki = make_pki(tmp_path)
+    server_tls = (pki["server.pem"], pki["server.key"], pki["ca.pem"])
+    replicas = [start_fake_stages(snapshot.version, snapshot.item_ids.shape[0], tls=server_tls) for _ in range(2)]
+    addrs = ",".join(f"127.0.0.1:{port}" for _, _, port in replicas)
+    proc, gw_port = start_gateway(snapshot_root, tmp_path, [
+        f"recall_addr={addrs}", f"rank_addr={addrs}", f"rerank_addr={addrs}", "deadline_ms=2000",
+        f"stage_tls_ca={pki['ca.pem']}", f"stage_tls_cert={pki['client.pem']}", f"stage_tls_key={pki['client.key']}",
+    ])
+    try:
+        with RecommendClient(f"127.0.0.1:{gw_port}", timeout_s=5.0) as client:
+            for _ in range(6):
+                assert client.recommend("1", k=5).degraded == []
+        assert all("recall" in fake.last for _, fake, _ in replicas)  # round_robin reached both replicas
+    finally:
+        stop(proc)
+        for server, _, _ in replicas:
+            server.stop(0)
+
+
+def test_health_port_answers_probes_in_plaintext_beside_a_tls_port(tmp_path):
+    """Kubelet gRPC probes speak plaintext only: ``server.health_port`` serves health and nothing else."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from common.log import get_logger
+    from common.server import GrpcServer
+
+    pki = make_pki(tmp_path)
+    options = load_config(ServerOptions, None, [f"tls_cert={pki['server.pem']}", f"tls_key={pki['server.key']}",
+                                                f"tls_client_ca={pki['ca.pem']}", "health_port=0"])
+    server = GrpcServer("test", options, get_logger("test"))
+    port = server.start(str(tmp_path / "test.port"))
+    health_port = int((tmp_path / "test.port.health").read_text())
+
+    def check(addr: str) -> str:
+        with grpc.insecure_channel(addr) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    try:
+        assert check(f"127.0.0.1:{health_port}") == "NOT_SERVING"
+        server.set_serving(True)
+        assert check(f"127.0.0.1:{health_port}") == "SERVING"
+        with pytest.raises(grpc.RpcError) as info:  # the main port still refuses plaintext callers
+            check(f"127.0.0.1:{port}")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:  # health only: no reflection
+            from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            with pytest.raises(grpc.RpcError) as info:
+                list(stream)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()
+    with pytest.raises(grpc.RpcError):
+        check(f"127.0.0.1:{health_port}")
+
+
 def test_tls_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="tls_cert and server.tls_key"):
         load_config(ServerOptions, None, ["tls_cert=/nope.pem"])

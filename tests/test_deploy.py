@@ -1,0 +1,285 @@
+"""Offline checks of deploy/: the Kubernetes manifests and the Dockerfile (no cluster, no Docker daemon).
+
+* every manifest validates strictly against the newest Kubernetes schemas kubernetes-validate ships;
+* hadolint passes over the Dockerfile;
+* checkov fails no check over both (each skipped check carries its reason in the file);
+* the manifests agree with the code: the ConfigMap's files load with each process's own config class, and
+  ports, health service names, probes, drain/grace times vs deadlines, snapshot paths, env keys, images
+  and labels line up, so a change on one side that the other does not follow fails here.
+
+The tools are dev dependencies (pyproject.toml), so a missing one is a failure, not a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import load_config
+from gateway.cluster import MODULES, STAGES
+from gateway.config import GatewayConfig
+from gateway.stage_target import HEALTH_SERVICE, SERVICE_CONFIG, stage_target
+from rank_server.config import RankConfig
+from recall_server.config import RecallConfig
+from rerank_server.config import RerankConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
+NAMESPACE = "recsys"
+CONFIGS = {"recall": RecallConfig, "rank": RankConfig, "rerank": RerankConfig, "gateway": GatewayConfig}
+TLS_DIR = "/etc/recsys/tls"
+TLS_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "stage_tls_ca", "stage_tls_cert", "stage_tls_key"}
+KEEP_PREVIOUS_S = 60.0  # common.reload.Reloader's default keep_previous_s, which the servers use
+
+
+def tool(name: str) -> str:
+    """A dev tool installed beside this interpreter (make test installs .[dev]); missing is a failure."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is not installed: pip install -e '.[dev]'"
+    return str(path)
+
+
+def manifest_files() -> list[Path]:
+    """Every Kubernetes object file: the base and the mtls overlay's patch (not the kustomizations)."""
+    return sorted(p for p in [*K8S.glob("*.yaml"), *K8S.glob("mtls/*.yaml")] if p.name != "kustomization.yaml")
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    """The base's objects (what ``kubectl apply -k deploy/k8s`` creates)."""
+    return [d for p in manifest_files() if p.parent == K8S for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def configs(docs) -> dict[str, object]:
+    """Each process's config, loaded from the ConfigMap's file with the process's own config class."""
+    data = find(docs, "ConfigMap", "recsys-config")["data"]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cls in CONFIGS.items():
+            path = Path(tmp) / f"{name}.toml"
+            path.write_text(data[f"{name}.toml"])
+            out[name] = load_config(cls, path)  # unknown keys or wrong types raise here
+    return out
+
+
+def test_kustomization_lists_every_manifest():
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in manifest_files() if p.parent == K8S)
+    overlay = yaml.safe_load((K8S / "mtls" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../"] and overlay["patches"] == [{"path": "config-tls.yaml"}]
+
+
+def test_manifests_validate_strictly_against_the_newest_schemas():
+    from kubernetes_validate import utils
+
+    version = utils.latest_version()  # the newest minor the installed kubernetes-validate ships
+    count = 0
+    for path in manifest_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                utils.validate(doc, version, strict=True)  # raises ValidationError naming the field
+                count += 1
+    assert count >= 20
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checkov_fails_no_check_and_every_skip_has_a_reason():
+    result = subprocess.run(
+        [tool("checkov"), "-f", *map(str, manifest_files()), str(DOCKERFILE), "--framework", "kubernetes", "dockerfile",
+         "--skip-download", "--compact", "-o", "json"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, BC_SKIP_MAPPING="TRUE"))
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {r["check_type"] for r in reports} == {"kubernetes", "dockerfile"}, result.stderr[-2000:]
+    failed = [(c["check_id"], c["resource"], c["file_path"]) for r in reports for c in r["results"]["failed_checks"]]
+    assert failed == []
+    skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
+    assert all(len(c["check_result"].get("suppress_comment") or "") > 20 for c in skipped), skipped
+    assert sum(r["summary"]["passed"] for r in reports) > 400
+
+
+def container(deployment: dict) -> dict:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def port_named(c: dict, name: str) -> int:
+    return next(p["containerPort"] for p in c["ports"] if p["name"] == name)
+
+
+@pytest.mark.parametrize("name", [*STAGES, "gateway"])
+def test_deployment_matches_its_config(docs, configs, name):
+    cfg = configs[name]
+    dep = find(docs, "Deployment", name)
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    assert c["image"].startswith("recsys-serving:")
+    assert c["args"][:3] == [MODULES[name], "--config", f"/etc/recsys/{name}.toml"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["config"]["mountPath"] == "/etc/recsys" and volumes["config"]["configMap"]["name"] == "recsys-config"
+    # the snapshot root the config names is the read-only snapshot volume
+    assert cfg.snapshot == mounts["snapshots"]["mountPath"] and mounts["snapshots"]["readOnly"] is True
+    assert volumes["snapshots"]["persistentVolumeClaim"]["claimName"] == "recsys-snapshots"
+    # numba's cache (NUMBA_CACHE_DIR in the Dockerfile) needs the writable /tmp on a read-only root
+    assert mounts["tmp"]["mountPath"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    # the optional mTLS Secret (mtls/), where the overlay's config files look for it
+    assert mounts["tls"]["mountPath"] == TLS_DIR and mounts["tls"]["readOnly"] is True
+    assert volumes["tls"]["secret"] == {"secretName": "recsys-tls", "optional": True, "defaultMode": 0o440}
+    # ports: the server binds every interface on the port the probes, the Service and the peers use
+    assert cfg.server.host == "0.0.0.0"
+    assert port_named(c, "grpc") == cfg.server.port and port_named(c, "metrics") == cfg.server.metrics_port
+    # probes hit the plaintext health-only port (kubelet gRPC probes cannot speak TLS), same statuses
+    assert port_named(c, "health") == cfg.server.health_port
+    assert len({cfg.server.port, cfg.server.metrics_port, cfg.server.health_port}) == 3
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = c[probe]["grpc"]
+        assert grpc_probe["port"] == cfg.server.health_port, probe
+        assert grpc_probe.get("service", "") == HEALTH_SERVICE, probe  # the whole-server status
+    # drain: readiness fails within drain_s, the pod gets drain_s + grace_s (+ margin) before SIGKILL
+    ready = c["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] + ready["timeoutSeconds"] <= cfg.server.drain_s
+    assert pod["terminationGracePeriodSeconds"] >= cfg.server.drain_s + cfg.server.grace_s + 3
+    # in-flight calls finish: no request outlives the gateway's largest deadline
+    assert cfg.server.grace_s * 1000 >= configs["gateway"].max_deadline_ms
+    assert dep["metadata"]["labels"]["app.kubernetes.io/name"] == name
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+    hpa = find(docs, "HorizontalPodAutoscaler", name)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert c["resources"]["requests"]["cpu"]  # HPA utilisation is relative to the request
+    pdb = find(docs, "PodDisruptionBudget", name)
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+    svc = find(docs, "Service", name)
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(cfg.server.port, "grpc")]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_gateway_dials_each_stage_through_its_headless_service(docs, configs, stage):
+    addr = getattr(configs["gateway"], f"{stage}_addr")
+    svc = find(docs, "Service", stage)
+    assert svc["spec"]["clusterIP"] == "None"  # headless: one A record per ready pod
+    assert addr == f"dns:///{stage}.{NAMESPACE}.svc.cluster.local:{configs[stage].server.port}"
+    assert stage_target(addr) == (addr, [("grpc.service_config", SERVICE_CONFIG)])  # round_robin + health
+
+
+def test_gateway_service_is_a_normal_cluster_ip(docs):
+    assert find(docs, "Service", "gateway")["spec"].get("clusterIP") != "None"
+
+
+def test_shutdown_order_and_reload_timing(configs):
+    gateway = configs["gateway"].server
+    for stage in STAGES:
+        # everything stopping at once (rollout of all, node drain): the gateway is gone before a stage refuses
+        assert configs[stage].server.drain_s > gateway.drain_s + gateway.grace_s, stage
+        # dns:/// clients find new replicas only when a connection ends
+        assert 0 < configs[stage].server.max_connection_age_s
+    # recall switches last: after every other pod has polled and loaded; and within the window in which
+    # the others still keep the previous version (common.reload)
+    recall = configs["recall"]
+    others = max(configs[s].reload_poll_s for s in ("rank", "rerank", "gateway"))
+    assert recall.reload_activate_delay_s >= 5 * others
+    assert recall.reload_activate_delay_s + recall.reload_poll_s < KEEP_PREVIOUS_S
+
+
+def test_network_policy_lets_only_the_gateway_reach_the_stages(docs, configs):
+    policy = find(docs, "NetworkPolicy", "stages-from-gateway")
+    stage_labels = [find(docs, "Deployment", s)["spec"]["template"]["metadata"]["labels"] for s in STAGES]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert all(selector.items() <= labels.items() for labels in stage_labels)
+    gateway_labels = find(docs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= gateway_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= gateway_labels.items() and "namespaceSelector" not in peer
+    assert sorted(p["port"] for p in rule["ports"]) == sorted(configs[s].server.port for s in STAGES)
+    deny = find(docs, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+
+
+def test_export_job_publishes_where_the_servers_read(docs, configs):
+    cron = find(docs, "CronJob", "export")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"].startswith("recsys-export:")
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("out="))
+    assert out == mounts["snapshots"]["mountPath"] and not mounts["snapshots"].get("readOnly")
+    assert volumes["snapshots"]["persistentVolumeClaim"]["claimName"] == "recsys-snapshots"
+    assert all(cfg.snapshot == out for cfg in configs.values())
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["RECSYS_DATA_DIR"] == mounts["data"]["mountPath"]
+    assert "RECSYS_DATA_DIR" in (ROOT / "export" / "datasets.py").read_text()  # the name the export reads
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claims["recsys-snapshots"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_dockerfile_matches_the_manifests(docs, configs):
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    exposed = {int(p) for line in lines if line.startswith("EXPOSE ") for p in line.split()[1:]}
+    assert exposed == {cfg.server.port for cfg in configs.values()}
+    user = next(line.split()[1] for line in lines if line.startswith("USER "))
+    targets = {line.split()[-1] for line in lines if line.startswith("FROM ") and " AS " in line}
+    assert {"serving", "export"} <= targets
+    pods = [find(docs, "Deployment", n)["spec"]["template"]["spec"] for n in CONFIGS]
+    pods.append(find(docs, "CronJob", "export")["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    for pod in pods:
+        ctx = pod["securityContext"]
+        assert f"{ctx['runAsUser']}:{ctx['runAsGroup']}" == user
+        sec = pod["containers"][0]["securityContext"]
+        assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+        assert sec["capabilities"]["drop"] == ["ALL"]
+    assert 'ENTRYPOINT ["python", "-m"]' in lines and 'ENTRYPOINT ["python", "-m", "export"]' in lines
+
+
+def test_mtls_overlay_only_adds_tls_and_loads_with_real_certificates(docs, tmp_path):
+    """mtls/ = the base config plus TLS keys pointing into the Secret's mount; with certificates there, every
+    process's config loads (check_pair reads each file)."""
+    from tests.test_tls import make_pki
+
+    pki = make_pki(tmp_path)
+    files = {"tls.crt": pki["server.pem"], "tls.key": pki["server.key"], "ca.crt": pki["ca.pem"]}
+    base = find(docs, "ConfigMap", "recsys-config")["data"]
+    (patch,) = yaml.safe_load_all((K8S / "mtls" / "config-tls.yaml").read_text())
+    assert patch["metadata"] == {"name": "recsys-config", "namespace": NAMESPACE}
+    assert sorted(patch["data"]) == sorted(base)
+    import tomllib
+
+    for name, cls in CONFIGS.items():
+        text = patch["data"][f"{name}.toml"]
+        overlay, plain = tomllib.loads(text), tomllib.loads(base[f"{name}.toml"])
+        added = {k: overlay.pop(k) for k in TLS_KEYS & overlay.keys()}
+        added |= {f"server.{k}": overlay["server"].pop(k) for k in TLS_KEYS & overlay["server"].keys()}
+        assert overlay == plain, name  # nothing but TLS differs from the base
+        assert {"server.tls_cert", "server.tls_key", "server.tls_client_ca"} <= added.keys(), name
+        if name == "gateway":
+            assert {"stage_tls_ca", "stage_tls_cert", "stage_tls_key"} <= added.keys()
+        for path in added.values():
+            assert Path(path).parent == Path(TLS_DIR) and Path(path).name in files, path
+        for secret_name, local in files.items():
+            text = text.replace(f"{TLS_DIR}/{secret_name}", local)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        cfg = load_config(cls, path)
+        assert cfg.server.tls_client_ca == pki["ca.pem"]
