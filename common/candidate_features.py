@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.snapshot import Snapshot, SnapshotError
-from kernels.i2i_score import check_neighbor_table, i2i_score, recency_weights
+from kernels.history_similarity import history_similarity
+from kernels.i2i_lookup import i2i_lookup
+from kernels.i2i_score import check_neighbor_table, recency_weights
 
 HIST_DECAY = 0.9          # recency decay over the history for the *_hist columns
 LAST_N = 3                # the "last few items" of itemcf_last / next_last
@@ -114,22 +116,7 @@ class CandidateTables:
 
 def _i2i_at(table: Csr, hist: np.ndarray, weights: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """sum_h weights[h] * sim(hist[h], c) for every candidate c (0 where no history item links to c)."""
-    out = np.zeros(cand.size, np.float32)
-    keep = weights != 0
-    if not keep.any():
-        return out
-    hist, weights = hist[keep], weights[keep]
-    indptr = table[0]
-    touched = int((indptr[hist + 1] - indptr[hist]).sum())
-    if touched == 0:
-        return out
-    ids, scores = i2i_score(hist, weights, *table, touched, np.empty(0, np.int32))
-    order = np.argsort(ids, kind="stable")
-    ids, scores = ids[order], scores[order]
-    pos = np.minimum(np.searchsorted(ids, cand), ids.size - 1)
-    hit = ids[pos] == cand
-    out[hit] = scores[pos[hit]]
-    return out
+    return i2i_lookup(hist, weights, table[0], table[1], table[2], cand)
 
 
 def candidate_features(tables: CandidateTables, hist_codes: np.ndarray, n_seen: int, cand: np.ndarray,
@@ -170,14 +157,7 @@ def candidate_features(tables: CandidateTables, hist_codes: np.ndarray, n_seen: 
         out[:, col + 1] = np.log1p(_i2i_at(tables.swing, hist, w, cand))
         out[:, col + 2] = np.log1p(_i2i_at(tables.itemcf, hist, last_w, cand))
         out[:, col + 3] = np.log1p(_i2i_at(tables.next, hist, last_w, cand))
-        hv = tables.item_unit[hist]                       # [H, d]
-        sims = tables.item_unit[cand] @ hv.T              # [n, H]
-        mean = hv.mean(axis=0)
-        norm = float(np.linalg.norm(mean))
-        if norm > 1e-12:
-            out[:, col + 4] = tables.item_unit[cand] @ (mean / norm)
-        out[:, col + 5] = sims.max(axis=1)
-        out[:, col + 6] = sims[:, -1]
+        out[:, col + 4:col + 7] = history_similarity(tables.item_unit, hist, cand)
     out[:, col + 7] = tables.pop[cand]
     out[:, col + 8] = tables.recent_pop[cand]
     out[:, col + 9] = np.log1p(max(int(n_seen), 0))

@@ -24,7 +24,7 @@ import numpy as np
 
 from common.snapshot import Snapshot
 from export.dataset import Dataset, Interactions
-from export.evaluate import truth_csr
+from export.evaluate import truth_subset, truth_users
 from export.metrics import ndcg_at_k, recall_at_k
 from rank_server.config import RankConfig
 from rank_server.rank import RecallInfo, rank
@@ -97,12 +97,7 @@ def evaluate_funnel(snapshot: Snapshot, ds: Dataset, truth: Interactions, recall
     emb = snapshot.load_array("item_emb.npy")
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
-    indptr, items_truth = truth_csr(truth, ds.n_users)
-    users = np.flatnonzero(np.diff(indptr) > 0)
-    if max_users and users.size > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    first_ts = np.full(ds.n_users, np.iinfo(np.int64).max)
-    np.minimum.at(first_ts, truth.user, truth.timestamp.astype(np.int64))
+    indptr, items_truth, users, first_ts = truth_users(truth, ds.n_users, max_users, seed)
     width = max(50, k)
     lists = {name: np.full((users.size, width), -1, np.int64)
              for name in ("recall", "prerank", "rank", "full_rank", *alt_states)}
@@ -134,9 +129,7 @@ def evaluate_funnel(snapshot: Snapshot, ds: Dataset, truth: Interactions, recall
             for kk, out in ((k, final[name]), (50, final50[name])):
                 picked = rerank_ruled(emb, cand, scores, min(kk, cand.size), params, items, rules)
                 out[row] = _pad(cand[picked.positions], out.shape[1])
-    sub_indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[users])]).astype(np.int64)
-    sub_truth = (np.concatenate([items_truth[indptr[u]:indptr[u + 1]] for u in users]) if users.size
-                 else items_truth[:0])
+    sub_indptr, sub_truth = truth_subset(indptr, items_truth, users)
     table = {name: list_row(lists[name], sub_indptr, sub_truth, items.bag, unit) for name in lists}
     for name in variants:
         table[name] = list_row(final[name], sub_indptr, sub_truth, items.bag, unit, final50[name])

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from export.dataset import Interactions
-from export.evaluate import truth_csr
+from export.evaluate import truth_subset, truth_users
 from export.metrics import ndcg_at_k, recall_at_k
 
 ALS_GRID = ((10.0, 0.1), (40.0, 1.0), (2.0, 0.01))   # (alpha, reg) tried on validation
@@ -101,10 +101,8 @@ def evaluate_peers(known: Interactions, truth: Interactions, n_users: int, n_ite
     out: dict = {}
     als = None
     if valid_known is not None and valid_truth is not None and len(valid_truth):
-        vi, vt = truth_csr(valid_truth, n_users)
-        vusers = np.flatnonzero(np.diff(vi) > 0)
-        v_indptr = np.concatenate([[0], np.cumsum(np.diff(vi)[vusers])])
-        v_items = np.concatenate([vt[vi[u]:vi[u + 1]] for u in vusers])
+        vi, vt, vusers, _ = truth_users(valid_truth, n_users)
+        v_indptr, v_items = truth_subset(vi, vt, vusers)
         seen = _user_items(valid_known, n_users, n_items)
         grid = {}
         for alpha, reg in ALS_GRID:
@@ -115,10 +113,8 @@ def evaluate_peers(known: Interactions, truth: Interactions, n_users: int, n_ite
         als = next(p for p in ALS_GRID if f"alpha={p[0]:g},reg={p[1]:g}" == best)
         out["als_validation_ndcg@10"] = grid
         out["als_choice"] = best
-    indptr, items = truth_csr(truth, n_users)
-    users = np.flatnonzero(np.diff(indptr) > 0)
-    sub_indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[users])])
-    sub_items = np.concatenate([items[indptr[u]:indptr[u + 1]] for u in users])
+    indptr, items, users, _ = truth_users(truth, n_users)
+    sub_indptr, sub_items = truth_subset(indptr, items, users)
     rows = {}
     for name, pred in peer_lists(known, n_users, n_items, users, 50, popular, als).items():
         rows[name] = {"recall@10": round(recall_at_k(pred, sub_indptr, sub_items, 10), 4),

@@ -20,7 +20,7 @@ from common.candidate_features import CandidateTables, candidate_features
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot
 from export.dataset import Dataset, Interactions
-from export.evaluate import truth_csr
+from export.evaluate import truth_subset, truth_users
 from rank_server.features import ItemFeatures, rank_inputs
 from recall_server.config import RecallConfig
 from recall_server.recall import recall
@@ -149,12 +149,7 @@ def replay(snapshot_dir: Path, ds: Dataset, labels: Interactions, schema: RankSc
         items = ItemFeatures(ds.item_cat.reshape(ds.n_items, -1).astype(np.int32),
                              ds.item_bag.reshape(ds.n_items, -1).astype(np.uint8))
         n_user_fields = len(ds.user_cat_names)
-        indptr, truth = truth_csr(labels, ds.n_users)
-        users = np.flatnonzero(np.diff(indptr) > 0)
-        if max_users and users.size > max_users:
-            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-        first_ts = np.full(ds.n_users, np.iinfo(np.int64).max)
-        np.minimum.at(first_ts, labels.user, labels.timestamp.astype(np.int64))
+        indptr, truth, users, first_ts = truth_users(labels, ds.n_users, max_users, seed)
         # label values per (user, item): the best rating when an item was rated twice
         key = labels.user.astype(np.int64) * ds.n_items + labels.item
         order = np.lexsort((labels.rating, key))
@@ -200,9 +195,7 @@ def replay(snapshot_dir: Path, ds: Dataset, labels: Interactions, schema: RankSc
     hit = (lab_key[pos] == row_key) if lab_key.size else np.zeros(item.size, bool)
     rating = np.where(hit, lab_rating[pos] if lab_key.size else 0.0, 0.0).astype(np.float32)
     click = hit.astype(np.float32)
-    sub_indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[users])]).astype(np.int64)
-    sub_truth = (np.concatenate([truth[indptr[u]:indptr[u + 1]] for u in users]) if users.size
-                 else truth[:0])
+    sub_indptr, sub_truth = truth_subset(indptr, truth, users)
     n_dense = len(schema.dense_names)
     return Replay(
         users=users.astype(np.int64), offsets=offsets, item=item.astype(np.int32),

@@ -25,7 +25,7 @@ import numpy as np
 
 from common.config import load_config
 from common.snapshot import Snapshot, SnapshotError
-from export.evaluate import truth_csr
+from export.evaluate import truth_subset, truth_users
 from export.evaluate_funnel import list_row
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")
@@ -51,10 +51,7 @@ def served_lists(recommend, ds, truth, snapshot: Snapshot, deadline_ms: int, k: 
                  progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Per test user (dense id order): the k and 50 lists ``recommend(user_id, k, timestamp)`` served,
     as dense ids of ``snapshot`` (-1 padded). Returns ``(users, lists_k, lists_50, counts)``."""
-    indptr, _ = truth_csr(truth, ds.n_users)
-    users = np.flatnonzero(np.diff(indptr) > 0)
-    first_ts = np.full(ds.n_users, np.iinfo(np.int64).max)
-    np.minimum.at(first_ts, truth.user, truth.timestamp.astype(np.int64))
+    _, _, users, first_ts = truth_users(truth, ds.n_users)
     index = snapshot.item_index
     out = {k: np.full((users.size, k), -1, np.int64), 50: np.full((users.size, 50), -1, np.int64)}
     counts = {"requests": 0, "degraded": 0, "errors": 0, "other_version": 0}
@@ -77,10 +74,8 @@ def served_lists(recommend, ds, truth, snapshot: Snapshot, deadline_ms: int, k: 
 
 def served_table(snapshot: Snapshot, truth, n_users: int, lists: np.ndarray, lists50: np.ndarray) -> dict:
     """The final row's metrics of the served lists (the users of ``truth`` in dense id order)."""
-    indptr, items = truth_csr(truth, n_users)
-    users = np.flatnonzero(np.diff(indptr) > 0)
-    sub_indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[users])]).astype(np.int64)
-    sub_items = np.concatenate([items[indptr[u]:indptr[u + 1]] for u in users]) if users.size else items[:0]
+    indptr, items, users, _ = truth_users(truth, n_users)
+    sub_indptr, sub_items = truth_subset(indptr, items, users)
     bag = snapshot.features.array("item_bag")
     emb = snapshot.load_array("item_emb.npy")
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -1,10 +1,10 @@
 """Rank model latency, side by side: ``python -m rank_server.bench --snapshot DIR``.
 
 One user against N candidates (default 200) assembled from the snapshot exactly
-as the server does, scored in one call on one thread: torch eager teacher and
-student, ONNX fp32 (teacher and student), ONNX int8 student, and DeepFM; plus the
-pre-rank models on 1,000 candidates: the pre-rank distilled from the MMoE teacher
-(fp32 and int8; the snapshot's serving choice is marked) and the label-trained DeepFM.
+as the server does (sparse, bag and the dense candidate features), scored in one call on
+one thread: torch eager teacher and student, ONNX fp32 (teacher and student), ONNX int8
+student, and DeepFM; the pre-rank models on 1,000 candidates; and the whole rank stage
+(``rank_server.rank.rank``: features, pre-rank 1,000 → 200, ranker, fusion) as the server runs it.
 
 The snapshot holds ONNX files only, so the torch eager rows time freshly
 initialised models of the exported architecture (the config in the manifest):
@@ -47,12 +47,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from common.candidate_features import CandidateTables, candidate_features, channels_of
     from common.rank_features import RankSchema
     from common.snapshot import Snapshot
     from export.config import ExportConfig
     from export.mmoe import MMoE
     from export.quantize import session
+    from rank_server.config import RankConfig
     from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.rank import load_state, rank
 
     torch.set_num_threads(1)
     snap = Snapshot.open(args.snapshot, verify=False)
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     item_idx = np.random.default_rng(0).choice(items.n_items, size=n, replace=False).astype(np.int32)
     user = snap.features.user(str(snap.features.array("user_ids")[0]))
     sparse, bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), item_idx, 10**9)
+    tables = CandidateTables.load(snap, channels_of(schema.dense_names)) if schema.dense_names else None
+
+    def dense_of(idx):
+        return candidate_features(tables, user.hist, user.seen.size, idx) if tables is not None else None
+
+    dense = dense_of(item_idx)
 
     cfg = ExportConfig()
     for key, value in snap.manifest.get("config", {}).get("mmoe", {}).items():
@@ -70,15 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         setattr(cfg.mmoe_teacher, key, value)
     rows: dict[str, dict] = {}
     xs, xb = torch.from_numpy(sparse), torch.from_numpy(bag)
+    xd = torch.from_numpy(dense) if dense is not None else None
     for name, mcfg in (("torch eager teacher", cfg.mmoe_teacher), ("torch eager student", cfg.mmoe)):
-        model = MMoE(schema, mcfg).eval()
+        model = MMoE(schema, mcfg, n_dense=len(schema.dense_names)).eval()
 
         def run(model=model):
             with torch.no_grad():
-                model(xs, xb)
+                model(xs, xb, xd)
 
         rows[name] = _time(run, args.repeats, 20)
-    feed = {"sparse": sparse, "bag": bag}
+
+    def feed_for(sess, sp, bg, de):
+        names = {i.name for i in sess.get_inputs()}
+        return {k: v for k, v in (("sparse", sp), ("bag", bg), ("dense", de)) if k in names}
     for name, file in (("onnx fp32 teacher", "models/rank_mmoe_teacher.onnx"),
                        ("onnx fp32 student", "models/rank_mmoe.onnx"),
                        ("onnx int8 student", "models/rank_mmoe.int8.onnx"),
@@ -88,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a snapshot without that model
             rows[name] = {"error": str(exc).splitlines()[0]}
             continue
-        rows[name] = _time(lambda sess=sess: sess.run(None, feed), args.repeats, 20)
+        feed = feed_for(sess, sparse, bag, dense)
+        rows[name] = _time(lambda sess=sess, feed=feed: sess.run(None, feed), args.repeats, 20)
     # pre-rank over 1,000 candidates (it keeps the top 200 for the MMoE)
     n_pre = min(1000, items.n_items)
     pre_idx = np.random.default_rng(1).choice(items.n_items, size=n_pre, replace=False).astype(np.int32)
     pre_sparse, pre_bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), pre_idx, 10**9)
+    pre_dense = dense_of(pre_idx)
     pre_serving = snap.manifest.get("prerank_serving_model")
     for name, file in (("prerank fp32", "models/prerank.onnx"), ("prerank int8", "models/prerank.int8.onnx"),
                        ("prerank deepfm", "models/rank_deepfm.onnx")):
@@ -102,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             rows[label] = {"error": str(exc).splitlines()[0]}
             continue
-        rows[label] = _time(lambda pre=pre: pre.run(None, {"sparse": pre_sparse, "bag": pre_bag}), args.repeats, 20)
-    quant = snap.manifest.get("metrics", {}).get("rank", {}).get("quantization", {}).get("choice")
+        feed = feed_for(pre, pre_sparse, pre_bag, pre_dense)
+        rows[label] = _time(lambda pre=pre, feed=feed: pre.run(None, feed), args.repeats, 20)
+    state = load_state(snap, RankConfig(snapshot=str(snap.path), onnx_threads=1))
+    user_id = str(snap.features.array("user_ids")[0])
+    rows[f"rank stage x{n_pre} (features, pre-rank, ranker)"] = _time(
+        lambda: rank(state, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)
+    quant = snap.manifest.get("metrics", {}).get("selection", {}).get("int8", {}).get("choice")
     result = {"candidates": n, "prerank_candidates": n_pre, "threads": 1,
               "serving_model": snap.manifest.get("rank_serving_model"), "quantization": quant,
               "prerank_serving_model": pre_serving, "latency": rows}

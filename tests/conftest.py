@@ -29,7 +29,8 @@ def snapshot_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("snapshots")
     config = load_config(ExportConfig, None, [f"out={root}", "two_tower.epochs=3", "deepfm.epochs=2",
                                                   "mmoe.epochs=1", "mmoe_teacher.epochs=1", "prerank.epochs=1",
-                                                  "eval_users=300"])
+                                                  "eval_users=300", "rank_replay.max_users=300",
+                                                  "ranker.curve_users=100", "rerank_lambdas=[0.9]"])
     run_export(config)
     return root
 

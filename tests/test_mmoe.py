@@ -206,6 +206,7 @@ class _NoUsers:
 
 class _FakeSnapshot:
     features = _NoUsers()
+    manifest: dict = {}
 
 
 def test_prerank_keeps_top_candidates_in_request_order(ds, student, tmp_path):

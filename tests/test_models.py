@@ -201,7 +201,7 @@ def test_make_rank_examples_labels_and_negatives(ds):
     schema = _schema(ds)
     inter = ds.interactions.subset(np.arange(0, len(ds.interactions), 2))
     k = 3
-    sparse, bag, label = make_rank_examples(ds, inter, schema, neg_per_pos=k, seed=7)
+    sparse, bag, label = make_rank_examples(ds, inter, schema, neg_per_pos=k, seed=7, known=ds.interactions)
     n = len(inter)
     is_pos = inter.rating >= 4
     assert sparse.dtype == np.int64 and bag.dtype == np.float32 and label.dtype == np.float32

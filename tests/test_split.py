@@ -29,18 +29,7 @@ def random_inter(seed: int, n: int = 3000, n_users: int = 60) -> Interactions:
 
 def reference_split(inter: Interactions, holdout_frac: float, min_train: int) -> np.ndarray:
     """Plain-Python test mask: per user, sort rows by (timestamp, row) and take the tail."""
-    test = np.zeros(len(inter), dtype=bool)
-    rows_by_user: dict[int, list[int]] = {}
-    for row, u in enumerate(inter.user.tolist()):
-        rows_by_user.setdefault(u, []).append(row)
-    for rows in rows_by_user.values():
-        n = len(rows)
-        if n < min_train + 1:
-            continue
-        k = min(math.floor(holdout_frac * n + 1e-9), n - min_train)
-        ordered = sorted(rows, key=lambda r: (int(inter.timestamp[r]), r))
-        test[ordered[n - k:]] = k > 0
-    return test
+    return reference_parts(inter, holdout_frac, 0.0, min_train)[1]
 
 
 def test_holdout_size_per_user():
