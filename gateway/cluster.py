@@ -7,7 +7,7 @@ child itself: a preexec_fn would make Python fork the launcher, whose gRPC fork 
 sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it can exec).
 
 A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
-it reported (SO_REUSEPORT). A supervisor thread restarts a worker that exits unasked on the same port,
+it reported (``server.reuse_port``, set for multi-worker stages only). A supervisor thread restarts a worker that exits unasked on the same port,
 with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
 """
 from __future__ import annotations
@@ -107,6 +107,8 @@ class Cluster:
         port_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", MODULES[name], "--snapshot", str(self.config.snapshot),
                 "--port", str(port), "--port-file", str(port_file), "--set", f"server.host={self.config.host}"]
+        if self.config.workers.get(name, 1) > 1:  # only this stage's own workers may share its port
+            args += ["--set", "server.reuse_port=true"]
         if name in self.config.configs:
             args += ["--config", self.config.configs[name]]
         for item in [*extra, *self.config.overrides.get(name, [])]:

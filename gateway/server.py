@@ -5,11 +5,12 @@ import itertools
 import sys
 from dataclasses import dataclass
 import time
-import uuid
 
 import grpc
 import numpy as np
 
+from common import request_id as request_ids
+from common.client_text import too_long
 from common.log import Logger, request_id_var
 from common.metrics import observe_recommend
 from common.reload import Reloader
@@ -17,7 +18,7 @@ from common.server import channel_options
 from common.snapshot import Snapshot
 from common.tls import open_channel
 from gateway.config import GatewayConfig
-from gateway.experiments import assign
+from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
 from protos import recsys_pb2, recsys_pb2_grpc
 
@@ -67,6 +68,7 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
         snapshot = Snapshot.open(path)
+        check_tasks(self.config.experiments, list(snapshot.schema["rank_tasks"]))  # arms the ranker would refuse
         state = GatewayState(snapshot, snapshot.load_array("popular.npy").astype(np.int32),
                              snapshot.features.array("item_titles"))
         if state.popular.size == 0 or state.titles.shape[0] != snapshot.item_ids.shape[0]:
@@ -96,14 +98,20 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             return f"deadline_ms must be in 0..{cfg.max_deadline_ms}, got {request.deadline_ms}"
         if request.context.timestamp < 0:
             return "context.timestamp must be >= 0"
-        return None
+        return too_long([("exclude_item_ids", request.exclude_item_ids), ("context.device", request.context.device),
+                         ("context.page", request.context.page)], cfg.server.max_string_len)
 
     def Recommend(self, request, context):
         start = time.monotonic()
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        request_id = dict(context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+        request_id, refused = request_ids.from_metadata(context.invocation_metadata(),
+                                                        self.config.server.max_request_id_len)
+        if request_id is None:  # none sent, or too long / odd characters: the stages get a plain one
+            request_id = request_ids.new()
+            if refused is not None:
+                self.log.warning("request_id_replaced", request_id=request_id, sent_length=len(refused))
         request_id_var.set(request_id)  # on every log line of this call (the interceptor resets it)
         deadline = start + (request.deadline_ms or self.config.deadline_ms) / 1000.0
         remaining = context.time_remaining()

@@ -8,11 +8,13 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.client_text import clip, too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rank_server.config import RankConfig
+from rank_server.fusion import check_fusion
 from rank_server.rank import RankState, load_state, rank
 
 
@@ -32,6 +34,11 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         return state
 
     def Rank(self, request, context):
+        problem = too_long([("user_id", request.user_id), ("snapshot_version", request.snapshot_version),
+                            ("context.device", request.context.device), ("context.page", request.context.page),
+                            ("fusion task names", list(request.fusion))], self.config.server.max_string_len)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
         state = self.reloader.get(request.snapshot_version)
         if state is None:
@@ -50,7 +57,7 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "context.timestamp must be >= 0")
         config = self.config
         if request.fusion:  # an experiment's fusion exponents over the configured ones
-            problem = check_fusion(dict(request.fusion), state.model.task_names)
+            problem = check_fusion(dict(request.fusion), state.model.task_names, self.config.server.max_echo_chars)
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             config = dataclasses.replace(config, fusion={**config.fusion, **request.fusion})
@@ -63,19 +70,6 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
             dropped_unknown=result.dropped_unknown,
             snapshot_version=version,
         )
-
-
-MAX_FUSION_WEIGHT = 100.0
-
-
-def check_fusion(fusion: dict[str, float], task_names: list[str]) -> str | None:
-    """The first problem with a request's fusion override (names the task), or None."""
-    for task, weight in fusion.items():
-        if task not in task_names:
-            return f"fusion: unknown task '{task}'; the model's tasks: {', '.join(task_names)}"
-        if not 0.0 <= weight <= MAX_FUSION_WEIGHT:  # NaN fails too
-            return f"fusion.{task} must be in 0..{MAX_FUSION_WEIGHT:g}, got {weight}"
-    return None
 
 
 def self_test(state: RankState, config: RankConfig) -> None:

@@ -8,11 +8,12 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
-from recall_server.config import RecallConfig
+from recall_server.config import RecallConfig, check_quotas
 from recall_server.recall import recall
 from recall_server.state import RecallState, load_state
 
@@ -44,12 +45,10 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
             return f"exclude_item_ids has {len(request.exclude_item_ids)} ids, the limit is {cfg.max_exclude}"
         if len(request.history_item_ids) > cfg.max_exclude:
             return f"history_item_ids has {len(request.history_item_ids)} ids, the limit is {cfg.max_exclude}"
-        for name, quota in request.quotas.items():
-            if name not in cfg.channels:
-                return f"quotas: unknown channel '{name}'; serving channels: {', '.join(cfg.channels)}"
-            if quota < 0:
-                return f"quotas.{name} must be >= 0, got {quota}"
-        return None
+        return (too_long([("user_id", request.user_id), ("history_item_ids", request.history_item_ids),
+                          ("exclude_item_ids", request.exclude_item_ids), ("quotas channel names", list(request.quotas))],
+                         cfg.server.max_string_len)
+                or check_quotas(dict(request.quotas), cfg.channels, cfg.max_quota, cfg.server.max_echo_chars))
 
     def Recall(self, request, context):
         problem = self.validate(request)
