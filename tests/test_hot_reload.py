@@ -173,3 +173,20 @@ def test_corrupted_version_is_refused_and_old_keeps_serving(cluster, stub, root)
         reply = recommend(stub, user_id)
         assert reply.snapshot_version == good and reply.degraded == [] and len(reply.item_ids) == 10
     flip_current(root, good)  # leave the root servable
+
+
+def test_stop_drains_the_gateway_before_every_stage_restarted_workers_included(cluster, stub, capsys):
+    """Issue 12: a worker the supervisor restarted (rank, above) got its parent-death SIGTERM when the
+    supervisor thread ended, together with the gateway, instead of after the gateway had drained."""
+    assert len(log_events(cluster, "rank", "server_started")) >= 2, "rank was not restarted earlier in this module"
+    assert recommend(stub).degraded == []
+    capsys.readouterr()
+    cluster.stop()
+    drained = log_events(cluster, "gateway", "server_stopped")[-1]["ts"]
+    for worker in ("recall", "recall.1", "rank", "rerank"):
+        signalled = log_events(cluster, worker, "signal_received")
+        assert signalled and signalled[-1]["ts"] >= drained, f"{worker} was stopped before the gateway drained"
+    assert {key: proc.returncode for key, proc in cluster.procs.items()} == dict.fromkeys(cluster.procs, 0)
+    stopped = {json.loads(line)["worker"] for line in capsys.readouterr().err.splitlines()
+               if '"process_stopped"' in line}
+    assert stopped == set(cluster.procs)
