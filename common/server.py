@@ -93,6 +93,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0
+        self._versions: set[str] = set()
         self._stopped = threading.Event()
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
@@ -128,6 +129,17 @@ class GrpcServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
             self.health.set(name, status)
+
+    def set_versions(self, versions: list[str]) -> None:
+        """Report the snapshot versions held now as health services (``common.reload.version_service``):
+        the gateway switches to a new version once every stage reports it."""
+        from common.reload import version_service
+
+        held = set(versions)
+        for version in held | self._versions:
+            self.health.set(version_service(version), health_pb2.HealthCheckResponse.SERVING if version in held
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._versions = held
 
     def stop(self) -> None:
         """Stop taking calls, drain in-flight ones for ``grace_s``, and release ``wait``."""
@@ -227,6 +239,8 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
     # hot reload (common.reload): servicers holding a Reloader watch CURRENT; SIGHUP checks at once
     reloaders = [r for _, servicer, _ in services if (r := getattr(servicer, "reloader", None)) is not None]
     for reloader in reloaders:
+        reloader.on_versions = server.set_versions
+        server.set_versions(reloader.versions)
         reloader.start()
     signal.signal(signal.SIGHUP, lambda *_: [r.wake() for r in reloaders])
     try:

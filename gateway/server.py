@@ -8,12 +8,13 @@ import time
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import request_id as request_ids
 from common.client_text import too_long
 from common.log import Logger, request_id_var
 from common.metrics import observe_recommend
-from common.reload import Reloader
+from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot
 from common.tls import open_channel
@@ -49,7 +50,6 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     def __init__(self, config: GatewayConfig, log: Logger):
         self.config = config
         self.log = log
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
         # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
         options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
@@ -64,6 +64,9 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             RoundRobin([recsys_pb2_grpc.RankStub(c).Rank for c in self.channels[config.rank_addr]]),
             RoundRobin([recsys_pb2_grpc.RerankStub(c).Rerank for c in self.channels[config.rerank_addr]]))
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
+        # the gateway pins each request's version, so it switches last: once the stages hold the new one
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
+                                 activate_timeout_s=config.reload_activate_timeout_s)
 
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
@@ -75,6 +78,19 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             raise ValueError(f"self-test: {snapshot.path} has no popular items or a title per item missing")
         self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.titles.shape[0]))
         return state
+
+    def stages_hold(self, version: str) -> bool:
+        """Whether every stage worker behind the gateway's channels reports holding ``version``."""
+        request = health_pb2.HealthCheckRequest(service=version_service(version))
+        for channels in self.channels.values():
+            for channel in channels:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
+                except grpc.RpcError:
+                    return False
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+        return True
 
     def snapshot_for(self, version: str) -> Snapshot | None:
         """A snapshot the gateway still holds for ``version`` (recall switched before or after us)."""
@@ -117,7 +133,7 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
             deadline = min(deadline, start + remaining - self.config.reserve_ms / 1000.0)  # time to reply
-        state = self.reloader.current  # one version per request; recall's answer may pick the previous one
+        state = self.reloader.current  # the request's version, pinned and named to every stage
         experiment = assign(self.config.experiments, request.user_id)
         result = run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id, request.k,
                             request.context, list(request.exclude_item_ids), deadline,

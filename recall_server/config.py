@@ -35,9 +35,6 @@ class RecallConfig:
     recency_decay: float = 0.9           # i2i weight of the item t steps before the latest: decay**t
     onnx_threads: int = 1
     reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
-    # recall switches last (its reply names the version the gateway, rank and rerank then use): it holds a
-    # loaded new version back this long, > the other servers' reload_poll_s + load time (common.reload)
-    reload_activate_delay_s: float = 5.0
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""

@@ -24,8 +24,7 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
     def __init__(self, config: RecallConfig, log: Logger):
         self.config = config
         self.log = log
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s,
-                                 activate_delay_s=config.reload_activate_delay_s)
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
     def load(self, path) -> RecallState:
         """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
@@ -46,7 +45,8 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         if len(request.history_item_ids) > cfg.max_exclude:
             return f"history_item_ids has {len(request.history_item_ids)} ids, the limit is {cfg.max_exclude}"
         return (too_long([("user_id", request.user_id), ("history_item_ids", request.history_item_ids),
-                          ("exclude_item_ids", request.exclude_item_ids), ("quotas channel names", list(request.quotas))],
+                          ("exclude_item_ids", request.exclude_item_ids), ("snapshot_version", request.snapshot_version),
+                          ("quotas channel names", list(request.quotas))],
                          cfg.server.max_string_len)
                 or check_quotas(dict(request.quotas), cfg.channels, cfg.max_quota, cfg.server.max_echo_chars))
 
@@ -54,7 +54,12 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        state = self.reloader.current  # one version for the whole request
+        # the version the gateway pinned for the request (live or previous; common.reload), else the live one
+        state = self.reloader.get(request.snapshot_version)
+        if state is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"snapshot {request.snapshot_version} is not held here; this server serves "
+                          f"{', '.join(self.reloader.versions)}")
         context.set_trailing_metadata((("x-worker-pid", str(os.getpid())),))  # which worker served (SO_REUSEPORT)
         result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,

@@ -98,7 +98,7 @@ def test_fuzz_recall(stubs):
     @FUZZ
     @given(st.builds(recsys_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
                      history_item_ids=ids, quotas=st.dictionaries(names, edges(0, 5000), max_size=3),
-                     n=edges(0, 5000), exclude_item_ids=ids), request_ids)
+                     n=edges(0, 5000), exclude_item_ids=ids, snapshot_version=_version(stubs)), request_ids)
     def check(request, request_id):
         _status(stubs["recall"], request, "recall", request_id)
 
