@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from common import wire
-from common.client_text import clip, too_long
+from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
