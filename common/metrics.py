@@ -21,6 +21,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from common import request_id as request_ids
+from common.client_text import clip
 from common.log import Logger, request_id_var
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -103,8 +105,11 @@ def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> i
 class ServerInterceptor(grpc.ServerInterceptor):
     """Count, time and log every unary ``recsys.v1`` call; carry its request id into the logs."""
 
-    def __init__(self, log: Logger):
+    def __init__(self, log: Logger, options=None):
+        from common.server import ServerOptions
+
         self.log = log
+        self.options = options or ServerOptions()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -114,14 +119,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
         name = method.rsplit("/", 1)[-1]
         log = self.log
+        options = self.options
 
         def wrapper(request, context):
             start = time.perf_counter()
-            request_id = None
-            for key, value in context.invocation_metadata():
-                if key == "x-request-id":
-                    request_id = value
-                    break
+            # an over-long or odd id is not used (the gateway makes a new one; common.request_id)
+            request_id, _refused = request_ids.from_metadata(context.invocation_metadata(),
+                                                             options.max_request_id_len)
             token = request_id_var.set(request_id)
             raised: BaseException | None = None
             try:
@@ -139,9 +143,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 if code != grpc.StatusCode.OK:
                     ERRORS.labels(method=name, code=code.name).inc()
                     details = context.details()
+                    if details:  # last line of defence: no detail may outgrow gRPC's metadata limits
+                        details = clip(details, options.max_details_chars)
+                        context.set_details(details)
                     log.warning("request_failed", method=name, code=code.name, ms=round(seconds * 1000, 3),
-                                details=details.decode("utf-8", "replace") if isinstance(details, bytes)
-                                else details,
+                                details=details,
                                 error=None if raised is None or code != grpc.StatusCode.UNKNOWN else repr(raised))
                 else:
                     log.debug("request", method=name, code="OK", ms=round(seconds * 1000, 3))

@@ -12,20 +12,18 @@ A version that fails to load (bad hash, missing file, self-test failure) is refu
 ``snapshot_refused`` log line naming the file; the live version keeps serving and the refused name is not
 retried until CURRENT names another version.
 
-Switch consistency: the previous state stays loaded for ``keep_previous_s`` after a switch (or until the
-next one), and ``get(version)`` returns it for requests that name it. During a rolling switch the gateway
-sends every stage the version recall answered with, so stages that switched earlier or later still serve
-the request instead of refusing it.
+Switch consistency without timers: the gateway pins one version per request (its live one) and names it
+to every stage, recall included; a stage serves the version named (live or previous), so it does not matter
+in which order the stages switch. The gateway switches last: after loading a new version it waits until
+every stage worker it talks to holds it (``ready_fn``: each server reports the versions it holds as health
+services ``version_service(v)``, ``set_versions``), at most ``activate_timeout_s``. A stage keeps the previous
+version for ``keep_previous_s`` after its switch (or until the next one), for requests pinned to it.
 
-Order of the switch: recall decides the version of a request (its reply names it), so it switches last:
-its ``activate_delay_s`` (config ``reload_activate_delay_s``, longer than the other servers' poll interval
-plus their load time) holds the loaded new version back, while rank, rerank and the gateway, which serve
-both versions, switch as soon as they have loaded. If the delay is too short, requests degrade briefly
-(gateway: recall's version unknown; rank/rerank: FAILED_PRECONDITION), they do not fail.
-
-Draining: a retired state is never closed while a request uses it. Its LMDB environment is closed by a
-``weakref.finalize`` on the state, that is when the last reference (the reloader's or an in-flight
-request's local) goes away, so no explicit refcount is kept on the request path.
+Draining: a retired version is never closed while a request uses it. Its LMDB environment is closed by a
+``weakref.finalize`` on its ``Snapshot`` (not on the state: a request may hold only the snapshot, e.g. the
+gateway's funnel), that is when the last reference (a state, the reloader's or an in-flight request's
+local) goes away, so no explicit refcount is kept on the request path. What requests look up lazily
+(``Snapshot.item_index``) is built before the swap, not by the first request after it.
 """
 from __future__ import annotations
 
@@ -39,9 +37,17 @@ from common.log import Logger
 from common.snapshot import CURRENT, MANIFEST, SnapshotError, current_version
 
 
-def _close_snapshot(snapshot, log: Logger, version: str) -> None:
+def version_service(version: str) -> str:
+    """The health service name a server reports SERVING while it holds snapshot ``version``."""
+    return f"recsys.snapshot/{version}"
+
+
+def _close_snapshot(views: dict, log: Logger, version: str) -> None:
+    """Close what a collected ``Snapshot`` opened (its ``__dict__``: holding it does not keep the snapshot)."""
     try:
-        snapshot.close()
+        features = views.get("features")
+        if features is not None:
+            features.close()
     finally:
         log.info("snapshot_closed", version=version)
 
@@ -50,9 +56,12 @@ class Reloader:
     """The live state of one server plus the previous one; watches CURRENT and swaps versions."""
 
     def __init__(self, root: str | Path, load_fn: Callable[[Path], Any], log: Logger, poll_s: float = 2.0,
-                 keep_previous_s: float = 60.0, activate_delay_s: float = 0.0):
+                 keep_previous_s: float = 60.0, ready_fn: Callable[[str], bool] | None = None,
+                 activate_timeout_s: float = 60.0):
         self.root = Path(root)
-        self.activate_delay_s = activate_delay_s
+        self.ready_fn = ready_fn                   # gateway: do the stages hold this version yet?
+        self.activate_timeout_s = activate_timeout_s
+        self.on_versions: Callable[[list[str]], None] | None = None  # told the held versions after each change
         self.load_fn = load_fn
         self.log = log
         self.poll_s = poll_s
@@ -94,7 +103,9 @@ class Reloader:
         return None
 
     def _adopt(self, state: Any) -> Any:
-        weakref.finalize(state, _close_snapshot, state.snapshot, self.log, self.version_of(state))
+        snapshot = state.snapshot
+        snapshot.item_index  # noqa: B018 - built now, before the swap, not by the first request after it
+        weakref.finalize(snapshot, _close_snapshot, snapshot.__dict__, self.log, self.version_of(state))
         return state
 
     def check(self) -> bool:
@@ -127,21 +138,38 @@ class Reloader:
                                serving=self.version_of(self._current))
                 return False
             self._refused = None
-            if self.activate_delay_s > 0:  # loaded and tested; let the downstream servers load it too
-                self.log.info("snapshot_staged", version=version, activate_in_s=self.activate_delay_s)
-                if self._stop.wait(self.activate_delay_s):
-                    return False
+            if self.ready_fn is not None and not self._await_ready(version):
+                return False
             old = self._current
             self._previous = old                   # kept for requests naming it; older one is dropped
             self._current = self._adopt(state)     # the switch: one reference assignment
             self._switched_at = time.monotonic()
             self.log.info("snapshot_reloaded", version=version, previous=self.version_of(old),
                           ms=round((time.perf_counter() - started) * 1000.0, 1))
+            self._report_versions()
             return True
+
+    def _await_ready(self, version: str) -> bool:
+        """Wait until ``ready_fn(version)`` (the stages hold it), at most ``activate_timeout_s``; False if
+        the reloader was stopped meanwhile."""
+        self.log.info("snapshot_staged", version=version)
+        give_up = time.monotonic() + self.activate_timeout_s
+        while not self.ready_fn(version):
+            if time.monotonic() > give_up:  # switch anyway: stages still without it degrade, not fail
+                self.log.warning("snapshot_not_held_by_stages", version=version, waited_s=self.activate_timeout_s)
+                return True
+            if self._stop.wait(0.05):
+                return False
+        return True
 
     def _expire_previous(self) -> None:
         if self._previous is not None and time.monotonic() - self._switched_at > self.keep_previous_s:
             self._previous = None
+            self._report_versions()
+
+    def _report_versions(self) -> None:
+        if self.on_versions is not None:
+            self.on_versions(self.versions)
 
     def wake(self) -> None:
         """Check CURRENT now (SIGHUP handler; safe from a signal handler)."""

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
+from common.call_pools import CallPools
 from common.tls import add_port, check_pair
 
 
@@ -31,7 +32,14 @@ class ServerOptions:
 
     host: str = "127.0.0.1"          # loopback unless configured otherwise
     port: int = 0                    # 0: the OS picks; see port_file
-    threads: int = 8                 # gRPC handler threads
+    threads: int = 8                 # gRPC handler threads for unary calls
+    health_threads: int = 1          # Health/Check has threads of its own: answered while requests saturate
+    # open streams (server reflection, Health/Watch) each hold a thread until the client closes them: they get
+    # max_streams threads of their own and a stream past that is refused (RESOURCE_EXHAUSTED); common.call_pools
+    max_streams: int = 4
+    # SO_REUSEPORT: only the workers of one stage started by the launcher (gateway.cluster) share a port;
+    # off, binding a port another process holds fails and names the port
+    reuse_port: bool = False
     max_message_mb: int = 16
     grace_s: float = 2.0             # drain time on shutdown
     # on SIGTERM, report NOT_SERVING and keep serving this long before draining, so clients' health watches
@@ -47,6 +55,11 @@ class ServerOptions:
     tls_cert: str = ""               # PEM paths (common.tls); cert + key: TLS; + tls_client_ca: mutual TLS
     tls_key: str = ""
     tls_client_ca: str = ""
+    # bounds on what a client controls (common.client_text, common.request_id)
+    max_string_len: int = 256        # longest id / name / version string a request may carry
+    max_echo_chars: int = 200        # client text quoted in error details and logs is cut to this
+    max_details_chars: int = 1000    # longest error detail sent back or logged (gRPC metadata is ~8 KB)
+    max_request_id_len: int = 128    # longer x-request-id values (or odd characters) are not used
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -62,6 +75,12 @@ class ServerOptions:
             raise ValueError(f"server.health_port must be in -1..65535, got {self.health_port}")
         if self.drain_s < 0 or self.max_connection_age_s < 0:
             raise ValueError("server.drain_s and server.max_connection_age_s must be >= 0")
+        if self.max_streams < 0 or self.health_threads < 1:
+            raise ValueError(f"server.max_streams must be >= 0 and server.health_threads >= 1, got "
+                             f"{self.max_streams} and {self.health_threads}")
+        for name in ("max_string_len", "max_echo_chars", "max_details_chars", "max_request_id_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"server.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -85,17 +104,20 @@ class GrpcServer:
         self.component = component
         self.options = options
         self.log = log
+        # health checks and streams run on pools of their own (common.call_pools)
+        self.pools = CallPools(component, options.health_threads, options.max_streams)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.threads,
                                                              thread_name_prefix=component),
-                                  # SO_REUSEPORT: the workers of one stage bind the same port (DESIGN §6)
-                                  options=[*channel_options(options.max_message_mb), ("grpc.so_reuseport", 1),
+                                  options=[*channel_options(options.max_message_mb),
+                                           ("grpc.so_reuseport", int(options.reuse_port)),
                                            *connection_age_options(options)],
-                                  interceptors=[ServerInterceptor(log)])  # metrics, request ids (common.metrics)
+                                  interceptors=[self.pools, ServerInterceptor(log, options)])  # + metrics, ids
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self.port = 0
         self.health_server: grpc.Server | None = None  # the health-only plaintext port (health_port)
+        self._versions: set[str] = set()
         self._stopped = threading.Event()
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
@@ -108,10 +130,13 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         address = f"{self.options.host}:{self.options.port}"
-        self.port = add_port(self.server, address, self.options.tls_cert, self.options.tls_key,
-                             self.options.tls_client_ca)
+        try:
+            self.port = add_port(self.server, address, self.options.tls_cert, self.options.tls_key,
+                                 self.options.tls_client_ca)
+        except RuntimeError:  # gRPC says only "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {address}: is the port in use?")
+            raise OSError(f"could not bind {address}: port {self.options.port} is in use by another process")
         self.server.start()
         self.set_serving(False)
         if port_file:
@@ -146,6 +171,17 @@ class GrpcServer:
         for name in ("", *self.service_names):
             self.health.set(name, status)
 
+    def set_versions(self, versions: list[str]) -> None:
+        """Report the snapshot versions held now as health services (``common.reload.version_service``):
+        the gateway switches to a new version once every stage reports it."""
+        from common.reload import version_service
+
+        held = set(versions)
+        for version in held | self._versions:
+            self.health.set(version_service(version), health_pb2.HealthCheckResponse.SERVING if version in held
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._versions = held
+
     def stop(self) -> None:
         """Stop taking calls, drain in-flight ones for ``grace_s``, and release ``wait``."""
         if self._stopped.is_set():
@@ -158,6 +194,7 @@ class GrpcServer:
         self.server.stop(self.options.grace_s).wait()
         if self.health_server is not None:  # probes saw NOT_SERVING throughout the drain
             self.health_server.stop(0).wait()
+        self.pools.shutdown()
         self._stopped.set()
         self.log.info("server_stopped")
 
@@ -237,12 +274,19 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
     for add_to_server, servicer, name in services:
         server.add(add_to_server, servicer, name)
         track_snapshot(servicer)
-    server.start(args.port_file)
+    try:
+        server.start(args.port_file)
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"{component}: cannot start: {exc}", file=sys.stderr)
+        return 2
     server.set_serving(True)
     log.info("serving", services=server.service_names)
     # hot reload (common.reload): servicers holding a Reloader watch CURRENT; SIGHUP checks at once
     reloaders = [r for _, servicer, _ in services if (r := getattr(servicer, "reloader", None)) is not None]
     for reloader in reloaders:
+        reloader.on_versions = server.set_versions
+        server.set_versions(reloader.versions)
         reloader.start()
     signal.signal(signal.SIGHUP, lambda *_: [r.wake() for r in reloaders])
     try:

@@ -7,7 +7,8 @@ child itself: a preexec_fn would make Python fork the launcher, whose gRPC fork 
 sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it can exec).
 
 A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
-it reported (SO_REUSEPORT). A supervisor thread restarts a worker that exits unasked on the same port,
+it reported (``server.reuse_port``, set for multi-worker stages only). A supervisor thread restarts a worker that
+exits unasked on the same port,
 with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
 
 A stage may instead run several replicas (``replicas``), each binding its own port, as pods do behind a
@@ -34,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.config import add_config_flags, load_config
 from common.log import get_logger
 from common.snapshot import Snapshot, SnapshotError
+from common.tls import check_pair, open_channel
 
 STAGES = ("recall", "rank", "rerank")
 MODULES = {"recall": "recall_server", "rank": "rank_server", "rerank": "rerank_server", "gateway": "gateway"}
@@ -66,8 +68,24 @@ class ClusterConfig:
     restart_backoff_s: float = 0.5         # first delay, doubled per attempt
     restart_backoff_max_s: float = 10.0    # up to this
     restart_reset_s: float = 60.0          # a process up this long starts again from the first delay
+    # TLS on every server and hop (common.tls); empty: plaintext. tls_cert / tls_key: each server's certificate;
+    # tls_client_ca: servers also require a client certificate it signed (mutual TLS); tls_ca verifies the
+    # servers; client_tls_cert / client_tls_key: the certificate the gateway (to the stages) and the
+    # launcher's readiness checks present
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_ca: str = ""
+    client_tls_cert: str = ""
+    client_tls_key: str = ""
 
     def validate(self) -> None:
+        check_pair(self.tls_cert, self.tls_key, "", "tls_client_ca", self.tls_client_ca)
+        check_pair(self.client_tls_cert, self.client_tls_key, "client_", "tls_ca", self.tls_ca)
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("tls_ca must name the CA that signed tls_cert (the gateway and the launcher verify it)")
+        if self.tls_client_ca and not (self.tls_cert and self.client_tls_cert):
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert / tls_key and client_tls_cert / client_tls_key")
         unknown = (set(self.configs) | set(self.overrides) | set(self.workers)) - set(MODULES)
         if unknown:
             raise ValueError(f"configs/overrides/workers: unknown stage '{sorted(unknown)[0]}'; "
@@ -107,7 +125,8 @@ class Cluster:
         self._attempts: dict[str, int] = {}
         self._restart_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._closing = threading.Event()
+        self._closing = threading.Event()       # stopping: no more restarts
+        self._finished = threading.Event()      # every process stopped: the supervisor thread may end
         self._supervisor: threading.Thread | None = None
 
     @property
@@ -132,12 +151,14 @@ class Cluster:
         port_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", MODULES[name], "--snapshot", str(self.config.snapshot),
                 "--port", str(port), "--port-file", str(port_file), "--set", f"server.host={self.config.host}"]
+        if self.config.workers.get(name, 1) > 1:  # only this stage's own workers may share its port
+            args += ["--set", "server.reuse_port=true"]
         if name in self.config.configs:
             args += ["--config", self.config.configs[name]]
-        for item in [*extra, *self.config.overrides.get(name, [])]:
+        for item in [*self._tls_overrides(name), *extra, *self.config.overrides.get(name, [])]:
             args += ["--set", item]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                   OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                    RECSYS_PARENT_PID=str(os.getpid()))
         logfile = open(self.run_dir / f"{key}.log", "ab")
         self._logs.append(logfile)
@@ -167,13 +188,37 @@ class Cluster:
                 self.worker_ports[key] = int(port_file.read_text())
                 self.ports.setdefault(name, self.worker_ports[key])
             if (key in self.worker_ports
-                    and health_status(f"{self.config.host}:{self.worker_ports[key]}", timeout=1.0) == "SERVING"):
+                    and self.health_at(f"{self.config.host}:{self.worker_ports[key]}", timeout=1.0) == "SERVING"):
                 log.info("process_ready", stage=name, worker=key, port=self.worker_ports[key])
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not SERVING after {self.config.start_timeout_s} s; "
                                    f"log: {self.run_dir / (name + '.log')}")
             time.sleep(0.1)
+
+    def _tls_overrides(self, name: str) -> list[str]:
+        """``--set`` items giving server ``name`` the cluster's TLS (and the gateway TLS to the stages)."""
+        c = self.config
+        if not c.tls_cert:
+            return []
+        items = [f"server.tls_cert={c.tls_cert}", f"server.tls_key={c.tls_key}"]
+        items += [f"server.tls_client_ca={c.tls_client_ca}"] if c.tls_client_ca else []
+        if name == "gateway":
+            items.append(f"stage_tls_ca={c.tls_ca}")
+            items += [f"stage_tls_cert={c.client_tls_cert}", f"stage_tls_key={c.client_tls_key}"] \
+                if c.client_tls_cert else []
+        return items
+
+    def health(self, name: str, timeout: float = 1.0) -> str:
+        """The health status name of server ``name``, dialled with the cluster's TLS settings."""
+        return self.health_at(self.addr(name), timeout)
+
+    def health_at(self, addr: str, timeout: float = 1.0) -> str:
+        """The health status name of the server at ``addr`` (one worker or replica), with the cluster's TLS."""
+        c = self.config
+        if not c.tls_cert:
+            return health_status(addr, timeout)
+        return health_status(addr, timeout, ca=c.tls_ca, cert=c.client_tls_cert, key=c.client_tls_key)
 
     def _gateway_channels(self) -> int:
         """Connections the gateway opens per stage. The kernel hashes each connection to one SO_REUSEPORT
@@ -220,8 +265,15 @@ class Cluster:
             self._supervisor.start()
 
     def _supervise_loop(self) -> None:
-        """Restart crashed workers on their port with exponential backoff; log every exit and restart."""
-        while not self._closing.wait(0.1):
+        """Restart crashed workers on their port with exponential backoff; log every exit and restart.
+
+        The loop outlives ``_closing`` until ``stop`` has stopped every process: a restarted worker's
+        parent-death signal fires when the thread that spawned it (this one) ends, not the launcher, so
+        ending it early would SIGTERM restarted workers together with the gateway instead of after it.
+        """
+        while not self._finished.wait(0.1):
+            if self._closing.is_set():
+                continue
             with self._lock:
                 for key, proc in list(self.procs.items()):
                     if key in self._held or proc.poll() is None or self._closing.is_set():
@@ -282,12 +334,15 @@ class Cluster:
             log.info("process_stopped", stage=name, worker=key, status=proc.returncode)
 
     def stop(self) -> None:
-        """Stop supervising, then the gateway first (no new requests), then the stages."""
-        self._closing.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=5.0)
+        """Stop restarting, then stop the gateway first (it drains in-flight requests), then the stages
+        (restarted workers included), then the supervisor thread that spawned the restarted ones."""
+        with self._lock:  # a restart in progress finishes first; none starts after this
+            self._closing.set()
         for name in ("gateway", *STAGES):
             self.stop_process(name)
+        self._finished.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5.0)
         for fh in self._logs:
             fh.close()
         self._logs.clear()
@@ -304,9 +359,11 @@ def restart_delay(attempt: int, first_s: float, max_s: float) -> float:
     return min(first_s * 2.0 ** (attempt - 1), max_s)
 
 
-def health_status(addr: str, timeout: float = 1.0, service: str = "") -> str:
-    """The health status name of the server at ``addr`` (``UNREACHABLE`` when it does not answer)."""
-    with grpc.insecure_channel(addr) as channel:
+def health_status(addr: str, timeout: float = 1.0, service: str = "", ca: str = "", cert: str = "",
+                  key: str = "") -> str:
+    """The health status name of the server at ``addr`` (``UNREACHABLE`` when it does not answer);
+    ``ca`` (+ ``cert`` / ``key``) dial it with TLS (mutual TLS)."""
+    with open_channel(addr, [], ca, cert, key) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                               timeout=timeout)

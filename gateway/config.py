@@ -54,6 +54,9 @@ class GatewayConfig:
     max_user_id_len: int = 256
     experiments: Experiments = field(default_factory=Experiments)   # layered A/B (gateway.experiments)
     reload_poll_s: float = 2.0       # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
+    # a loaded new version goes live once every stage worker the gateway talks to holds it (common.reload),
+    # or after this long regardless (stages still without it then degrade requests)
+    reload_activate_timeout_s: float = 60.0
 
     def validate(self) -> None:
         self.server.validate()

@@ -26,8 +26,13 @@ Config (``experiments`` in ``gateway.config.GatewayConfig``), e.g. in TOML::
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
+
+from rank_server.fusion import check_fusion
+from recall_server.channels import known_channels
+from recall_server.config import RecallConfig, check_quotas
+from rerank_server.config import RerankConfig
+from rerank_server.rerank import ParamError, resolve_params
 
 STAGES = ("recall", "rank", "rerank")
 RERANK_METHODS = ("NONE", "MMR", "DPP", "DPP_WINDOW")
@@ -113,19 +118,34 @@ def _check_overrides(arm: Arm, stage: str, key: str) -> None:
     for name in ("quotas", "fusion", "method", "params"):
         if name not in owned and getattr(arm, name):
             raise ValueError(f"{key}.{name}: a {stage} layer may only set {' and '.join(owned)}")
-    for channel, quota in arm.quotas.items():
-        if quota < 0:
-            raise ValueError(f"{key}.quotas.{channel} must be >= 0, got {quota}")
-    for task, weight in arm.fusion.items():
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"{key}.fusion.{task} must be a finite number >= 0, got {weight}")
+    # the stages' own request checks, so an arm the stages would reject refuses to start instead of
+    # falling back on every request in it (stage limits at their defaults; rank task names: check_tasks)
+    problem = check_quotas(arm.quotas, known_channels(), RecallConfig().max_quota) or check_fusion(arm.fusion, None)
+    if problem:
+        raise ValueError(f"{key}.{problem}")
     if arm.method and arm.method not in RERANK_METHODS:
         raise ValueError(f"{key}.method must be one of {', '.join(RERANK_METHODS)}, got {arm.method!r}")
     for name, value in arm.params.items():
         if name not in RERANK_PARAMS:
             raise ValueError(f"{key}.params: unknown parameter '{name}'; known: {', '.join(RERANK_PARAMS)}")
-        if not (math.isfinite(value) and value >= 0) or (name == "window" and not float(value).is_integer()):
-            raise ValueError(f"{key}.params.{name} must be a finite number >= 0 (an integer for window), got {value}")
+        if name == "window" and not float(value).is_integer():
+            raise ValueError(f"{key}.params.window must be an integer, got {value}")
+    if stage == "rerank":
+        p = arm.params
+        try:
+            resolve_params(RerankConfig(), arm.method or None, p.get("lambda"), p.get("alpha"), p.get("window"),
+                           p.get("epsilon"))
+        except ParamError as exc:
+            raise ValueError(f"{key}.{exc}") from None
+
+
+def check_tasks(config: "Experiments", task_names: list[str]) -> None:
+    """Every rank arm's fusion names a task of the snapshot's ranker (checked when a snapshot loads)."""
+    for i, layer in enumerate(config.layers):
+        for j, arm in enumerate(layer.arms):
+            problem = check_fusion(arm.fusion, task_names)
+            if problem:
+                raise ValueError(f"experiments.layers[{i}].arms[{j}].{problem}")
 
 
 @dataclass

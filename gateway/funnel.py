@@ -111,7 +111,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     try:
         reply = _call("recall", stages.recall,
                       recsys_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
-                                               quotas=exp.quotas),
+                                               quotas=exp.quotas, snapshot_version=version),
                       config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
         served = snapshot
         if reply.snapshot_version != version:

@@ -5,19 +5,21 @@ import itertools
 import sys
 from dataclasses import dataclass
 import time
-import uuid
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import request_id as request_ids
+from common.client_text import too_long
 from common.log import Logger, request_id_var
 from common.metrics import observe_recommend
-from common.reload import Reloader
+from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot
 from common.tls import open_channel
 from gateway.config import GatewayConfig
-from gateway.experiments import assign
+from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
 from gateway.stage_target import stage_target
 from protos import recsys_pb2, recsys_pb2_grpc
@@ -49,7 +51,6 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     def __init__(self, config: GatewayConfig, log: Logger):
         self.config = config
         self.log = log
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
         # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
         options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
@@ -69,16 +70,33 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             RoundRobin([recsys_pb2_grpc.RankStub(c).Rank for c in self.channels[config.rank_addr]]),
             RoundRobin([recsys_pb2_grpc.RerankStub(c).Rerank for c in self.channels[config.rerank_addr]]))
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
+        # the gateway pins each request's version, so it switches last: once the stages hold the new one
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
+                                 activate_timeout_s=config.reload_activate_timeout_s)
 
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
         snapshot = Snapshot.open(path)
+        check_tasks(self.config.experiments, list(snapshot.schema["rank_tasks"]))  # arms the ranker would refuse
         state = GatewayState(snapshot, snapshot.load_array("popular.npy").astype(np.int32),
                              snapshot.features.array("item_titles"))
         if state.popular.size == 0 or state.titles.shape[0] != snapshot.item_ids.shape[0]:
             raise ValueError(f"self-test: {snapshot.path} has no popular items or a title per item missing")
         self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.titles.shape[0]))
         return state
+
+    def stages_hold(self, version: str) -> bool:
+        """Whether every stage worker behind the gateway's channels reports holding ``version``."""
+        request = health_pb2.HealthCheckRequest(service=version_service(version))
+        for channels in self.channels.values():
+            for channel in channels:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
+                except grpc.RpcError:
+                    return False
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+        return True
 
     def snapshot_for(self, version: str) -> Snapshot | None:
         """A snapshot the gateway still holds for ``version`` (recall switched before or after us)."""
@@ -102,20 +120,26 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             return f"deadline_ms must be in 0..{cfg.max_deadline_ms}, got {request.deadline_ms}"
         if request.context.timestamp < 0:
             return "context.timestamp must be >= 0"
-        return None
+        return too_long([("exclude_item_ids", request.exclude_item_ids), ("context.device", request.context.device),
+                         ("context.page", request.context.page)], cfg.server.max_string_len)
 
     def Recommend(self, request, context):
         start = time.monotonic()
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        request_id = dict(context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+        request_id, refused = request_ids.from_metadata(context.invocation_metadata(),
+                                                        self.config.server.max_request_id_len)
+        if request_id is None:  # none sent, or too long / odd characters: the stages get a plain one
+            request_id = request_ids.new()
+            if refused is not None:
+                self.log.warning("request_id_replaced", request_id=request_id, sent_length=len(refused))
         request_id_var.set(request_id)  # on every log line of this call (the interceptor resets it)
         deadline = start + (request.deadline_ms or self.config.deadline_ms) / 1000.0
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
             deadline = min(deadline, start + remaining - self.config.reserve_ms / 1000.0)  # time to reply
-        state = self.reloader.current  # one version per request; recall's answer may pick the previous one
+        state = self.reloader.current  # the request's version, pinned and named to every stage
         experiment = assign(self.config.experiments, request.user_id)
         result = run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id, request.k,
                             request.context, list(request.exclude_item_ids), deadline,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/recsys.proto\x12\trecsys.v1\":\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04page\x18\x03 \x01(\t\"\x91\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x02\"\xb7\x02\n\x11RecommendResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x03(\x02\x12\x15\n\rchannel_names\x18\x05 \x03(\t\x12\x15\n\rchannel_masks\x18\x06 \x03(\r\x12-\n\rstage_timings\x18\x07 \x03(\x0b\x32\x16.recsys.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x08 \x03(\t\x12\x18\n\x10snapshot_version\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x0e\n\x06titles\x18\x0b \x03(\t\x12\x15\n\rrelaxed_rules\x18\x0c \x03(\t\x12\x13\n\x0b\x65xperiments\x18\r \x03(\t\"\xde\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10override_history\x18\x02 \x01(\x08\x12\x18\n\x10history_item_ids\x18\x03 \x03(\t\x12\x34\n\x06quotas\x18\x04 \x03(\x0b\x32$.recsys.v1.RecallRequest.QuotasEntry\x12\t\n\x01n\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x8e\x01\n\x0eRecallResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x15\n\rchannel_masks\x18\x03 \x01(\x0c\x12\x15\n\rchannel_names\x18\x04 \x03(\t\x12\x18\n\x10snapshot_version\x18\x05 \x01(\t\x12\x12\n\ncold_start\x18\x06 \x01(\x08\"\x97\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x10\n\x08item_idx\x18\x03 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x32\n\x06\x66usion\x18\x05 \x03(\x0b\x32\".recsys.v1.RankRequest.FusionEntry\x12\x15\n\rchannel_masks\x18\x06 \x01(\x0c\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x15\n\rrecall_scores\x18\x08 \x01(\x0c\x1a-\n\x0b\x46usionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8b\x01\n\x0cRankResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\r\n\x05\x66used\x18\x02 \x01(\x0c\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64ropped_unknown\x18\x05 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t\"\x8e\x01\n\x0cRerankParams\x12\x13\n\x06lambda\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x06window\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\t\n\x07_lambdaB\x08\n\x06_alphaB\t\n\x07_windowB\n\n\x08_epsilon\"\xc9\x01\n\rRerankRequest\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x05\x12!\n\x06method\x18\x04 \x01(\x0e\x32\x11.recsys.v1.Method\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.recsys.v1.RerankParams\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t\x12\x10\n\x08promoted\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65xclude_idx\x18\x08 \x01(\x0c\"d\n\x0eRerankResponse\x12\x11\n\tpositions\x18\x01 \x01(\x0c\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x18\n\x10snapshot_version\x18\x03 \x01(\t\x12\x15\n\rrelaxed_rules\x18\x04 \x03(\t*H\n\x06Method\x12\x12\n\x0eMETHOD_DEFAULT\x10\x00\x12\x08\n\x04NONE\x10\x01\x12\x07\n\x03MMR\x10\x02\x12\x07\n\x03\x44PP\x10\x03\x12\x0e\n\nDPP_WINDOW\x10\x04\x32Q\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2G\n\x06Recall\x12=\n\x06Recall\x12\x18.recsys.v1.RecallRequest\x1a\x19.recsys.v1.RecallResponse2?\n\x04Rank\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse2G\n\x06Rerank\x12=\n\x06Rerank\x12\x18.recsys.v1.RerankRequest\x1a\x19.recsys.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/recsys.proto\x12\trecsys.v1\":\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04page\x18\x03 \x01(\t\"\x91\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x02\"\xb7\x02\n\x11RecommendResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x03(\x02\x12\x15\n\rchannel_names\x18\x05 \x03(\t\x12\x15\n\rchannel_masks\x18\x06 \x03(\r\x12-\n\rstage_timings\x18\x07 \x03(\x0b\x32\x16.recsys.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x08 \x03(\t\x12\x18\n\x10snapshot_version\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x0e\n\x06titles\x18\x0b \x03(\t\x12\x15\n\rrelaxed_rules\x18\x0c \x03(\t\x12\x13\n\x0b\x65xperiments\x18\r \x03(\t\"\xf8\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10override_history\x18\x02 \x01(\x08\x12\x18\n\x10history_item_ids\x18\x03 \x03(\t\x12\x34\n\x06quotas\x18\x04 \x03(\x0b\x32$.recsys.v1.RecallRequest.QuotasEntry\x12\t\n\x01n\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x18\n\x10snapshot_version\x18\x07 \x01(\t\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x8e\x01\n\x0eRecallResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x15\n\rchannel_masks\x18\x03 \x01(\x0c\x12\x15\n\rchannel_names\x18\x04 \x03(\t\x12\x18\n\x10snapshot_version\x18\x05 \x01(\t\x12\x12\n\ncold_start\x18\x06 \x01(\x08\"\x97\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x10\n\x08item_idx\x18\x03 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x32\n\x06\x66usion\x18\x05 \x03(\x0b\x32\".recsys.v1.RankRequest.FusionEntry\x12\x15\n\rchannel_masks\x18\x06 \x01(\x0c\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x15\n\rrecall_scores\x18\x08 \x01(\x0c\x1a-\n\x0b\x46usionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8b\x01\n\x0cRankResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\r\n\x05\x66used\x18\x02 \x01(\x0c\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64ropped_unknown\x18\x05 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t\"\x8e\x01\n\x0cRerankParams\x12\x13\n\x06lambda\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x06window\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\t\n\x07_lambdaB\x08\n\x06_alphaB\t\n\x07_windowB\n\n\x08_epsilon\"\xc9\x01\n\rRerankRequest\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x05\x12!\n\x06method\x18\x04 \x01(\x0e\x32\x11.recsys.v1.Method\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.recsys.v1.RerankParams\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t\x12\x10\n\x08promoted\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65xclude_idx\x18\x08 \x01(\x0c\"d\n\x0eRerankResponse\x12\x11\n\tpositions\x18\x01 \x01(\x0c\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x18\n\x10snapshot_version\x18\x03 \x01(\t\x12\x15\n\rrelaxed_rules\x18\x04 \x03(\t*H\n\x06Method\x12\x12\n\x0eMETHOD_DEFAULT\x10\x00\x12\x08\n\x04NONE\x10\x01\x12\x07\n\x03MMR\x10\x02\x12\x07\n\x03\x44PP\x10\x03\x12\x0e\n\nDPP_WINDOW\x10\x04\x32Q\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2G\n\x06Recall\x12=\n\x06Recall\x12\x18.recsys.v1.RecallRequest\x1a\x19.recsys.v1.RecallResponse2?\n\x04Rank\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse2G\n\x06Rerank\x12=\n\x06Rerank\x12\x18.recsys.v1.RerankRequest\x1a\x19.recsys.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_options = b'8\001'
   _globals['_RANKREQUEST_FUSIONENTRY']._loaded_options = None
   _globals['_RANKREQUEST_FUSIONENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=1843
-  _globals['_METHOD']._serialized_end=1915
+  _globals['_METHOD']._serialized_start=1869
+  _globals['_METHOD']._serialized_end=1941
   _globals['_CONTEXT']._serialized_start=34
   _globals['_CONTEXT']._serialized_end=92
   _globals['_RECOMMENDREQUEST']._serialized_start=95
@@ -46,29 +46,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE']._serialized_start=285
   _globals['_RECOMMENDRESPONSE']._serialized_end=596
   _globals['_RECALLREQUEST']._serialized_start=599
-  _globals['_RECALLREQUEST']._serialized_end=821
-  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_start=776
-  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_end=821
-  _globals['_RECALLRESPONSE']._serialized_start=824
-  _globals['_RECALLRESPONSE']._serialized_end=966
-  _globals['_RANKREQUEST']._serialized_start=969
-  _globals['_RANKREQUEST']._serialized_end=1248
-  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_start=1203
-  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_end=1248
-  _globals['_RANKRESPONSE']._serialized_start=1251
-  _globals['_RANKRESPONSE']._serialized_end=1390
-  _globals['_RERANKPARAMS']._serialized_start=1393
-  _globals['_RERANKPARAMS']._serialized_end=1535
-  _globals['_RERANKREQUEST']._serialized_start=1538
-  _globals['_RERANKREQUEST']._serialized_end=1739
-  _globals['_RERANKRESPONSE']._serialized_start=1741
-  _globals['_RERANKRESPONSE']._serialized_end=1841
-  _globals['_GATEWAY']._serialized_start=1917
-  _globals['_GATEWAY']._serialized_end=1998
-  _globals['_RECALL']._serialized_start=2000
-  _globals['_RECALL']._serialized_end=2071
-  _globals['_RANK']._serialized_start=2073
-  _globals['_RANK']._serialized_end=2136
-  _globals['_RERANK']._serialized_start=2138
-  _globals['_RERANK']._serialized_end=2209
+  _globals['_RECALLREQUEST']._serialized_end=847
+  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_start=802
+  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_end=847
+  _globals['_RECALLRESPONSE']._serialized_start=850
+  _globals['_RECALLRESPONSE']._serialized_end=992
+  _globals['_RANKREQUEST']._serialized_start=995
+  _globals['_RANKREQUEST']._serialized_end=1274
+  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_start=1229
+  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_end=1274
+  _globals['_RANKRESPONSE']._serialized_start=1277
+  _globals['_RANKRESPONSE']._serialized_end=1416
+  _globals['_RERANKPARAMS']._serialized_start=1419
+  _globals['_RERANKPARAMS']._serialized_end=1561
+  _globals['_RERANKREQUEST']._serialized_start=1564
+  _globals['_RERANKREQUEST']._serialized_end=1765
+  _globals['_RERANKRESPONSE']._serialized_start=1767
+  _globals['_RERANKRESPONSE']._serialized_end=1867
+  _globals['_GATEWAY']._serialized_start=1943
+  _globals['_GATEWAY']._serialized_end=2024
+  _globals['_RECALL']._serialized_start=2026
+  _globals['_RECALL']._serialized_end=2097
+  _globals['_RANK']._serialized_start=2099
+  _globals['_RANK']._serialized_end=2162
+  _globals['_RERANK']._serialized_start=2164
+  _globals['_RERANK']._serialized_end=2235
 # @@protoc_insertion_point(module_scope)

@@ -85,7 +85,7 @@ class RecommendResponse(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[float]] = ..., channel_names: _Optional[_Iterable[str]] = ..., channel_masks: _Optional[_Iterable[int]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., titles: _Optional[_Iterable[str]] = ..., relaxed_rules: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
-    __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids")
+    __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids", "snapshot_version")
     class QuotasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,13 +99,15 @@ class RecallRequest(_message.Message):
     QUOTAS_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     override_history: bool
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     quotas: _containers.ScalarMap[str, int]
     n: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[str] = ..., override_history: _Optional[bool] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., n: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    snapshot_version: str
+    def __init__(self, user_id: _Optional[str] = ..., override_history: _Optional[bool] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., n: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("item_idx", "scores", "channel_masks", "channel_names", "snapshot_version", "cold_start")

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.client_text import clip
+
+MAX_FUSION_WEIGHT = 100.0  # exp(w log p) of a larger exponent underflows float32 for ordinary probabilities
+
 # Tasks whose score enters the product as (1 + s) ** w instead of s ** w: a regression output
 # (rating / 5, in [0, 1]) that should boost, never veto, an item (DESIGN §1, issue 3).
 PLUS_ONE_TASKS = frozenset({"rating"})
@@ -58,3 +62,17 @@ def fuse(task_scores: np.ndarray, task_names: list[str], weights: dict[str, floa
     else:
         raise ValueError(f"fusion form must be one of {', '.join(FORMS)}, got {form!r}")
     return out.astype(np.float32)
+
+
+def check_fusion(fusion: dict[str, float], task_names: list[str] | None, echo_chars: int = 200) -> str | None:
+    """The first problem with a fusion override (naming the task), or None.
+
+    Rank checks each request's override; the gateway checks experiment arms with it at start-up
+    (``task_names`` None: names are checked once the snapshot's tasks are known).
+    """
+    for task, weight in fusion.items():
+        if task_names is not None and task not in task_names:
+            return f"fusion: unknown task '{clip(task, echo_chars)}'; the model's tasks: {', '.join(task_names)}"
+        if not 0.0 <= weight <= MAX_FUSION_WEIGHT:  # NaN fails too
+            return f"fusion.{clip(task, echo_chars)} must be in 0..{MAX_FUSION_WEIGHT:g}, got {weight}"
+    return None

@@ -7,11 +7,13 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
 from rank_server.config import RankConfig
+from rank_server.fusion import check_fusion
 from rank_server.rank import RankState, RecallInfo, load_state, rank
 
 
@@ -31,6 +33,11 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         return state
 
     def Rank(self, request, context):
+        problem = too_long([("user_id", request.user_id), ("snapshot_version", request.snapshot_version),
+                            ("context.device", request.context.device), ("context.page", request.context.page),
+                            ("fusion task names", list(request.fusion))], self.config.server.max_string_len)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
         state = self.reloader.get(request.snapshot_version)
         if state is None:
@@ -48,7 +55,7 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         if request.context.timestamp < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "context.timestamp must be >= 0")
         if request.fusion:  # an experiment's fusion exponents over the configured ones
-            problem = check_fusion(dict(request.fusion), state.model.task_names)
+            problem = check_fusion(dict(request.fusion), state.model.task_names, self.config.server.max_echo_chars)
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
@@ -67,9 +74,6 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         )
 
 
-MAX_FUSION_WEIGHT = 100.0
-
-
 def recall_info(request, n: int) -> RecallInfo:
     """The request's optional recall arrays, each empty or one entry per candidate (WireError otherwise)."""
     masks = wire.decode(request.channel_masks, wire.UINT32, "channel_masks", n) if request.channel_masks else None
@@ -79,16 +83,6 @@ def recall_info(request, n: int) -> RecallInfo:
     if len(request.channel_names) > 32:
         raise wire.WireError(f"channel_names has {len(request.channel_names)} names, at most 32 (one bit each)")
     return RecallInfo(masks, list(request.channel_names) or None, scores)
-
-
-def check_fusion(fusion: dict[str, float], task_names: list[str]) -> str | None:
-    """The first problem with a request's fusion override (names the task), or None."""
-    for task, weight in fusion.items():
-        if task not in task_names:
-            return f"fusion: unknown task '{task}'; the model's tasks: {', '.join(task_names)}"
-        if not 0.0 <= weight <= MAX_FUSION_WEIGHT:  # NaN fails too
-            return f"fusion.{task} must be in 0..{MAX_FUSION_WEIGHT:g}, got {weight}"
-    return None
 
 
 def self_test(state: RankState, config: RankConfig) -> None:

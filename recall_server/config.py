@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.client_text import clip
 from common.server import ServerOptions
 
 
@@ -26,13 +27,14 @@ class RecallConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"ann": 1.0, "itemcf": 0.25, "swing": 0.25,
                                                                "popular": 0.05, "segment_popular": 0.05,
                                                                "content": 0.05})
-    hnsw_ef: int = 200                   # query-time ef; raised to k when k is larger
+    max_quota: int = 5000                # largest per-channel quota a request (or an experiment arm) may set
+    hnsw_ef: int = 200                   # query-time ef, fixed per index (hnswlib searches with max(ef, k))
+    # the ANN channel fetches quota + this many more at most to make up for excluded (seen) items, so one
+    # user with a long history cannot make every search expensive
+    ann_max_overfetch: int = 500
     recency_decay: float = 0.9           # i2i weight of the item t steps before the latest: decay**t
     onnx_threads: int = 1
     reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
-    # recall switches last (its reply names the version the gateway, rank and rerank then use): it holds a
-    # loaded new version back this long, > the other servers' reload_poll_s + load time (common.reload)
-    reload_activate_delay_s: float = 5.0
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""
@@ -43,15 +45,33 @@ class RecallConfig:
         for name in self.channels:
             if name not in known:
                 raise ValueError(f"channels: unknown channel '{name}'; known: {', '.join(known)}")
-            if self.quotas.get(name, 0) < 0:
-                raise ValueError(f"quotas.{name} must be >= 0")
             if not 0.0 <= self.weights.get(name, 1.0) < float("inf"):
                 raise ValueError(f"weights.{name} must be a finite number >= 0")
         if self.fusion not in ("rrf", "max"):
             raise ValueError(f"fusion must be 'rrf' or 'max', got {self.fusion!r}")
         if not self.rrf_k > 0:
             raise ValueError(f"rrf_k must be > 0, got {self.rrf_k}")
+        if self.max_quota < 0 or self.ann_max_overfetch < 0 or self.hnsw_ef < 1:
+            raise ValueError("max_quota and ann_max_overfetch must be >= 0, hnsw_ef >= 1")
+        problem = check_quotas({c: q for c, q in self.quotas.items() if c in self.channels}, self.channels,
+                               self.max_quota)
+        if problem:
+            raise ValueError(problem)
         if not 1 <= self.default_n <= self.max_n:
             raise ValueError(f"default_n must be in 1..max_n ({self.max_n}), got {self.default_n}")
         if not 0.0 < self.recency_decay <= 1.0:
             raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
+
+
+def check_quotas(quotas: dict[str, int], channels, max_quota: int, echo_chars: int = 200) -> str | None:
+    """The first problem with per-channel quotas (naming the channel), or None.
+
+    The recall server checks each request's quotas with it, and the gateway every experiment arm at
+    start-up (against every channel module and the default ``max_quota``).
+    """
+    for name, quota in quotas.items():
+        if name not in channels:
+            return f"quotas: unknown channel '{clip(name, echo_chars)}'; channels: {', '.join(channels)}"
+        if not 0 <= quota <= max_quota:
+            return f"quotas.{name} must be in 0..{max_quota} (max_quota), got {quota}"
+    return None

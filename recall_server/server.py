@@ -8,11 +8,12 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from protos import recsys_pb2, recsys_pb2_grpc
-from recall_server.config import RecallConfig
+from recall_server.config import RecallConfig, check_quotas
 from recall_server.recall import recall
 from recall_server.state import RecallState, load_state
 
@@ -23,8 +24,7 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
     def __init__(self, config: RecallConfig, log: Logger):
         self.config = config
         self.log = log
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s,
-                                 activate_delay_s=config.reload_activate_delay_s)
+        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
     def load(self, path) -> RecallState:
         """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
@@ -44,18 +44,22 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
             return f"exclude_item_ids has {len(request.exclude_item_ids)} ids, the limit is {cfg.max_exclude}"
         if len(request.history_item_ids) > cfg.max_exclude:
             return f"history_item_ids has {len(request.history_item_ids)} ids, the limit is {cfg.max_exclude}"
-        for name, quota in request.quotas.items():
-            if name not in cfg.channels:
-                return f"quotas: unknown channel '{name}'; serving channels: {', '.join(cfg.channels)}"
-            if quota < 0:
-                return f"quotas.{name} must be >= 0, got {quota}"
-        return None
+        return (too_long([("user_id", request.user_id), ("history_item_ids", request.history_item_ids),
+                          ("exclude_item_ids", request.exclude_item_ids), ("snapshot_version", request.snapshot_version),
+                          ("quotas channel names", list(request.quotas))],
+                         cfg.server.max_string_len)
+                or check_quotas(dict(request.quotas), cfg.channels, cfg.max_quota, cfg.server.max_echo_chars))
 
     def Recall(self, request, context):
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        state = self.reloader.current  # one version for the whole request
+        # the version the gateway pinned for the request (live or previous; common.reload), else the live one
+        state = self.reloader.get(request.snapshot_version)
+        if state is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"snapshot {request.snapshot_version} is not held here; this server serves "
+                          f"{', '.join(self.reloader.versions)}")
         context.set_trailing_metadata((("x-worker-pid", str(os.getpid())),))  # which worker served (SO_REUSEPORT)
         result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,

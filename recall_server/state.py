@@ -26,6 +26,7 @@ class RecallState:
     n_user_fields: int
     blocklist: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))  # sorted int32 dense ids
     tables: dict[str, Any] = field(default_factory=dict)  # channel name -> what its load() returned
+    ann_max_overfetch: int = 0                           # RecallConfig.ann_max_overfetch
 
     @property
     def n_items(self) -> int:
@@ -75,6 +76,7 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         history_len=int(schema["history_len"]),
         n_user_fields=len(schema["user_cat_names"]),
         blocklist=np.unique(blocklist).astype(np.int32),
+        ann_max_overfetch=config.ann_max_overfetch,
     )
     for name in config.channels:
         load = getattr(channel_module(name), "load", None)

@@ -97,3 +97,5 @@ class RerankConfig:
             raise ValueError(f"dpp_alpha must be >= 0, got {self.dpp_alpha}")
         if self.window < 0 or self.dpp_window < 1:
             raise ValueError("window must be >= 0 and dpp_window >= 1")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")

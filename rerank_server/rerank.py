@@ -30,7 +30,10 @@ class ParamError(ValueError):
 def resolve_params(config: RerankConfig, method: str | None, mmr_lambda: float | None = None,
                    dpp_alpha: float | None = None, window: int | None = None,
                    epsilon: float | None = None) -> RerankParams:
-    """Request values over config defaults, validated."""
+    """Request values over config defaults, validated; ``ParamError`` names the parameter.
+
+    The rerank server checks every request with it and the gateway every experiment arm at start-up.
+    """
     method = method or config.method
     params = RerankParams(
         method=method,
@@ -43,18 +46,21 @@ def resolve_params(config: RerankConfig, method: str | None, mmr_lambda: float |
         raise ParamError(f"params.lambda must be in [0, 1], got {params.mmr_lambda}")
     if not 0.0 <= params.dpp_alpha <= 50.0:
         raise ParamError(f"params.alpha must be in [0, 50], got {params.dpp_alpha}")
-    if params.window < 0 or (method == "DPP_WINDOW" and params.window < 1):
-        raise ParamError(f"params.window must be >= {1 if method == 'DPP_WINDOW' else 0}, got {params.window}")
-    if not 0.0 <= params.epsilon < 1.0:
-        raise ParamError(f"params.epsilon must be in [0, 1), got {params.epsilon}")
+    if params.window < 0 or (method == "DPP_WINDOW" and params.window < 1) or params.window > config.max_candidates:
+        raise ParamError(f"params.window must be in {1 if method == 'DPP_WINDOW' else 0}..{config.max_candidates}"
+                         f" (max_candidates), got {params.window}")
+    if not 0.0 < params.epsilon < 1.0:  # the DPP kernel divides by the gain it compares with epsilon
+        raise ParamError(f"params.epsilon must be in (0, 1), got {params.epsilon}")
     return params
 
 
 def normalise_relevance(scores: np.ndarray) -> np.ndarray:
     """Min-max scale to [0, 1] so λ and α mean the same whatever the ranker's score range."""
+    # float64: the span of two large finite float32 scores (3e38 - -3e38) overflows float32
+    scores = np.asarray(scores, dtype=np.float64)
     lo, hi = float(scores.min()), float(scores.max())
     if hi - lo < 1e-12:
-        return np.ones_like(scores, dtype=np.float32)
+        return np.ones(scores.shape, dtype=np.float32)
     return ((scores - lo) / (hi - lo)).astype(np.float32)
 
 

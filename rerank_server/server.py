@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
@@ -61,6 +62,9 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
                 raise ValueError(f"self-test: {method} returned duplicate positions")
 
     def Rerank(self, request, context):
+        problem = too_long([("snapshot_version", request.snapshot_version)], self.config.server.max_string_len)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
         state = self.reloader.get(request.snapshot_version)
         if state is None:

@@ -193,12 +193,11 @@ def test_shutdown_order_and_reload_timing(configs):
         assert configs[stage].server.drain_s > gateway.drain_s + gateway.grace_s, stage
         # dns:/// clients find new replicas only when a connection ends
         assert 0 < configs[stage].server.max_connection_age_s
-    # recall switches last: after every other pod has polled and loaded; and within the window in which
-    # the others still keep the previous version (common.reload)
-    recall = configs["recall"]
-    others = max(configs[s].reload_poll_s for s in ("rank", "rerank", "gateway"))
-    assert recall.reload_activate_delay_s >= 5 * others
-    assert recall.reload_activate_delay_s + recall.reload_poll_s < KEEP_PREVIOUS_S
+    # the gateway pins each request's version and switches last, once the stages report holding the new one
+    # (or after reload_activate_timeout_s); every stage keeps the previous version long enough for that
+    gateway_cfg = configs["gateway"]
+    stages_poll = max(configs[s].reload_poll_s for s in STAGES)
+    assert gateway_cfg.reload_activate_timeout_s + gateway_cfg.reload_poll_s + stages_poll < KEEP_PREVIOUS_S
 
 
 def test_network_policy_lets_only_the_gateway_reach_the_stages(docs, configs):

@@ -99,10 +99,31 @@ def test_no_layers_no_arms():
      '"params": {"beta": 1}}]}]}', "params"),
     ('{"layers": [{"name": "x", "salt": "s", "stage": "ranker"}]}', "stage"),
     ('{"holdout": [10, 5]}', "holdout"),
+    # issue 12: arms the stages would reject on every request refuse to start, naming the key
+    ('{"layers": [{"name": "x", "salt": "s", "stage": "rerank", "arms": [{"name": "a", "buckets": [0, 1], '
+     '"method": "DPP", "params": {"epsilon": 0}}]}]}', "arms[0].params.epsilon"),
+    ('{"layers": [{"name": "x", "salt": "s", "stage": "rerank", "arms": [{"name": "a", "buckets": [0, 1], '
+     '"params": {"window": 4294967296}}]}]}', "arms[0].params.window"),
+    ('{"layers": [{"name": "x", "salt": "s", "stage": "rank", "arms": [{"name": "a", "buckets": [0, 1], '
+     '"fusion": {"click": 500}}]}]}', "arms[0].fusion.click"),
+    ('{"layers": [{"name": "x", "salt": "s", "stage": "recall", "arms": [{"name": "a", "buckets": [0, 1], '
+     '"quotas": {"itemfc": 50}}]}]}', "arms[0].quotas: unknown channel 'itemfc'"),
+    ('{"layers": [{"name": "x", "salt": "s", "stage": "recall", "arms": [{"name": "a", "buckets": [0, 1], '
+     '"quotas": {"ann": 2147483648}}]}]}', "arms[0].quotas.ann"),
 ])
 def test_bad_experiment_config_names_the_key(override, key):
     with pytest.raises((ValueError, ConfigError), match=key.replace("[", r"\[").replace("]", r"\]")):
         load_config(GatewayConfig, None, [f"experiments={override}"])
+
+
+def test_arm_with_an_unknown_rank_task_refuses_to_start(snapshot_root, capsys):
+    """Task names are the snapshot's: the gateway checks them when it loads it, and does not start."""
+    from gateway.server import main
+
+    arms = ('experiments={"layers": [{"name": "fx", "salt": "s", "stage": "rank", "arms": [{"name": "a", '
+            '"buckets": [0, 10], "fusion": {"clik": 1.0}}]}]}')
+    assert main(["--snapshot", str(snapshot_root), "--set", arms]) == 2
+    assert "experiments.layers[0].arms[0].fusion: unknown task 'clik'" in capsys.readouterr().err
 
 
 def test_config_loads_layers_from_overrides():

@@ -4,7 +4,9 @@ Every call must end with OK, INVALID_ARGUMENT or FAILED_PRECONDITION (a stale sn
 UNKNOWN or INTERNAL (an exception escaped a servicer) and never DEADLINE_EXCEEDED (a hang). Afterwards
 every server still reports SERVING and answers a normal request without degrading. The messages are
 well-formed protobuf with hostile contents (odd byte lengths, NaN, huge or negative numbers, unknown enum
-values and names); undecodable bytes are gRPC's own business (it answers INTERNAL before our code runs).
+values and names, zero and extreme finite floats, int32 edges, strings past every length cap, oversized
+``x-request-id`` metadata); undecodable bytes are gRPC's own business (it answers INTERNAL before our code
+runs), and so is metadata over gRPC's own size limit (RESOURCE_EXHAUSTED, allowed only for those calls).
 """
 from __future__ import annotations
 
@@ -21,16 +23,33 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-int32 = st.integers(-2**31, 2**31 - 1)
-ids = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["1", "50", "172", "999999"])), max_size=30)
+LONG = ["x" * 257, "y" * 20_000]  # just past ServerOptions.max_string_len, and far past the metadata limit
+int32 = st.one_of(st.integers(-2**31, 2**31 - 1), st.sampled_from([-2**31, -1, 0, 1, 2**31 - 1]))
+text = st.one_of(st.text(max_size=20), st.sampled_from(LONG))
+ids = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["1", "50", "172", "999999", *LONG])), max_size=30)
 names = st.one_of(st.sampled_from(["ann", "itemcf", "swing", "popular", "segment_popular", "click", "like",
-                                   "rating"]), st.text(max_size=6))
-floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+                                   "rating", *LONG]), st.text(max_size=6))
+# every edge of the float parameters: zero (epsilon's open bound), both signs of the largest finite float32
+# (min-max scaling overflowed), the bounds of lambda [0, 1], alpha [0, 50], fusion [0, 100], and beyond
+EDGE_FLOATS = [0.0, -0.0, 1e-45, 1.0, 0.99999994, 1.0000001, 50.0, 50.000004, 100.0, 100.00001,
+               3e38, -3e38, 3.4028235e38, -3.4028235e38]
+floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from(EDGE_FLOATS))
+# x-request-id: plain, odd characters, long, and past gRPC's own metadata limits
+request_ids = st.one_of(st.just(None), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+                        st.sampled_from(["ok-id.1", "a" * 129, "r" * 9_000, "r" * 20_000]))
+OVERSIZED_METADATA = 8_000
+
+
+def edges(*limits: int):
+    """int32 values at and just past each limit (config defaults: max_k, max_n, max_quota, ...)."""
+    return st.one_of(int32, st.sampled_from(sorted({v + d for v in limits for d in (-1, 0, 1)})))
+
+
 raw = st.one_of(st.binary(max_size=64), st.binary(min_size=4000, max_size=24000))
 params = st.builds(recsys_pb2.RerankParams, **{"lambda": st.one_of(floats, st.floats(0, 1))}, alpha=floats,
-                   window=int32, epsilon=floats)
-context = st.builds(recsys_pb2.Context, timestamp=st.integers(-2**63, 2**63 - 1), device=st.text(max_size=5),
-                    page=st.text(max_size=5))
+                   window=edges(0, 1, 5000), epsilon=floats)
+context = st.builds(recsys_pb2.Context, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)),
+                    device=text, page=text)
 
 
 @pytest.fixture(scope="module")
@@ -57,38 +76,43 @@ def stubs(cluster, snapshot):
 SEEN: dict[str, set[str]] = {}  # status codes per test, to check the fuzzing got past validation too
 
 
-def _status(call, request, test: str) -> grpc.StatusCode:
+def _status(call, request, test: str, request_id: str | None = None) -> grpc.StatusCode:
+    metadata = () if request_id is None else (("x-request-id", request_id),)
+    allowed = ALLOWED | ({grpc.StatusCode.RESOURCE_EXHAUSTED} if len(request_id or "") > OVERSIZED_METADATA else set())
     try:
-        call(request, timeout=15)
+        call(request, timeout=15, metadata=metadata)
         code = grpc.StatusCode.OK
     except grpc.RpcError as exc:
-        assert exc.code() in ALLOWED, f"{exc.code().name}: {exc.details()} for {request!r:.400}"
+        assert exc.code() in allowed, f"{exc.code().name}: {(exc.details() or '')[:400]} for {request!r:.400}"
+        assert len(exc.details() or "") <= 1000, f"unbounded detail ({len(exc.details())} chars) for {request!r:.400}"
         code = exc.code()
     SEEN.setdefault(test, set()).add(code.name)
     return code
 
 
 def _version(stubs):
-    return st.sampled_from(["", stubs["version"], "v-stale"])
+    return st.sampled_from(["", stubs["version"], "v-stale", *LONG])
 
 
 def test_fuzz_recall(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RecallRequest, user_id=st.text(max_size=20), override_history=st.booleans(),
-                     history_item_ids=ids, quotas=st.dictionaries(names, int32, max_size=3), n=int32,
-                     exclude_item_ids=ids))
-    def check(request):
-        _status(stubs["recall"], request, "recall")
+    @given(st.builds(recsys_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
+                     history_item_ids=ids, quotas=st.dictionaries(names, edges(0, 5000), max_size=3),
+                     n=edges(0, 5000), exclude_item_ids=ids, snapshot_version=_version(stubs)), request_ids)
+    def check(request, request_id):
+        _status(stubs["recall"], request, "recall", request_id)
 
     check()
 
 
 def test_fuzz_rank(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RankRequest, user_id=st.text(max_size=20), context=context, item_idx=raw,
-                     snapshot_version=_version(stubs), fusion=st.dictionaries(names, floats, max_size=3)))
-    def check(request):
-        _status(stubs["rank"], request, "rank")
+    @given(st.builds(recsys_pb2.RankRequest, user_id=text, context=context,
+                     item_idx=st.one_of(raw, st.lists(st.integers(-3, 2000), max_size=50).map(
+                         lambda v: np.array(v, "<i4").tobytes())),
+                     snapshot_version=_version(stubs), fusion=st.dictionaries(names, floats, max_size=3)), request_ids)
+    def check(request, request_id):
+        _status(stubs["rank"], request, "rank", request_id)
 
     check()
 
@@ -96,11 +120,11 @@ def test_fuzz_rank(stubs):
 def test_fuzz_rerank(stubs):
 
     @FUZZ
-    @given(st.builds(recsys_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(int32, st.integers(0, 20)),
+    @given(st.builds(recsys_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(edges(0, 200), st.integers(0, 20)),
                      method=st.integers(0, 7), params=params, snapshot_version=_version(stubs), promoted=raw,
-                     exclude_idx=raw))
-    def check(request):
-        _status(stubs["rerank"], request, "rerank")
+                     exclude_idx=raw), request_ids)
+    def check(request, request_id):
+        _status(stubs["rerank"], request, "rerank", request_id)
 
     check()
 
@@ -129,13 +153,19 @@ def test_fuzz_rerank_plausible(stubs):
 
 
 def test_fuzz_gateway(stubs):
+    hostile = st.builds(recsys_pb2.RecommendRequest, user_id=st.one_of(st.text(max_size=300), st.sampled_from(LONG)),
+                        k=st.one_of(edges(0, 100), st.integers(-1, 120)),
+                        context=context, exclude_item_ids=st.one_of(ids, st.lists(st.just("1"), min_size=1001,
+                                                                                  max_size=1001)),
+                        deadline_ms=st.one_of(edges(0, 10000), st.integers(0, 200)), debug=st.booleans())
+    plausible = st.builds(recsys_pb2.RecommendRequest, user_id=st.sampled_from(["1", "2", "somebody-new"]),
+                          k=st.integers(1, 100), exclude_item_ids=st.lists(st.sampled_from(["1", "50", "x"]), max_size=3),
+                          deadline_ms=st.sampled_from([0, 1, 200, 10000]), debug=st.booleans())
+
     @FUZZ
-    @given(st.builds(recsys_pb2.RecommendRequest, user_id=st.text(max_size=300), k=st.one_of(int32, st.integers(-1, 120)),
-                     context=context, exclude_item_ids=st.one_of(ids, st.lists(st.just("1"), min_size=1001,
-                                                                               max_size=1001)),
-                     deadline_ms=st.one_of(int32, st.integers(0, 200)), debug=st.booleans()))
-    def check(request):
-        _status(stubs["gateway"], request, "gateway")
+    @given(st.one_of(hostile, plausible), request_ids)
+    def check(request, request_id):
+        _status(stubs["gateway"], request, "gateway", request_id)
 
     check()
     assert {"OK", "INVALID_ARGUMENT"} <= SEEN["gateway"]

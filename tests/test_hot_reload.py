@@ -2,8 +2,8 @@
 
 One cluster (recall with two workers on one port, every server polling CURRENT every 0.2 s) serves all
 tests of this module, in order: both recall workers answer; a killed stage is restarted and the gateway
-degrades meanwhile; a new version published under load is picked up with no failed request; a corrupted
-version is refused by every server and the old one keeps serving.
+degrades meanwhile; a new version published under load is picked up with no failed or degraded request; a
+corrupted version is refused by every server and the old one keeps serving; stopping drains the gateway first.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def root(snapshot_root, tmp_path_factory) -> Path:
 def cluster(root, tmp_path_factory):
     config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
                            workers={"recall": 2},
-                           overrides={"gateway": ["deadline_ms=3000", *POLL], "recall": [*POLL, "reload_activate_delay_s=1.5"], "rank": POLL,
+                           overrides={"gateway": ["deadline_ms=3000", *POLL], "recall": POLL, "rank": POLL,
                                       "rerank": POLL})
     with Cluster(config) as running:
         yield running
@@ -124,38 +124,51 @@ def test_killed_stage_is_restarted_and_gateway_recovers(cluster, stub, capsys):
     assert restarted[0]["status"] == -signal.SIGKILL and restarted[0]["attempt"] == 1
 
 
-def test_new_version_under_load_fails_no_request(cluster, stub, root):
+def test_new_version_under_load_fails_and_degrades_no_request(cluster, stub, root):
+    """Issue 12: no timer orders the switch (the gateway pins each request's version and goes live once the
+    stages hold the new one), so publishing under ~100 req/s neither fails nor degrades a single request.
+
+    The cluster's deadline is 3 s: on a shared 2-core test machine five processes verifying and self-testing
+    the new version at once starve serving past a 50 ms deadline (DEADLINE_EXCEEDED, never a version error)."""
     v1 = current_version(root)
     v2 = v1 + "-b"
     replies: list[tuple[str, tuple[str, ...]]] = []
     errors: list[str] = []
     stop = threading.Event()
 
-    def load():
+    def load(offset: int):  # four senders, each paced at ~25 req/s
         users = ["1", "2", "3", "somebody-new"]
-        while not stop.is_set():
+        i = offset
+        while not stop.wait(0.04):
+            i += 1
             try:
-                reply = recommend(stub, users[len(replies) % len(users)])
+                reply = recommend(stub, users[i % len(users)])
                 replies.append((reply.snapshot_version, tuple(reply.degraded)))
             except grpc.RpcError as exc:
                 errors.append(f"{exc.code()}: {exc.details()}")
 
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
     try:
-        wait_for(lambda: len(replies) >= 5, 30, "traffic on the old version")
+        # the rank restarted above may leave a channel in reconnect backoff for a moment: start from clean traffic
+        wait_for(lambda: len(replies) >= 20 and not any(d for _, d in replies[-20:]), 60,
+                 "twenty undegraded replies on the old version")
+        published = len(replies) - 20
         publish_copy(root, v1, v2)
-        wait_for(lambda: len(replies) >= 10 and all(v == v2 for v, _ in replies[-10:]), 60,
-                 "ten replies in a row from the new version")
+        wait_for(lambda: len(replies) >= 40 and all(v == v2 for v, _ in replies[-40:]), 60,
+                 "forty replies in a row from the new version")
     finally:
         stop.set()
-        thread.join(timeout=15)
+        for thread in threads:
+            thread.join(timeout=15)
     assert errors == []
     assert {v for v, _ in replies} == {v1, v2}
-    degraded = [(v, d) for v, d in replies if d]
-    assert len(degraded) <= max(3, len(replies) // 10), f"{len(degraded)} of {len(replies)} degraded: {degraded}"
+    degraded = [(v, d) for v, d in replies[published:] if d]
+    assert degraded == [], f"{len(degraded)} of {len(replies) - published} degraded: {degraded}"
     for worker in ("recall", "recall.1", "rank", "rerank", "gateway"):
         assert [e["version"] for e in log_events(cluster, worker, "snapshot_reloaded")] == [v2], worker
+    assert log_events(cluster, "gateway", "snapshot_staged")[0]["version"] == v2  # it waited for the stages
 
 
 def test_corrupted_version_is_refused_and_old_keeps_serving(cluster, stub, root):
@@ -173,3 +186,20 @@ def test_corrupted_version_is_refused_and_old_keeps_serving(cluster, stub, root)
         reply = recommend(stub, user_id)
         assert reply.snapshot_version == good and reply.degraded == [] and len(reply.item_ids) == 10
     flip_current(root, good)  # leave the root servable
+
+
+def test_stop_drains_the_gateway_before_every_stage_restarted_workers_included(cluster, stub, capsys):
+    """Issue 12: a worker the supervisor restarted (rank, above) got its parent-death SIGTERM when the
+    supervisor thread ended, together with the gateway, instead of after the gateway had drained."""
+    assert len(log_events(cluster, "rank", "server_started")) >= 2, "rank was not restarted earlier in this module"
+    assert recommend(stub).degraded == []
+    capsys.readouterr()
+    cluster.stop()
+    drained = log_events(cluster, "gateway", "server_stopped")[-1]["ts"]
+    for worker in ("recall", "recall.1", "rank", "rerank"):
+        signalled = log_events(cluster, worker, "signal_received")
+        assert signalled and signalled[-1]["ts"] >= drained, f"{worker} was stopped before the gateway drained"
+    assert {key: proc.returncode for key, proc in cluster.procs.items()} == dict.fromkeys(cluster.procs, 0)
+    stopped = {json.loads(line)["worker"] for line in capsys.readouterr().err.splitlines()
+               if '"process_stopped"' in line}
+    assert stopped == set(cluster.procs)

@@ -1,13 +1,14 @@
 """Lifecycle without a cluster: graceful drain on SIGTERM, restart backoff, the Reloader's switch rules."""
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -72,13 +73,21 @@ def test_restart_backoff_doubles_up_to_the_cap():
         ClusterConfig(workers={"ranker": 2}).validate()
 
 
-@dataclass
-class FakeSnapshot:
-    version: str
-    closed: bool = False
+class FakeFeatures:
+    closed = False
 
     def close(self):
         self.closed = True
+
+
+@dataclass
+class FakeSnapshot:
+    version: str
+    features: FakeFeatures = field(default_factory=FakeFeatures)
+    item_index: dict = field(default_factory=dict)
+
+    def close(self):
+        self.features.close()
 
 
 @dataclass
@@ -117,5 +126,22 @@ def test_reloader_switches_keeps_previous_and_refuses_bad_versions(tmp_path: Pat
     flip_current(tmp_path, "v2")
     reloader.check()  # expires the previous state: once no request holds it, its snapshot is closed
     snapshot = first.snapshot
+    features = snapshot.features
     del first
-    assert reloader.get("v1") is None and snapshot.closed
+    gc.collect()
+    # issue 12: a request holding only the snapshot (the gateway's funnel does) must still read its LMDB
+    assert reloader.get("v1") is None and not features.closed
+    del snapshot
+    gc.collect()
+    assert features.closed
+
+
+def test_reloader_builds_lazy_lookups_before_the_swap(snapshot_root):
+    """Issue 12: Snapshot.item_index used to be built by the first request after a reload."""
+    from types import SimpleNamespace
+
+    from common.snapshot import Snapshot
+
+    reloader = Reloader(snapshot_root, lambda path: SimpleNamespace(snapshot=Snapshot.open(path, verify=False)),
+                        Logger("test", stream=io.StringIO()), poll_s=0)
+    assert "item_index" in vars(reloader.current.snapshot)

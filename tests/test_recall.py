@@ -209,3 +209,30 @@ def test_a_new_channel_is_one_file_and_one_config_line(tmp_path, monkeypatch, sn
     finally:
         channels.known_channels.cache_clear()
         channels.channel_module.cache_clear()
+
+
+def test_ann_search_never_changes_the_shared_index(state, config, users, snapshot):
+    """Issue 12: a long exclude list (or a large quota) used to raise the index's ef for every later request."""
+    ef = state.index.ef
+    many = [str(i) for i in snapshot.item_ids[: config.max_exclude].tolist()]
+    recall(state, config, users[0], 50, exclude_ids=many)
+    recall(state, config, users[1], 50, quotas={"ann": config.max_quota})
+    assert state.index.ef == ef == config.hnsw_ef
+
+
+def test_ann_over_fetch_is_bounded(state, config, users, monkeypatch):
+    asked = []
+    real = state.index.knn_query
+    monkeypatch.setattr(state, "index", type("Spy", (), {
+        "ef": state.index.ef, "knn_query": lambda self, v, k: asked.append(k) or real(v, k=k)})())
+    query, _ = build_query(state, config, users[0], None, [str(i) for i in range(1, 1500)])
+    assert query.exclude.size > config.ann_max_overfetch
+    channel_module("ann").recall(state, query, 100)
+    assert asked == [100 + config.ann_max_overfetch]
+
+
+def test_request_quotas_are_capped(config):
+    from recall_server.config import check_quotas
+
+    assert "quotas.ann must be in 0..5000" in check_quotas({"ann": 2**31 - 1}, config.channels, config.max_quota)
+    assert check_quotas({"ann": config.max_quota}, config.channels, config.max_quota) is None

@@ -86,7 +86,7 @@ def cluster(root, tmp_path_factory):
     config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
                            replicas={s: 2 for s in STAGES},
                            overrides={"gateway": ["deadline_ms=3000", *POLL],
-                                      "recall": [*stage, "reload_activate_delay_s=1.5"],
+                                      "recall": stage,
                                       "rank": stage, "rerank": stage})
     with Cluster(config) as running:
         yield running

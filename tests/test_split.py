@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.dataset import Dataset, Interactions
 from export.split import Split, make_split, temporal_parts, temporal_split
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
 
 
 def make_inter(user, timestamp) -> Interactions:
@@ -120,12 +117,11 @@ def test_make_split():
     assert split.test.item.tolist() == [6, 7, 8, 9]
 
 
-@pytest.mark.skipif(not (SHARED / "ml-100k.inter").is_file(),
-                    reason=f"MovieLens-100K not found at {SHARED} (shared data dir absent)")
 def test_ml100k_split_is_fast_and_sized():
+    from tests.test_datasets import ml100k_dir
     from export.datasets import load_movielens_100k
 
-    ds = load_movielens_100k(SHARED)
+    ds = load_movielens_100k(ml100k_dir())
     start = time.perf_counter()
     split = make_split(ds, holdout_frac=0.2)
     elapsed = time.perf_counter() - start

@@ -12,6 +12,7 @@ import pytest
 from common.config import load_config
 from common.server import ServerOptions
 from gateway.client import RecommendClient
+from gateway.cluster import Cluster, ClusterConfig, health_status
 from gateway.config import GatewayConfig
 from tests.fake_stages import start_fake_stages, start_gateway, stop
 
@@ -145,3 +146,22 @@ def test_no_pickle_or_eval_in_serving_code():
         for path in (root / package).rglob("*.py"):
             hits += [f"{path.relative_to(root)}: {m.group(0)}" for m in banned.finditer(path.read_text())]
     assert not hits, hits
+
+
+def test_mutual_tls_through_the_real_launcher(snapshot_root, tmp_path):
+    """Issue 12: the launcher's readiness checks dialled plaintext, so a TLS cluster never became ready."""
+    pki = make_pki(tmp_path)
+    config = load_config(ClusterConfig, None, [
+        f"snapshot={snapshot_root}", "gateway_port=0", f"run_dir={tmp_path / 'run'}", "start_timeout_s=180",
+        f"tls_cert={pki['server.pem']}", f"tls_key={pki['server.key']}", f"tls_client_ca={pki['ca.pem']}",
+        f"tls_ca={pki['ca.pem']}", f"client_tls_cert={pki['client.pem']}", f"client_tls_key={pki['client.key']}",
+        'overrides={"gateway": ["deadline_ms=3000"]}'])
+    with Cluster(config) as cluster:
+        with RecommendClient(cluster.gateway_addr, timeout_s=10.0, tls_ca=pki["ca.pem"], tls_cert=pki["client.pem"],
+                             tls_key=pki["client.key"]) as client:
+            rec = client.recommend("1", k=5)
+        assert rec.degraded == [] and len(rec.items) == 5  # caller → gateway → every stage over mutual TLS
+        for name in ("recall", "rank", "rerank", "gateway"):
+            assert cluster.health(name) == "SERVING"
+            assert health_status(cluster.addr(name), timeout=2.0) == "UNREACHABLE"  # plaintext is refused
+            assert health_status(cluster.addr(name), timeout=2.0, ca=pki["ca.pem"]) == "UNREACHABLE"  # no client cert

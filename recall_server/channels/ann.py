@@ -28,13 +28,13 @@ def user_vector(state, query: RecallQuery) -> np.ndarray:
 
 
 def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` items by inner product with the user vector (over-fetched by the exclude list's size)."""
-    k = min(k + query.exclude.size, state.n_items)  # over-fetch so filtering still leaves k
+    """Top ``k`` items by inner product with the user vector, over-fetched by the exclude list's size up to
+    ``state.ann_max_overfetch``. The shared index is never changed here: hnswlib searches with max(ef, k),
+    and knn_query runs without the GIL, so a per-request set_ef would race with other searches."""
     if k <= 0:
         return empty()
+    k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.n_items)  # filtering still leaves k
     vector = user_vector(state, query)
-    if state.index.ef < k:
-        state.index.set_ef(k)
     labels, distances = state.index.knn_query(vector.reshape(1, -1), k=k)
     # hnswlib's "ip" distance is 1 - <u, v>
     return labels[0].astype(np.int32), (1.0 - distances[0]).astype(np.float32)
