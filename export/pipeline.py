@@ -45,6 +45,7 @@ from export.ranker import (
     INT8_FILE,
     PRERANK_FILE,
     STUDENT_FILE,
+    best_epochs,
     choose_int8_mode,
     export_models,
     fusion_search,
@@ -194,8 +195,7 @@ def run_export(config: ExportConfig) -> Path:
         # ---- the published snapshot: everything before the test part
         build = build_recall(ds, split.known, config, builder.path, lap=lambda s: lap(f"publish_{s}"))
         if config.ranker.retrain_on_validation:
-            best_t = max(1, int(np.argmax(fam["curves"]["teacher"])) + 1)
-            best_s = max(1, int(np.argmax(fam["curves"]["student"])) + 1)
+            best_t, best_s = best_epochs(fam["curves"]["teacher"]), best_epochs(fam["curves"]["student"])
             ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))
             final = train_family(schema, dataclasses.replace(config.mmoe_teacher, epochs=best_t),
                                  dataclasses.replace(config.mmoe, epochs=best_s), config.prerank, config.distill,
@@ -241,8 +241,13 @@ def run_export(config: ExportConfig) -> Path:
         eval_test = sample_users(split.test, ds.n_users, max_users=config.eval_users, seed=2)
         preview = Snapshot.open(builder.path, verify=False)
         try:
+            # the int8 candidates on test too, served or not (outside the snapshot, in the work directory)
+            variants = {"rank (fp32 student)": STUDENT_FILE}
+            for mode in ("dynamic", "static"):
+                quantize_mode(builder.path / STUDENT_FILE, work / f"rank_mmoe.{mode}.onnx", mode, calib)
+                variants[f"rank (int8 {mode})"] = str(work / f"rank_mmoe.{mode}.onnx")
             test_funnel = evaluate_funnel(preview, ds, eval_test, gw_recall_n, gw_rank_n, config.k,
-                                          rank_variants={"rank (int8)": INT8_FILE, "rank (fp32)": STUDENT_FILE})
+                                          rank_variants=variants)
             recall_metrics = evaluate_recall(preview, ds, eval_test, config.eval_k)
         finally:
             preview.close()

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     pre_sparse, pre_bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), pre_idx, 10**9)
     pre_dense = dense_of(pre_idx)
     pre_serving = snap.manifest.get("prerank_serving_model")
-    for name, file in (("prerank fp32", "models/prerank.onnx"), ("prerank int8", "models/prerank.int8.onnx"),
+    for name, file in (("prerank fp32", "models/prerank.onnx"),
                        ("prerank deepfm", "models/rank_deepfm.onnx")):
         label = f"{name} x{n_pre}" + (" *" if file == pre_serving else "")
         try:
