@@ -3,8 +3,9 @@
 Builds the two cuts exactly as the export does (``export.pipeline.replay_cuts``), then trains the served
 student architecture on the training cut once per row below and scores it on the validation cut: NDCG@10
 and recall@10 of the student's click head ordering all of recall's candidates (no pre-rank, no rerank), beside
-recall's own order. A row removes one group of dense features (zeroed in training and validation) or the id
-embeddings (user and item id codes set to unknown); "ids only" is the old ranker's input (no dense features).
+recall's own order. A row removes one group of dense features (zeroed in training and validation) or flips
+the id embeddings (``mmoe.use_ids``); "ids only" is the old ranker's input (ids and categories, no dense
+features).
 
     python -m export.ablation                  # ML-100K, about 5 minutes on 2 cores
     python -m export.ablation --set mmoe.epochs=3
@@ -65,28 +66,23 @@ def main(argv: list[str] | None = None) -> int:
                 "recall@10": round(recall_at_k(lists, rep_b.truth_indptr, rep_b.truth_items, 10), 4)}
 
     rows = {"recall order": score(-rep_b.dense[:, 0])}
-    variants = {"all features": (None, False), "ids only (no dense features)": ("all", False),
-                "without id embeddings": (None, True)}
-    variants.update({f"without {g}": (prefixes, False) for g, prefixes in GROUPS.items()})
-    for name, (drop, no_ids) in variants.items():
+    base = config.mmoe
+    variants = {"all features": (None, base.use_ids), "ids only (no dense features)": ("all", True),
+                ("with" if not base.use_ids else "without") + " id embeddings": (None, not base.use_ids)}
+    variants.update({f"without {g}": (prefixes, base.use_ids) for g, prefixes in GROUPS.items()})
+    for name, (drop, use_ids) in variants.items():
         keep = np.ones(len(names), bool)
         if drop == "all":
             keep[:] = False
         elif drop:
             keep = np.array([not n.startswith(drop) for n in names])
-        tr_sparse, va_sparse = sparse, rep_b.sparse
-        if no_ids:
-            tr_sparse, va_sparse = sparse.copy(), rep_b.sparse.copy()
-            tr_sparse[:, :2] = 0
-            va_sparse[:, :2] = 0
+        cfg = dataclasses.replace(base, use_ids=use_ids)
         if drop == "all":
-            model, _ = train_mmoe(None, None, config.mmoe, schema, examples=(tr_sparse, bag, labels))
-            valid = dataclasses.replace(rep_b, sparse=va_sparse, dense=None)
-            p = task_probs(model, valid)
+            model, _ = train_mmoe(None, None, cfg, schema, examples=(sparse, bag, labels))
+            p = task_probs(model, dataclasses.replace(rep_b, dense=None))
         else:
-            model, _ = train_mmoe(None, None, config.mmoe, schema, examples=(tr_sparse, bag, labels),
-                                  dense=dense * keep)
-            p = task_probs(model, dataclasses.replace(rep_b, sparse=va_sparse, dense=rep_b.dense * keep))
+            model, _ = train_mmoe(None, None, cfg, schema, examples=(sparse, bag, labels), dense=dense * keep)
+            p = task_probs(model, dataclasses.replace(rep_b, dense=rep_b.dense * keep))
         rows[name] = score(p[:, 0])
         print(f"{name:48s} {rows[name]}", file=sys.stderr, flush=True)
     print(f"validation part, {rep_b.users.size} users, student ({config.mmoe.epochs} epochs) click head over "

@@ -26,8 +26,20 @@ def register_field_offsets(module: nn.Module, field_vocab: list[int]) -> int:
 
 
 def field_rows(module: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """Rows of the shared table for int64 codes [B, F] (see :func:`register_field_offsets`)."""
+    """Rows of the shared table for int64 codes [B, F] (see :func:`register_field_offsets`); fields switched
+    off by :func:`register_field_mask` read their "unknown" row."""
+    mask = getattr(module, "field_mask", None)
+    if mask is not None:
+        codes = codes * mask
     return valid_codes(codes, module.vocab) + module.offsets
+
+
+def register_field_mask(module: nn.Module, field_names: list[str], off: tuple[str, ...]) -> None:
+    """A non-persistent int64 buffer ``field_mask`` [F]: 0 for the fields named in ``off`` (their codes read
+    as unknown, in training and in the ONNX graph), 1 for the others. Nothing when ``off`` is empty."""
+    if off:
+        mask = torch.tensor([0 if name in off else 1 for name in field_names], dtype=torch.int64)
+        module.register_buffer("field_mask", mask, persistent=False)
 
 
 def bag_weights(bag: torch.Tensor) -> torch.Tensor:

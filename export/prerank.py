@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from common.rank_features import RankSchema
-from export.field_codes import bag_weights, field_rows, register_field_offsets
+from export.field_codes import bag_weights, field_rows, register_field_mask, register_field_offsets
 from export.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
-from export.mmoe import TASKS, DistillConfig, fit_dense_scaling, mmoe_loss, register_dense_scaling, scale_dense
+from export.mmoe import ID_FIELDS, TASKS, DistillConfig, fit_dense_scaling, mmoe_loss, register_dense_scaling, scale_dense
 
 
 @dataclass
@@ -40,6 +40,7 @@ class PrerankConfig:
     sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
     temperature: float = 1.0       # distillation temperature on the teacher's task logits
     distill_weight: float = 0.8    # weight of the teacher's soft targets (1 - it: the labels)
+    use_ids: bool = False          # read the user / item id fields (see MMoEConfig.use_ids)
     seed: int = 0
 
     def distill(self) -> DistillConfig:
@@ -60,6 +61,7 @@ class PrerankFM(nn.Module):
         self.n_tasks = n_tasks
         k = cfg.embed_dim
         total = register_field_offsets(self, schema.field_vocab)
+        register_field_mask(self, schema.field_names, () if cfg.use_ids else ID_FIELDS)
         self.embed = nn.Embedding(total, k)
         self.linear = nn.Embedding(total, n_tasks)
         nn.init.normal_(self.embed.weight, std=0.05)
