@@ -56,7 +56,6 @@ from export.ranker import (
 from export.recall_build import build_recall, hnsw_recall, sample_users, user_vectors, write_manifest
 from export.split import Split, make_split, temporal_parts
 from export.two_tower import user_inputs
-from rank_server.config import RankConfig
 from recall_server.config import RecallConfig
 from rerank_server.config import RerankConfig
 from rerank_server.rerank import resolve_params

@@ -35,6 +35,20 @@ def snapshot_root(tmp_path_factory) -> Path:
     return root
 
 
+def private_root(snapshot_root: Path, tmp_path_factory, name: str) -> Path:
+    """A snapshot root of its own holding a copy of the session snapshot's current version, for tests that
+    publish or corrupt versions (hot reload, replicas) without touching the shared one."""
+    import shutil
+
+    from common.snapshot import current_version, flip_current
+
+    root = tmp_path_factory.mktemp(name)
+    version = current_version(snapshot_root)
+    shutil.copytree(Path(snapshot_root) / version, root / version)
+    flip_current(root, version)
+    return root
+
+
 @pytest.fixture(scope="session")
 def snapshot(snapshot_root) -> Snapshot:
     return Snapshot.open(snapshot_root)

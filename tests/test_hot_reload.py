@@ -21,6 +21,7 @@ import pytest
 from common.snapshot import current_version, flip_current
 from gateway.cluster import Cluster, ClusterConfig
 from protos import recsys_pb2, recsys_pb2_grpc
+from tests.conftest import private_root
 
 POLL = ["reload_poll_s=0.2"]
 
@@ -39,11 +40,7 @@ def publish_copy(root: Path, source: str, version: str, corrupt: str | None = No
 
 @pytest.fixture(scope="module")
 def root(snapshot_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reload-snapshots")
-    version = current_version(snapshot_root)
-    shutil.copytree(Path(snapshot_root) / version, root / version)
-    flip_current(root, version)
-    return root
+    return private_root(snapshot_root, tmp_path_factory, "reload-snapshots")
 
 
 @pytest.fixture(scope="module")

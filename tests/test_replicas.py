@@ -26,6 +26,7 @@ from common.snapshot import current_version, flip_current
 from gateway.cluster import STAGES, Cluster, ClusterConfig
 from gateway.stage_target import SERVICE_CONFIG, stage_target
 from protos import recsys_pb2, recsys_pb2_grpc
+from tests.conftest import private_root
 
 LOAD_S = float(os.environ.get("RECSYS_REHEARSAL_S", "20"))
 RATE = 50.0
@@ -71,11 +72,7 @@ def test_replicas_config_is_checked():
 
 @pytest.fixture(scope="module")
 def root(snapshot_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("replica-snapshots")
-    version = current_version(snapshot_root)
-    shutil.copytree(Path(snapshot_root) / version, root / version)
-    flip_current(root, version)
-    return root
+    return private_root(snapshot_root, tmp_path_factory, "replica-snapshots")
 
 
 @pytest.fixture(scope="module")
