@@ -149,7 +149,7 @@ def run_export(config: ExportConfig) -> Path:
     lap("load_and_split")
 
     builder = SnapshotBuilder(config.out)
-    work = Path(config.out) / f".replay-{builder.version}"
+    work = Path(config.out).resolve() / f".replay-{builder.version}"   # absolute: model paths below name it
     try:
         # ---- the two cuts: recall artifacts from the log before each cut, then serving replayed
         build_a, build_b, rep_a, rep_b = replay_cuts(ds, split, config, schema, work, lap)

@@ -13,6 +13,8 @@ within ``max_auc_drop`` of fp32 on every task; none passing → fp32 is kept.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 
@@ -50,16 +52,31 @@ class FeatureBatchReader(CalibrationDataReader):
         self._it = iter(self._batches)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs a pre-processing hint on the root logger at every call; it does not
+    apply to these small MLPs (nothing to fuse) and would print three times per export."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> None:
     """Dynamic int8 quantization of MatMul/Gemm weights."""
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=OP_TYPES, weight_type=QuantType.QInt8)
+    with _quiet_root_logger():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=OP_TYPES, weight_type=QuantType.QInt8)
 
 
 def quantize_static_int8(src: str | Path, dst: str | Path, *arrays: np.ndarray) -> None:
     """Static int8 (QDQ) quantization of MatMul/Gemm, calibrated on ``sparse``/``bag``[/``dense``] rows."""
-    quantize_static(str(src), str(dst), FeatureBatchReader(*arrays), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=OP_TYPES, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=False)
+    with _quiet_root_logger():
+        quantize_static(str(src), str(dst), FeatureBatchReader(*arrays), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=OP_TYPES, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=False)
 
 
 def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
