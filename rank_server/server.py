@@ -86,11 +86,16 @@ def recall_info(request, n: int) -> RecallInfo:
 
 
 def self_test(state: RankState, config: RankConfig) -> None:
-    """Score a real batch once before serving a state; refuse one that produces non-finite scores."""
-    n = min(state.items.n_items, 200)
-    result = rank(state, config, "", np.arange(n, dtype=np.int32), 0)
-    if not np.isfinite(result.fused).all() or result.fused.size != n:
-        raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
+    """Score real batches once before serving a state (a cold user, and a known one so the history-feature
+    kernels are compiled or loaded before the first request needs them, not during it); refuse one that
+    produces non-finite scores."""
+    n = min(state.items.n_items, config.prerank_keep + 50)   # past the pre-rank cut, so pre-rank runs too
+    users = state.snapshot.features.array("user_ids")
+    expected = n if state.prerank is None else min(n, config.prerank_keep)
+    for user_id in ("", *([str(users[0])] if users.size else [])):
+        result = rank(state, config, user_id, np.arange(n, dtype=np.int32), 0)
+        if not np.isfinite(result.fused).all() or result.fused.size != expected:
+            raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
 
 
 def build(config: RankConfig, log: Logger):
