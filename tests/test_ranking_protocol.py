@@ -3,7 +3,6 @@ against numpy references, list metrics by hand, fusion forms, replay ordering.""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
