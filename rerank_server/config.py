@@ -68,14 +68,18 @@ class RerankConfig:
     max_candidates: int = 5000
     rules: RulesConfig = field(default_factory=RulesConfig)
     reload_poll_s: float = 2.0   # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
-    # take method / mmr_lambda / dpp_alpha / window from the snapshot's manifest (rerank_params, fitted by
-    # export on the validation split) instead of the values above; false: the values above always
+    # method / mmr_lambda / dpp_alpha / window / dpp_window left at the defaults above take the snapshot's
+    # fitted values (manifest rerank_params, chosen by export on the validation split); a value set in the
+    # config file or by --set wins; false: never the fitted ones
     use_fitted: bool = True
 
     def for_snapshot(self, snapshot) -> "RerankConfig":
-        """This config with the snapshot's fitted rerank defaults applied (when ``use_fitted``)."""
+        """This config with the snapshot's fitted rerank values in every field still at its default (when
+        ``use_fitted``)."""
         fitted = (snapshot.manifest.get("rerank_params") or {}) if self.use_fitted else {}
-        known = {k: v for k, v in fitted.items() if k in FITTED_KEYS}
+        defaults = RerankConfig()
+        known = {k: v for k, v in fitted.items()
+                 if k in FITTED_KEYS and getattr(self, k) == getattr(defaults, k)}
         if not known:
             return self
         out = dataclasses.replace(self, **known)

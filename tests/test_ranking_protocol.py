@@ -232,8 +232,10 @@ def test_rerank_config_takes_the_snapshots_fitted_defaults():
     from rerank_server.config import RerankConfig
 
     snap = type("S", (), {"manifest": {"rerank_params": {"method": "MMR", "mmr_lambda": 0.85}}})()
-    assert RerankConfig(mmr_lambda=0.3).for_snapshot(snap).mmr_lambda == 0.85
-    assert RerankConfig(mmr_lambda=0.3, use_fitted=False).for_snapshot(snap).mmr_lambda == 0.3
+    assert RerankConfig().for_snapshot(snap).mmr_lambda == 0.85           # defaults take the fitted value
+    assert RerankConfig(mmr_lambda=0.3).for_snapshot(snap).mmr_lambda == 0.3   # an explicit setting wins
+    assert RerankConfig(use_fitted=False).for_snapshot(snap).mmr_lambda == RerankConfig().mmr_lambda
+    assert RerankConfig(method="DPP").for_snapshot(snap).method == "DPP"
     bad = type("S", (), {"manifest": {"rerank_params": {"mmr_lambda": 7}}})()
     with pytest.raises(ValueError, match="mmr_lambda"):
         RerankConfig().for_snapshot(bad)
