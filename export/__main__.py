@@ -66,6 +66,9 @@ def summary(manifest: dict) -> str:
              format_funnel(funnel["test"], m["peers"].get("rows")), "",
              f"choices on validation: epochs {sel['epochs']}, fusion {sel['fusion']['form']} "
              f"{sel['fusion']['weights']}, int8 {sel['int8']['choice']}, rerank {sel['rerank']['choice']}",
+             f"recall merge weights fitted on validation: {json.dumps(manifest.get('recall_merge', {}).get('weights'))} "
+             f"({manifest.get('recall_merge', {}).get('objective')} "
+             f"{manifest.get('recall_merge', {}).get('start')} -> {manifest.get('recall_merge', {}).get('validation')})",
              f"merged recall (test): {json.dumps(m['recall'].get('merged', {}))}",
              f"hnsw recall@100 vs exact: {m['hnsw_recall@100_vs_exact']}; export {manifest['timings_s']['total']:.0f} s"]
     return "\n".join(lines)

@@ -56,6 +56,8 @@ class ExportConfig:
     k: int = 10
     rerank_lambdas: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8, 0.7])
     rerank_max_cost: float = 0.02
+    recall_fit_users: int = 400            # recall merge weights fitted on this many validation users (0: keep
+                                           # recall_server's configured weights); export.recall_fit
     make_current: bool = True
     threads: int = 2
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
@@ -92,6 +94,8 @@ class ExportConfig:
             raise ValueError("need 1 <= k <= rank_n <= recall_n")
         if any(not 0.0 <= x <= 1.0 for x in self.rerank_lambdas) or not 0.0 <= self.rerank_max_cost < 1.0:
             raise ValueError("rerank_lambdas must lie in [0, 1] and rerank_max_cost in [0, 1)")
+        if self.recall_fit_users < 0:
+            raise ValueError(f"recall_fit_users must be >= 0, got {self.recall_fit_users}")
         if self.next_top_m < 1 or self.recent_days <= 0:
             raise ValueError("next_top_m must be >= 1 and recent_days > 0")
         self.rank_replay.validate()

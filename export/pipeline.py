@@ -53,7 +53,8 @@ from export.ranker import (
     task_probs,
     train_family,
 )
-from export.recall_build import build_recall, hnsw_recall, sample_users, user_vectors, write_manifest
+from export.recall_build import add_to_manifest, build_recall, hnsw_recall, sample_users, user_vectors, write_manifest
+from export.recall_fit import fit_merge_weights
 from export.split import Split, make_split, temporal_parts
 from export.two_tower import user_inputs
 from recall_server.config import RecallConfig
@@ -109,20 +110,28 @@ def training_cut(split: Split, label_frac: float) -> tuple[Interactions, Interac
 
 def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSchema, work: Path,
                 lap=lambda step: None):
-    """Recall artifacts of the training and validation cuts under ``work`` and serving replayed at each:
-    ``(build_a, build_b, replay_a, replay_b)``. Reads only ``split.train`` and ``split.valid`` (the leak
-    test holds it to that)."""
+    """Recall artifacts of the training and validation cuts under ``work``, the recall merge weights fitted on
+    validation (``export.recall_fit``; None when ``recall_fit_users`` is 0), and serving replayed at each cut
+    with them: ``(build_a, build_b, replay_a, replay_b, merge)``. Reads only ``split.train`` and
+    ``split.valid`` (the leak test holds it to that)."""
     rr = config.rank_replay
     cut_train, cut_labels = training_cut(split, rr.label_frac)
     build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"))
     towers = None if rr.retrain_two_tower else (build_a.user_tower, build_a.item_tower, build_a.two_tower_log)
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
+    merge = None
+    if config.recall_fit_users:   # merge weights on validation, then both replays recall with them
+        merge = fit_merge_weights(build_b.path, ds, split.valid, config.recall_n,
+                                  max_users=config.recall_fit_users, seed=rr.seed)
+        for build in (build_a, build_b):
+            add_to_manifest(build.path, {"recall_merge": merge})
+        lap("recall_fit")
     rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users)
     rep_b = replay(build_b.path, ds, split.valid, schema, config.recall_n, rr, seed=rr.seed + 1,
                    max_users=config.eval_users)
     lap("replay")
-    return build_a, build_b, rep_a, rep_b
+    return build_a, build_b, rep_a, rep_b, merge
 
 
 def run_export(config: ExportConfig) -> Path:
@@ -152,7 +161,7 @@ def run_export(config: ExportConfig) -> Path:
     work = Path(config.out).resolve() / f".replay-{builder.version}"   # absolute: model paths below name it
     try:
         # ---- the two cuts: recall artifacts from the log before each cut, then serving replayed
-        build_a, build_b, rep_a, rep_b = replay_cuts(ds, split, config, schema, work, lap)
+        build_a, build_b, rep_a, rep_b, merge = replay_cuts(ds, split, config, schema, work, lap)
 
         # ---- choices on validation: epochs, fusion, int8 mode, rerank defaults
         ex_a = examples(rep_a, rep_a.sample(rr, rr.seed))
@@ -169,10 +178,9 @@ def run_export(config: ExportConfig) -> Path:
         int8 = choose_int8_mode(build_b.path, rep_b_small, calib, fusion, config.ranker.max_ndcg_drop)
         quantize_mode(build_b.path / STUDENT_FILE, build_b.path / INT8_FILE, int8["choice"], calib)
         serving = INT8_FILE if int8["choice"] != "fp32" else STUDENT_FILE
-        valid_manifest = {"schema": {**json.loads((build_b.path / "manifest.json").read_text())["schema"],
-                                     "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
-                          **rank_manifest(schema, fusion, {}, serving)}
-        write_manifest(build_b.path, valid_manifest)
+        valid_schema = json.loads((build_b.path / "manifest.json").read_text())["schema"]
+        add_to_manifest(build_b.path, {"schema": {**valid_schema, "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
+                                       **rank_manifest(schema, fusion, {}, serving)})
         rerank_cfg = RerankConfig(use_fitted=False)
         variants = {"NONE": resolve_params(rerank_cfg, "NONE")}
         for lam in config.rerank_lambdas:
@@ -231,6 +239,7 @@ def run_export(config: ExportConfig) -> Path:
             "schema": {**json.loads((builder.path / "manifest.json").read_text())["schema"],
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
             **rank_manifest(schema, fusion, rerank_params, serving),
+            **({"recall_merge": merge} if merge else {}),
             "config": as_dict(config),
         }
         write_manifest(builder.path, manifest)

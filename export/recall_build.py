@@ -192,6 +192,13 @@ def write_manifest(path: Path, manifest: dict) -> None:
                                                    **manifest}))
 
 
+def add_to_manifest(path: Path, keys: dict) -> None:
+    """Add (or replace) top-level keys of the unhashed manifest written by :func:`write_manifest`."""
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    manifest.update(keys)
+    (Path(path) / MANIFEST).write_text(json.dumps(manifest))
+
+
 def user_vectors(build: RecallBuild, ds: Dataset) -> np.ndarray:
     """Every user's two-tower vector from the build's histories (torch), float32 [n_users, dim]."""
     with torch.no_grad():

@@ -20,14 +20,17 @@ class RecallConfig:
                                                          "content"])
     quotas: dict[str, int] = field(default_factory=lambda: {"ann": 600, "itemcf": 300, "swing": 200, "popular": 100,
                                                             "segment_popular": 100, "content": 50})
-    # merge: weighted reciprocal-rank fusion (kernels.merge); tuned on ML-100K's held-out split so that the
-    # merged list beats every single channel at recall@50/200; popular channels mostly fill the tail
+    # merge: weighted reciprocal-rank fusion (kernels.merge). The weights below are the starting point; export
+    # refits them per snapshot on the validation part (export.recall_fit) and the server uses those
     fusion: str = "rrf"                  # "rrf" (sum of w / (rrf_k + rank)) or "max" (best w * (1 - rank/quota))
     rrf_k: float = 30.0
     weights: dict[str, float] = field(default_factory=lambda: {"ann": 1.0, "itemcf": 0.25, "swing": 0.25,
                                                                "popular": 0.05, "segment_popular": 0.05,
                                                                "content": 0.05})
     max_quota: int = 5000                # largest per-channel quota a request (or an experiment arm) may set
+    # weights left at the defaults above take the snapshot's fitted ones (manifest recall_merge, chosen by
+    # export on the validation part); weights set in a config file or by --set win; false: never the fitted
+    use_fitted: bool = True
     hnsw_ef: int = 200                   # query-time ef, fixed per index (hnswlib searches with max(ef, k))
     # the ANN channel fetches quota + this many more at most to make up for excluded (seen) items, so one
     # user with a long history cannot make every search expensive

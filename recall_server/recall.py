@@ -69,5 +69,6 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
         np.concatenate(ids).astype(np.int32), np.concatenate(scores).astype(np.float32),
         np.concatenate(channel), np.asarray(offsets, np.int64),
         np.asarray([quota.get(name, 0) for name in names], np.int32), query.exclude, n,
-        np.asarray([config.weights.get(name, 1.0) for name in names], np.float32), config.fusion, config.rrf_k)
+        np.asarray([(state.weights or config.weights).get(name, 1.0) for name in names], np.float32), config.fusion,
+        config.rrf_k)
     return RecallResult(merged_ids, merged_scores, masks, names, cold)

@@ -27,6 +27,7 @@ class RecallState:
     blocklist: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))  # sorted int32 dense ids
     tables: dict[str, Any] = field(default_factory=dict)  # channel name -> what its load() returned
     ann_max_overfetch: int = 0                           # RecallConfig.ann_max_overfetch
+    weights: dict[str, float] = field(default_factory=dict)  # merge weights in force (merge_weights)
 
     @property
     def n_items(self) -> int:
@@ -43,6 +44,20 @@ def onnx_session(path, threads: int) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
+
+
+def merge_weights(snapshot: Snapshot, config: RecallConfig) -> dict[str, float]:
+    """The channel merge weights for ``snapshot``: the config's when they were set (differ from the
+    defaults) or ``use_fitted`` is off, else the ones export fitted on the validation part (manifest
+    ``recall_merge.weights``), else the defaults. SnapshotError when the fitted ones are malformed."""
+    fitted = (snapshot.manifest.get("recall_merge") or {}).get("weights")
+    if not fitted or not config.use_fitted or config.weights != RecallConfig().weights:
+        return dict(config.weights)
+    if not isinstance(fitted, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and 0.0 <= v < float("inf") for k, v in fitted.items()):
+        raise SnapshotError(f"{snapshot.path}: manifest recall_merge.weights must map channel names to finite "
+                            f"numbers >= 0; re-run export")
+    return {**config.weights, **{k: float(v) for k, v in fitted.items()}}
 
 
 def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
@@ -77,6 +92,7 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         n_user_fields=len(schema["user_cat_names"]),
         blocklist=np.unique(blocklist).astype(np.int32),
         ann_max_overfetch=config.ann_max_overfetch,
+        weights=merge_weights(snapshot, config),
     )
     for name in config.channels:
         load = getattr(channel_module(name), "load", None)

@@ -235,3 +235,18 @@ def test_request_quotas_are_capped(config):
 
     assert "quotas.ann must be in 0..5000" in check_quotas({"ann": 2**31 - 1}, config.channels, config.max_quota)
     assert check_quotas({"ann": config.max_quota}, config.channels, config.max_quota) is None
+
+
+def test_fitted_merge_weights_apply_only_where_the_config_left_the_defaults(snapshot):
+    from recall_server.state import merge_weights
+
+    fitted = {"recall_merge": {"weights": {"ann": 2.0, "itemcf": 0.5}}}
+    snap = type("S", (), {"manifest": fitted, "path": snapshot.path})()
+    got = merge_weights(snap, RecallConfig())
+    assert got["ann"] == 2.0 and got["itemcf"] == 0.5 and got["swing"] == RecallConfig().weights["swing"]
+    own = {**RecallConfig().weights, "ann": 3.0}
+    assert merge_weights(snap, RecallConfig(weights=own)) == own             # an explicit setting wins
+    assert merge_weights(snap, RecallConfig(use_fitted=False)) == RecallConfig().weights
+    bad = type("S", (), {"manifest": {"recall_merge": {"weights": {"ann": -1}}}, "path": snapshot.path})()
+    with pytest.raises(SnapshotError, match="recall_merge"):
+        merge_weights(bad, RecallConfig())
