@@ -198,6 +198,10 @@ def test_served_table_agrees_with_list_row(tmp_path):
     assert compare({"recall@10": 0.2, "ndcg@10": 0.3, "recall@50": 0.4, "genres@10": 8, "ils@10": 0.9},
                    {"recall@10": 0.2, "ndcg@10": 0.31, "recall@50": float("nan"), "genres@10": 8, "ils@10": 0.9},
                    0.002) == ["ndcg@10", "recall@50"]
+    # genres@10 is a count: the tolerance is relative to it (0.002 * 9.8)
+    row = {"recall@10": 0.2, "ndcg@10": 0.3, "recall@50": 0.4, "ils@10": 0.9}
+    assert compare({**row, "genres@10": 9.8017}, {**row, "genres@10": 9.8038}, 0.002) == []
+    assert compare({**row, "genres@10": 9.75}, {**row, "genres@10": 9.8038}, 0.002) == ["genres@10"]
 
 
 def test_order_lists_ties_keep_recall_order():
