@@ -115,7 +115,8 @@ class CandidateTables:
 
 
 def _i2i_at(table: Csr, hist: np.ndarray, weights: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """sum_h weights[h] * sim(hist[h], c) for every candidate c (0 where no history item links to c)."""
+    """sum_h weights[h] * sim(hist[h], c) for every candidate c (0 where no history item links to c); weights
+    [W, H] give [C, W]."""
     return i2i_lookup(hist, weights, table[0], table[1], table[2], cand)
 
 
@@ -153,9 +154,9 @@ def candidate_features(tables: CandidateTables, hist_codes: np.ndarray, n_seen: 
         last_w = np.zeros(hist.size, np.float32)
         tail = LAST_WEIGHTS[-min(LAST_N, hist.size):]
         last_w[hist.size - tail.size:] = tail
-        out[:, col] = np.log1p(_i2i_at(tables.itemcf, hist, w, cand))
+        # ItemCF once for both weightings (decayed history, last few items): one pass over its rows
+        out[:, [col, col + 2]] = np.log1p(_i2i_at(tables.itemcf, hist, np.stack([w, last_w]), cand))
         out[:, col + 1] = np.log1p(_i2i_at(tables.swing, hist, w, cand))
-        out[:, col + 2] = np.log1p(_i2i_at(tables.itemcf, hist, last_w, cand))
         out[:, col + 3] = np.log1p(_i2i_at(tables.next, hist, last_w, cand))
         out[:, col + 4:col + 7] = history_similarity(tables.item_unit, hist, cand)
     out[:, col + 7] = tables.pop[cand]

@@ -12,54 +12,61 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._validate import check_array, check_finite, check_same_length
+from ._validate import check_array, check_finite
 
 
 @numba.njit(cache=True, nogil=True)
 def _i2i_lookup(history, history_weights, nbr_indptr, nbr_indices, nbr_scores, candidates):
-    n = candidates.shape[0]
-    out = np.zeros(n, np.float32)
+    n, n_w = candidates.shape[0], history_weights.shape[0]
+    out = np.zeros((n, n_w), np.float32)
     if n == 0:
         return out
     order = np.argsort(candidates, kind="mergesort")
     sorted_c = candidates[order]
-    acc = np.zeros(n, np.float64)
+    acc = np.zeros((n, n_w), np.float64)
     for h in range(history.shape[0]):
         item = history[h]
-        w = history_weights[h]
-        if item < 0 or w == 0:
+        if item < 0:
             continue
         for p in range(nbr_indptr[item], nbr_indptr[item + 1]):
             j = nbr_indices[p]
             k = np.searchsorted(sorted_c, j)
             # a candidate listed twice gets the score at each of its positions
             while k < n and sorted_c[k] == j:
-                acc[k] += np.float64(w) * np.float64(nbr_scores[p])
+                for w in range(n_w):
+                    acc[k, w] += np.float64(history_weights[w, h]) * np.float64(nbr_scores[p])
                 k += 1
     for k in range(n):
-        out[order[k]] = np.float32(acc[k])
+        for w in range(n_w):
+            out[order[k], w] = np.float32(acc[k, w])
     return out
 
 
 def i2i_lookup(history: np.ndarray, history_weights: np.ndarray, nbr_indptr: np.ndarray,
                nbr_indices: np.ndarray, nbr_scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """float32[C]: each candidate's weighted neighbour similarity to the history.
+    """Each candidate's weighted neighbour similarity to the history: float32[C] for weights [N], or
+    float32[C, W] for W weightings [W, N] of the same history (one pass over the table rows for all).
 
     Args:
         history: int32[N] item ids (rows of the table); ids < 0 are padding and ignored.
-        history_weights: float32[N] finite weights; 0 ignores the entry.
+        history_weights: float32[N] or [W, N] finite weights; 0 ignores the entry.
         nbr_indptr, nbr_indices, nbr_scores: neighbour table CSR (int64[n_items+1], int32, float32),
             fully validated once at load (``i2i_score.check_neighbor_table``).
         candidates: int32[C] item ids to score (any order, any values; ids no row points to score 0).
     """
     history = check_array("history", history, np.int32)
-    history_weights = check_array("history_weights", history_weights, np.float32)
-    check_same_length("history_weights", history_weights, "history", history)
+    one = np.ndim(history_weights) == 1
+    history_weights = check_array("history_weights", history_weights, np.float32, ndim=1 if one else 2)
+    if history_weights.shape[-1] != history.shape[0]:
+        raise ValueError(f"history_weights has {history_weights.shape[-1]} entries per row, history has "
+                         f"{history.shape[0]}")
     check_finite("history_weights", history_weights)
     nbr_indptr = check_array("nbr_indptr", nbr_indptr, np.int64)
     n_rows = nbr_indptr.shape[0] - 1
     if history.size and int(history.max()) >= n_rows:
         raise ValueError(f"history ids must be < {n_rows} (rows of the neighbour table), got {int(history.max())}")
-    return _i2i_lookup(history, history_weights, nbr_indptr, check_array("nbr_indices", nbr_indices, np.int32),
-                       check_array("nbr_scores", nbr_scores, np.float32), check_array("candidates", candidates,
-                                                                                       np.int32))
+    out = _i2i_lookup(history, history_weights.reshape(1 if one else history_weights.shape[0], history.shape[0]),
+                      nbr_indptr,
+                      check_array("nbr_indices", nbr_indices, np.int32),
+                      check_array("nbr_scores", nbr_scores, np.float32), check_array("candidates", candidates, np.int32))
+    return out[:, 0] if one else out

@@ -63,3 +63,17 @@ def test_history_similarity_matches_numpy(seed):
     assert not history_similarity(unit, np.empty(0, np.int32), cand).any()
     with pytest.raises(ValueError, match="candidates ids"):
         history_similarity(unit, history, np.array([300], np.int32))
+
+
+def test_i2i_lookup_several_weightings_in_one_pass():
+    rng = np.random.default_rng(9)
+    table = _table(rng, 100, 10)
+    history = rng.integers(0, 100, 8).astype(np.int32)
+    weights = rng.random((2, 8)).astype(np.float32)
+    cand = rng.integers(0, 100, 40).astype(np.int32)
+    got = i2i_lookup(history, weights, *table, cand)
+    assert got.shape == (40, 2)
+    for w in range(2):
+        np.testing.assert_allclose(got[:, w], i2i_lookup(history, weights[w], *table, cand), rtol=1e-6)
+    with pytest.raises(ValueError, match="entries per row"):
+        i2i_lookup(history, weights[:, :5], *table, cand)
