@@ -337,3 +337,32 @@ def ref_dpp_ruled(relevance, emb, k, alpha, epsilon, window, items, params):
         return _argmax_first(rel, admitted)
 
     return ref_ruled_greedy(rel.size, k, items, params, pick)
+
+
+# --------------------------------------------------------------- feedback: string hash and Bloom filter
+def ref_string_hash(s: str) -> int:
+    """FNV-1a 64 over UTF-8 then splitmix64's finaliser, in plain Python integers."""
+    mask = (1 << 64) - 1
+    h = 0xCBF29CE484222325
+    for b in s.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & mask
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+    return h ^ (h >> 31)
+
+
+def ref_bloom_positions(h: int, k: int, m_bits: int) -> list[int]:
+    """Double-hashing bit positions of one key."""
+    h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+    return [((h1 + i * h2) & ((1 << 64) - 1)) % m_bits for i in range(k)]
+
+
+def ref_bloom_add(bits: np.ndarray, hashes, k: int) -> None:
+    for h in hashes:
+        for p in ref_bloom_positions(int(h), k, bits.shape[0] * 8):
+            bits[p // 8] |= np.uint8(1 << (p % 8))
+
+
+def ref_bloom_contains(bits: np.ndarray, hashes, k: int) -> np.ndarray:
+    return np.array([all(bits[p // 8] >> (p % 8) & 1 for p in ref_bloom_positions(int(h), k, bits.shape[0] * 8))
+                     for h in hashes], bool)

@@ -1,0 +1,183 @@
+"""The durable feedback store: an LMDB environment beside the snapshots (it outlives snapshot swaps).
+
+Named databases (keys and values compact binary, never pickle):
+
+``log``    8-byte big-endian sequence number -> event record (``feedback.events.encode``); append-only,
+           so keys sort in arrival order and an exporter reads it as one cursor walk
+``ids``    event id (UTF-8) -> sequence number: makes a retried event idempotent
+``users``  user id (UTF-8) -> real-time state (``feedback.user_state``)
+``meta``   ``next_seq`` and ``first_seq`` (uint64)
+
+One write path (``append``): a Feedback batch is one write transaction, so on disk it is all or nothing,
+and ``append`` returns only after LMDB's commit has been fsynced (``sync=True``): an acknowledged event
+survives kill -9 of any process. Several writer processes are safe (LMDB serialises write transactions
+with its lock file); readers (every recall and rank worker) take short read transactions that never block
+the writer. Size is bounded per user (``history_len``, filter bytes) and in total: once the log holds more
+than ``max_log_events`` the oldest records and their event ids are deleted in the same transaction that
+appends (compaction by count; LMDB reuses the freed pages, so the file stops growing at that bound).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from feedback.config import FeedbackConfig
+from feedback.events import POSITIVE, Event, decode, encode
+from feedback.user_state import UserState
+from kernels.bloom import bloom_size
+from kernels.string_hash import hash_strings
+
+_SEQ = struct.Struct(">Q")
+
+
+class FeedbackStoreError(RuntimeError):
+    """The store cannot be opened or written (message says what to do)."""
+
+
+@dataclass
+class AppendResult:
+    """What one ``append`` did: sequence numbers of the events written, indices of duplicates skipped."""
+
+    seqs: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    compacted: int = 0
+
+
+class FeedbackStore:
+    """Open with ``FeedbackStore.open(config)``; share one per process (LMDB allows one env per path per process)."""
+
+    def __init__(self, env: lmdb.Environment, config: FeedbackConfig):
+        self.env = env
+        self.config = config
+        self.m_bytes, self.k = bloom_size(config.exposure_capacity, config.exposure_fp_rate)
+        self.log = env.open_db(b"log")
+        self.ids = env.open_db(b"ids")
+        self.users = env.open_db(b"users")
+        self.meta = env.open_db(b"meta")
+
+    @classmethod
+    def open(cls, config: FeedbackConfig) -> "FeedbackStore":
+        """Open (creating if missing) the environment at ``config.path``."""
+        config.validate()
+        if not config.path:
+            raise FeedbackStoreError("feedback.path is empty: set it to a directory beside the snapshots")
+        path = Path(config.path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(str(path), map_size=config.map_size_mb << 20, subdir=True, max_dbs=4, lock=True,
+                            sync=True, metasync=True, readahead=False)
+        except (OSError, lmdb.Error) as exc:
+            raise FeedbackStoreError(f"cannot open the feedback store at {path}: {exc}; check the path and "
+                                     f"its permissions") from None
+        return cls(env, config)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- the write path -------------------------------------------------------------------------------
+    def append(self, events: list[Event], now: float | None = None) -> AppendResult:
+        """Write ``events`` (already validated) in one durable transaction; events whose ``event_id`` is
+        already stored (or repeated in the batch) are skipped and reported as duplicates. Exposure ages by
+        ``now`` (the server's clock), so replayed old timestamps do not expire impressions on arrival."""
+        now = time.time() if now is None else now
+        result = AppendResult()
+        hashes = hash_strings([e.item_id for e in events]) if events else np.empty(0, np.uint64)
+        window = self.config.exposure_window_s
+        try:
+            with self.env.begin(write=True) as txn:
+                next_seq = self._meta(txn, b"next_seq", 1)
+                states: dict[str, UserState] = {}
+                for i, event in enumerate(events):
+                    key = event.event_id.encode("utf-8")
+                    if key and txn.get(key, db=self.ids) is not None:
+                        result.duplicates.append(i)
+                        continue
+                    seq = next_seq
+                    next_seq += 1
+                    txn.put(_SEQ.pack(seq), encode(event), db=self.log, append=True)
+                    if key:
+                        txn.put(key, _SEQ.pack(seq), db=self.ids)
+                    state = states.get(event.user_id)
+                    if state is None:
+                        state = states[event.user_id] = self._state(txn, event.user_id, now)
+                    state.expose(hashes[i:i + 1], now, window)  # shown, clicked or rated: not shown again
+                    if event.type in POSITIVE:
+                        state.add_history(seq, event.timestamp or now, event.item_id, self.config.history_len)
+                    result.seqs.append(seq)
+                for user_id, state in states.items():
+                    txn.put(user_id.encode("utf-8"), state.encode(), db=self.users)
+                txn.put(b"next_seq", _SEQ.pack(next_seq), db=self.meta)
+                result.compacted = self._compact(txn, next_seq)
+        except lmdb.MapFullError:
+            raise FeedbackStoreError(f"the feedback store at {self.config.path} is full (feedback.map_size_mb="
+                                     f"{self.config.map_size_mb}); raise it or lower feedback.max_log_events") from None
+        return result
+
+    def _state(self, txn, user_id: str, now: float) -> UserState:
+        data = txn.get(user_id.encode("utf-8"), db=self.users)
+        if data is not None:
+            state = UserState.decode(data)
+            if state.current.shape[0] == self.m_bytes and state.k == self.k:
+                return state
+            # filter re-sized by config: keep the history, start the exposure filter afresh
+            fresh = UserState.empty(self.m_bytes, self.k, now)
+            fresh.hist_seq, fresh.hist_ts, fresh.hist_items = state.hist_seq, state.hist_ts, state.hist_items
+            return fresh
+        return UserState.empty(self.m_bytes, self.k, now)
+
+    def _meta(self, txn, key: bytes, default: int) -> int:
+        data = txn.get(key, db=self.meta)
+        return default if data is None else _SEQ.unpack(data)[0]
+
+    def _compact(self, txn, next_seq: int) -> int:
+        first = self._meta(txn, b"first_seq", 1)
+        excess = (next_seq - first) - self.config.max_log_events
+        if excess <= 0:
+            return 0
+        removed = 0
+        cursor = txn.cursor(db=self.log)
+        if cursor.set_range(_SEQ.pack(first)):
+            while removed < excess:
+                event = decode(cursor.value())
+                if event.event_id:
+                    txn.delete(event.event_id.encode("utf-8"), db=self.ids)
+                removed += 1
+                if not cursor.delete():  # delete moves to the next record; False at the end
+                    break
+        txn.put(b"first_seq", _SEQ.pack(first + removed), db=self.meta)
+        return removed
+
+    # -- the read path (every worker) ------------------------------------------------------------------
+    def user_state(self, user_id: str) -> UserState | None:
+        """The real-time state of ``user_id``, or None when no feedback was ever stored for the user."""
+        with self.env.begin(db=self.users, buffers=True) as txn:
+            data = txn.get(user_id.encode("utf-8"))
+            return None if data is None else UserState.decode(bytes(data))
+
+    def last_seq(self) -> int:
+        """The highest sequence number written (0 when none)."""
+        with self.env.begin() as txn:
+            return self._meta(txn, b"next_seq", 1) - 1
+
+    def events(self, after_seq: int = 0, upto_seq: int | None = None):
+        """Yield ``(seq, Event)`` in log order for after_seq < seq <= upto_seq (what is still retained)."""
+        with self.env.begin(db=self.log) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_SEQ.pack(after_seq + 1)):
+                return
+            for key, value in cursor:
+                seq = _SEQ.unpack(key)[0]
+                if upto_seq is not None and seq > upto_seq:
+                    return
+                yield seq, decode(value)
+
+    def disk_bytes(self) -> int:
+        """Bytes the environment's data file occupies on disk."""
+        return os.stat(Path(self.config.path) / "data.mdb").st_blocks * 512
+
