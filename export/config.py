@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from export.deepfm import DeepFMConfig
+from export.feedback_fold import FoldConfig
 from export.mmoe import DistillConfig, MMoEConfig, MMoETeacherConfig
 from export.prerank import PrerankConfig
 from export.rank_replay import ReplayConfig
@@ -70,6 +71,7 @@ class ExportConfig:
     rank_replay: ReplayConfig = field(default_factory=ReplayConfig)   # the ranker's examples (export.rank_replay)
     ranker: RankerConfig = field(default_factory=RankerConfig)        # choices on validation (export.ranker)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when dataset = "synthetic"
+    feedback: FoldConfig = field(default_factory=FoldConfig)  # logged feedback folded in (export.feedback_fold)
 
     def validate(self) -> None:
         if not 0.0 < self.holdout_frac < 1.0:

@@ -36,6 +36,7 @@ from export.datasets import load_atomic, load_movielens_100k
 from export.deepfm import export_deepfm_onnx, make_rank_examples, predict, train_deepfm
 from export.evaluate import evaluate_recall
 from export.evaluate_funnel import evaluate_funnel, format_funnel
+from export.feedback_fold import fold_events
 from export.metrics import auc, gauc
 from export.mmoe import TASKS as MMOE_TASKS
 from export.mmoe import mmoe_logits
@@ -148,6 +149,10 @@ def run_export(config: ExportConfig) -> Path:
         clock[0] = now
 
     ds = load_dataset(config)
+    fold = None
+    if config.feedback.path:  # the cluster's logged events become interactions of this snapshot
+        ds, fold = fold_events(ds, config.feedback)
+        log.info("feedback_folded", **fold)
     split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
     rr = config.rank_replay
     cut_train, cut_labels = training_cut(split, rr.label_frac)
@@ -235,7 +240,8 @@ def run_export(config: ExportConfig) -> Path:
                         "cut_train": len(cut_train), "cut_labels": len(cut_labels),
                         "split": f"per-user temporal: train, validation {config.valid_frac:.0%}, "
                                  f"test last {config.holdout_frac:.0%}",
-                        "published_knows": "train + validation (histories, seen sets, tables, all models)"},
+                        "published_knows": "train + validation (histories, seen sets, tables, all models)",
+                        "feedback": fold},
             "schema": {**json.loads((builder.path / "manifest.json").read_text())["schema"],
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
             **rank_manifest(schema, fusion, rerank_params, serving),

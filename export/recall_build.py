@@ -18,6 +18,7 @@ import torch
 
 from common.candidate_features import ITEM_STATS_FILE, NEXT_FILE
 from common.feature_store import pack_user, write_feature_store
+from export.feedback_fold import user_last_ts
 from common.snapshot import FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.dataset import Dataset, Interactions
@@ -179,7 +180,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     write_feature_store(path / "features.lmdb", {
         "item_ids": ds.item_ids.astype(str), "item_titles": ds.item_titles.astype(str),
         "item_cat": ds.item_cat.astype(np.int32), "item_bag": ds.item_bag.astype(np.uint8),
-        "user_ids": ds.user_ids.astype(str)}, feature_records(ds, known, history))
+        "user_ids": ds.user_ids.astype(str), "user_last_ts": user_last_ts(known, ds.n_users)},
+        feature_records(ds, known, history))
     write_manifest(path, {"schema": base_schema(ds, config, int(item_emb.shape[1]))})
     lap("features")
     return RecallBuild(path, user_tower, item_tower, item_emb, history, tt_log)

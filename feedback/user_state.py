@@ -13,8 +13,8 @@ filtered for at least ``window`` and at most 2 * window seconds, and the filter 
 delete: rotation replaces whole bit arrays. Each generation is sized for ``capacity`` impressions at the
 configured false-positive rate (kernels.bloom.bloom_size).
 
-The history keeps each entry's log sequence number so a reader can drop what a snapshot already holds
-(entries at or below the snapshot's ``feedback_seq``), and the history never counts an event twice.
+The history keeps each entry's timestamp so a reader can drop what a snapshot already holds (entries no newer
+than the user's latest interaction in the snapshot), and its log sequence number for tracing.
 """
 from __future__ import annotations
 
@@ -76,10 +76,10 @@ class UserState:
         self.hist_ts = np.append(self.hist_ts, ts)[-history_len:]
         self.hist_items = (self.hist_items + [item_id])[-history_len:]
 
-    def recent_items(self, after_seq: int = 0) -> list[str]:
-        """History items newer than log sequence ``after_seq`` (what a snapshot does not hold yet), oldest first."""
-        keep = self.hist_seq > np.uint64(max(after_seq, 0))
-        return [item for item, k in zip(self.hist_items, keep) if k]
+    def recent_items(self, after_ts: float = -np.inf) -> list[str]:
+        """History items with timestamps after ``after_ts``, oldest first: with the user's latest interaction
+        time in the serving snapshot, exactly what the snapshot does not hold yet (no double counting)."""
+        return [item for item, ts in zip(self.hist_items, self.hist_ts.tolist()) if ts > after_ts]
 
     def encode(self) -> bytes:
         """The binary value (see module docstring)."""

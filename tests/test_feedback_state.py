@@ -92,7 +92,7 @@ def test_user_state_round_trip():
     np.testing.assert_array_equal(back.current, state.current)
     np.testing.assert_array_equal(back.previous, state.previous)
     assert back.hist_items == ["yé", "z"] and back.hist_seq.tolist() == [6, 7]
-    assert back.recent_items(after_seq=6) == ["z"]
+    assert back.recent_items(after_ts=17.0) == ["z"] and back.recent_items() == ["yé", "z"]
     assert (back.current_start, back.previous_start) == (10.0, -np.inf)
     with pytest.raises(ValueError):
         UserState.decode(state.encode()[:-1])

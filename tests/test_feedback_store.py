@@ -105,3 +105,22 @@ def test_no_acknowledged_event_is_lost_when_the_writer_is_killed(tmp_path, round
     # the store stays writable after the crash and a retry of the in-flight batch is deduplicated
     retry = store.append([Event("u1", "i1", EventType.CLICK, event_id=f"e{i}") for i in range(acked, acked + batch)])
     assert len(retry.seqs) + len(retry.duplicates) == batch
+
+
+def test_ingest_rejects_per_event_drops_unknown_items_and_stamps_arrival(tmp_path):
+    from feedback.ingest import check_batch, ingest
+
+    store = open_store(tmp_path)
+    known = {"a", "b"}.__contains__
+    events = [Event("u", "a", EventType.CLICK, event_id="1"), Event("u", "zzz", EventType.CLICK),
+              Event("u", "b", EventType.RATING, float("nan")), Event("", "a", EventType.CLICK),
+              Event("u", "b", EventType.LIKE, timestamp=5e9), Event("u", "a", EventType.CLICK, event_id="1"),
+              Event("u", "b", EventType.IMPRESSION)]
+    result = ingest(store, events, known, now=1000.0)
+    assert result.accepted == 2 and result.duplicates == [5] and result.unknown_items == [1]
+    assert [(i, r.split()[0]) for i, r in result.rejected] == [(2, "value"), (3, "user_id"), (4, "timestamp")]
+    assert [e.timestamp for _, e in store.events()] == [1000.0, 1000.0]  # no timestamp: arrival time
+    assert store.user_state("u").hist_items == ["a"]
+    assert ingest(store, [], known, now=1.0).accepted == 0
+    assert check_batch(10_001, store.config).startswith("events has 10001 entries")
+    assert check_batch(10_000, store.config) is None
