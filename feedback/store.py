@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ from kernels.bloom import bloom_size
 from kernels.string_hash import hash_strings
 
 _SEQ = struct.Struct(">Q")
+
+# LMDB forbids opening one environment twice in a process (the second handle's close drops the first's
+# locks), and the gateway, the in-process funnel and tests may all ask for the store: one shared handle per
+# path, reference-counted (the same reason as common.feature_store's shared handles)
+_open_lock = threading.Lock()
+_open: dict[str, list] = {}
 
 
 class FeedbackStoreError(RuntimeError):
@@ -63,22 +70,40 @@ class FeedbackStore:
 
     @classmethod
     def open(cls, config: FeedbackConfig) -> "FeedbackStore":
-        """Open (creating if missing) the environment at ``config.path``."""
+        """Open (creating if missing) the environment at ``config.path``; pair with ``close``."""
         config.validate()
         if not config.path:
             raise FeedbackStoreError("feedback.path is empty: set it to a directory beside the snapshots")
         path = Path(config.path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            env = lmdb.open(str(path), map_size=config.map_size_mb << 20, subdir=True, max_dbs=4, lock=True,
-                            sync=True, metasync=True, readahead=False)
+            key = os.path.realpath(path)
+            with _open_lock:
+                entry = _open.get(key)
+                if entry is None:
+                    env = lmdb.open(key, map_size=config.map_size_mb << 20, subdir=True, max_dbs=4, lock=True,
+                                    sync=True, metasync=True, readahead=False)
+                    entry = _open[key] = [env, 0]
+                entry[1] += 1
         except (OSError, lmdb.Error) as exc:
             raise FeedbackStoreError(f"cannot open the feedback store at {path}: {exc}; check the path and "
                                      f"its permissions") from None
-        return cls(env, config)
+        store = cls(entry[0], config)
+        store._key = key
+        return store
 
     def close(self) -> None:
-        self.env.close()
+        """Release this handle; the environment closes when no other handle in the process uses it."""
+        key, self._key = getattr(self, "_key", None), None
+        if key is None:
+            return
+        with _open_lock:
+            entry = _open.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    entry[0].close()
+                    del _open[key]
 
     # -- the write path -------------------------------------------------------------------------------
     def append(self, events: list[Event], now: float | None = None) -> AppendResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.server import ServerOptions
+from feedback.config import FeedbackConfig
 
 
 @dataclass
@@ -31,9 +32,13 @@ class RankConfig:
     # per-task weights either way (e.g. {"like": 0.5}); rating is the model's rating / 5 in [0, 1]
     fusion_form: str = "auto"
     fusion: dict[str, float] = field(default_factory=dict)
+    # the real-time state (feedback.realtime): the candidate features read the history with the user's
+    # clicks since the snapshot; feedback.path "" is off. Must name the gateway's feedback.path
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     def validate(self) -> None:
         self.server.validate()
+        self.feedback.validate()
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.prerank_keep < 1:

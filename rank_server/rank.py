@@ -8,6 +8,7 @@ import numpy as np
 from common.candidate_features import CandidateTables, candidate_features, channels_of
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot, SnapshotError
+from feedback.realtime import Realtime, SnapshotKeys, history_codes
 from rank_server.config import RankConfig
 from rank_server.features import ItemFeatures, rank_inputs
 from rank_server.fusion import DEFAULT_WEIGHTS, fuse
@@ -25,6 +26,7 @@ class RankState:
     n_user_fields: int
     prerank: RankModel | None = None
     tables: CandidateTables | None = None    # dense candidate features, when the models take them
+    keys: SnapshotKeys | None = None         # what the real-time history needs of the snapshot (feedback on)
 
 
 @dataclass
@@ -94,7 +96,8 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
             raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
                                 f"this build's candidate features {tables.names}; re-run export")
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
-                     len(snapshot.schema["user_cat_names"]), prerank, tables)
+                     len(snapshot.schema["user_cat_names"]), prerank, tables,
+                     SnapshotKeys.of(snapshot) if config.feedback.path else None)
 
 
 def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, float]]:
@@ -107,11 +110,13 @@ def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, fl
 
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
-         recall: RecallInfo | None = None, fusion: dict[str, float] | None = None) -> RankResult:
+         recall: RecallInfo | None = None, fusion: dict[str, float] | None = None,
+         realtime: Realtime | None = None) -> RankResult:
     """Score ``item_idx`` (recall's order) for ``user_id``; unknown ids are dropped and counted, not fatal.
 
     ``recall``: recall's channel bits and scores per candidate (the dense features' recall columns);
-    ``fusion``: per-task weights over the ones in force (experiments)."""
+    ``fusion``: per-task weights over the ones in force (experiments); ``realtime``: the worker's reader of
+    the feedback store (the history then ends with the user's clicks since the snapshot)."""
     known = (item_idx >= 0) & (item_idx < state.items.n_items)
     kept = item_idx[known].astype(np.int32)
     tasks = state.model.task_names
@@ -128,9 +133,13 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
         aligned = known.all()  # recall arrays follow the request; drop the unknown ids' rows with them
         masks = recall.channel_masks if recall.channel_masks is None or aligned else recall.channel_masks[known]
         scores = recall.scores if recall.scores is None or aligned else recall.scores[known]
-        dense = candidate_features(state.tables, user.hist if user is not None else np.empty(0, np.int32),
-                                   user.seen.size if user is not None else 0, kept, masks, recall.channel_names,
-                                   scores)
+        hist = user.hist if user is not None else np.empty(0, np.int32)
+        n_seen = user.seen.size if user is not None else 0
+        if realtime is not None and realtime.store is not None and state.keys is not None:
+            view = realtime.view(state.snapshot, state.keys, user_id, user.dense_id if user is not None else None)
+            hist = history_codes(hist, view, int(state.snapshot.schema["history_len"]))
+            n_seen += int(view.recent_dense.size)
+        dense = candidate_features(state.tables, hist, n_seen, kept, masks, recall.channel_names, scores)
     cut = 0
     pre = None
     if state.prerank is not None and kept.size > config.prerank_keep:

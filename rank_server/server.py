@@ -11,6 +11,7 @@ from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
+from feedback.realtime import Realtime
 from protos import recsys_pb2, recsys_pb2_grpc
 from rank_server.config import RankConfig
 from rank_server.fusion import check_fusion
@@ -23,6 +24,7 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
     def __init__(self, config: RankConfig, log: Logger):
         self.config = config
         self.log = log
+        self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
     def load(self, path) -> RankState:
@@ -63,7 +65,7 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = rank(state, self.config, request.user_id, item_idx, request.context.timestamp, recall,
-                      dict(request.fusion))
+                      dict(request.fusion), self.realtime)
         return recsys_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from common.client_text import clip
 from common.server import ServerOptions
+from feedback.config import FeedbackConfig
 
 
 @dataclass
@@ -38,12 +39,16 @@ class RecallConfig:
     recency_decay: float = 0.9           # i2i weight of the item t steps before the latest: decay**t
     onnx_threads: int = 1
     reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
+    # the real-time state (feedback.realtime): recent clicks join the history, exposed items are dropped
+    # before quotas; feedback.path "" is off. Must name the gateway's feedback.path
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""
         from recall_server.channels import known_channels
 
         self.server.validate()
+        self.feedback.validate()
         known = known_channels()
         for name in self.channels:
             if name not in known:

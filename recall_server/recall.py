@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from feedback.realtime import Realtime, UserView, history_codes
 from kernels.i2i_score import recency_weights
 from kernels.merge import merge_quota
 from recall_server.channels import RecallQuery, channel_module
@@ -24,22 +25,26 @@ class RecallResult:
 
 
 def build_query(state: RecallState, config: RecallConfig, user_id: str,
-                history_override: list[str] | None, exclude_ids: list[str]) -> tuple[RecallQuery, bool]:
-    """Resolve a request against the snapshot; returns the query and whether the user is unknown."""
+                history_override: list[str] | None, exclude_ids: list[str],
+                view: UserView | None = None) -> tuple[RecallQuery, bool]:
+    """Resolve a request against the snapshot; returns the query and whether the user is cold (unknown to
+    the snapshot and without real-time history). ``view``: the user's real-time state (``user_view``)."""
     snapshot = state.snapshot
     record = snapshot.features.user(user_id)
     if history_override is not None:
         hist = snapshot.item_dense(history_override) + 1
-    elif record is not None:
-        hist = record.hist
     else:
-        hist = np.empty(0, np.int32)
+        hist = record.hist if record is not None else np.empty(0, np.int32)
+        if view is not None:  # clicks since the snapshot: the newest history, seen like the snapshot's own
+            hist = history_codes(hist, view, state.history_len)
     hist = hist[-state.history_len:].astype(np.int32)
     exclude = [snapshot.item_dense(exclude_ids)] if exclude_ids else []
     if state.blocklist.size:
         exclude.append(state.blocklist)
     if record is not None:
         exclude.append(record.seen)
+    if view is not None and view.recent_dense.size:
+        exclude.append(view.recent_dense)
     excluded = np.unique(np.concatenate(exclude)).astype(np.int32) if exclude else np.empty(0, np.int32)
     query = RecallQuery(
         user_code=record.dense_id + 1 if record is not None else 0,
@@ -48,14 +53,28 @@ def build_query(state: RecallState, config: RecallConfig, user_id: str,
         hist_weights=recency_weights(hist.size, config.recency_decay),
         exclude=excluded,
     )
-    return query, record is None
+    return query, record is None and hist.size == 0
+
+
+def user_view(state: RecallState, realtime: Realtime | None, user_id: str) -> UserView | None:
+    """The user's real-time state from the feedback store, or None when feedback is off."""
+    if realtime is None or realtime.store is None or state.keys is None:
+        return None
+    record = state.snapshot.features.user(user_id)
+    return realtime.view(state.snapshot, state.keys, user_id, record.dense_id if record is not None else None)
 
 
 def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
            history_override: list[str] | None = None, exclude_ids: list[str] = (),
-           quotas: dict[str, int] | None = None) -> RecallResult:
-    """Run every configured channel for ``user_id`` and merge up to ``n`` candidates."""
-    query, cold = build_query(state, config, user_id, history_override, list(exclude_ids))
+           quotas: dict[str, int] | None = None, realtime: Realtime | None = None,
+           exposure_filter: bool = True) -> RecallResult:
+    """Run every configured channel for ``user_id`` and merge up to ``n`` candidates.
+
+    ``realtime``: the worker's reader of the feedback store (None or off: the snapshot alone); with it the
+    user's recent clicks join the history, and items impressed within the window are dropped before the
+    quotas are filled (``exposure_filter`` False: kept, e.g. for a "watch again" row)."""
+    view = user_view(state, realtime, user_id)
+    query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view)
     quota = {**config.quotas, **(quotas or {})}
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
@@ -65,10 +84,17 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
         scores.append(got_scores)
         channel.append(np.full(got_ids.size, c, np.int32))
         offsets.append(offsets[-1] + got_ids.size)
+    all_ids = np.concatenate(ids).astype(np.int32)
+    exclude = query.exclude
+    if view is not None and view.state is not None and exposure_filter:
+        # the filter is a Bloom filter (membership only): test what the channels found, drop before quotas
+        exposed = realtime.exposed(view, state.keys, np.unique(all_ids))
+        if exposed.size:
+            exclude = np.union1d(exclude, exposed).astype(np.int32)
     merged_ids, merged_scores, masks = merge_quota(
-        np.concatenate(ids).astype(np.int32), np.concatenate(scores).astype(np.float32),
+        all_ids, np.concatenate(scores).astype(np.float32),
         np.concatenate(channel), np.asarray(offsets, np.int64),
-        np.asarray([quota.get(name, 0) for name in names], np.int32), query.exclude, n,
+        np.asarray([quota.get(name, 0) for name in names], np.int32), exclude, n,
         np.asarray([(state.weights or config.weights).get(name, 1.0) for name in names], np.float32), config.fusion,
         config.rrf_k)
     return RecallResult(merged_ids, merged_scores, masks, names, cold)

@@ -12,6 +12,7 @@ from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
+from feedback.realtime import Realtime
 from protos import recsys_pb2, recsys_pb2_grpc
 from recall_server.config import RecallConfig, check_quotas
 from recall_server.recall import recall
@@ -24,6 +25,7 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
     def __init__(self, config: RecallConfig, log: Logger):
         self.config = config
         self.log = log
+        self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
     def load(self, path) -> RecallState:
@@ -63,7 +65,8 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         context.set_trailing_metadata((("x-worker-pid", str(os.getpid())),))  # which worker served (SO_REUSEPORT)
         result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,
-                        exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas))
+                        exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas),
+                        realtime=self.realtime)
         return recsys_pb2.RecallResponse(
             item_idx=wire.encode(result.ids, wire.INT32),
             scores=wire.encode(result.scores, wire.FLOAT32),

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.snapshot import Snapshot, SnapshotError
+from feedback.realtime import SnapshotKeys
 from recall_server.channels import channel_module
 from recall_server.config import RecallConfig
 
@@ -28,6 +29,7 @@ class RecallState:
     tables: dict[str, Any] = field(default_factory=dict)  # channel name -> what its load() returned
     ann_max_overfetch: int = 0                           # RecallConfig.ann_max_overfetch
     weights: dict[str, float] = field(default_factory=dict)  # merge weights in force (merge_weights)
+    keys: SnapshotKeys | None = None                     # item hashes for the exposure filter (feedback on)
 
     @property
     def n_items(self) -> int:
@@ -93,6 +95,7 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         blocklist=np.unique(blocklist).astype(np.int32),
         ann_max_overfetch=config.ann_max_overfetch,
         weights=merge_weights(snapshot, config),
+        keys=SnapshotKeys.of(snapshot) if config.feedback.path else None,
     )
     for name in config.channels:
         load = getattr(channel_module(name), "load", None)
