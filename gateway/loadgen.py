@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 
 from gateway.client import parse_response
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.v2 import recommend_service_pb2 as recommend_pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 
 def percentiles(values) -> dict:
@@ -59,7 +60,7 @@ def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int
     timeout = deadline_ms / 1000.0 + 1.0   # the client waits longer than the gateway's own deadline
     pending = threading.Semaphore(0)
     with grpc.insecure_channel(addr) as channel:
-        stub = recsys_pb2_grpc.GatewayStub(channel)
+        stub = recommend_grpc.RecommendServiceStub(channel)
 
         def done(future, scheduled: float):
             elapsed = (time.perf_counter() - scheduled) * 1000.0
@@ -85,7 +86,7 @@ def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int
                 time.sleep(delay)
             elif delay < -0.001:
                 result.late_sends += 1
-            request = recsys_pb2.RecommendRequest(user_id=str(chosen[i]), k=k, deadline_ms=deadline_ms)
+            request = recommend_pb2.RecommendRequest(user_id=str(chosen[i]), k=k, deadline_ms=deadline_ms)
             future = stub.Recommend.future(request, timeout=timeout)
             future.add_done_callback(lambda f, s=scheduled: done(f, s))
             result.sent += 1

@@ -9,7 +9,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.client import RecommendClient
 from gateway.cluster import Cluster, ClusterConfig, health_status
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +89,18 @@ def test_bad_recommend_is_invalid_argument(cluster, request_kwargs, field):
 
 def test_bad_stage_requests_are_invalid_argument(cluster):
     with grpc.insecure_channel(cluster.addr("rerank")) as channel:
-        stub = recsys_pb2_grpc.RerankStub(channel)
+        stub = rerank_grpc.RerankServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:  # 5 bytes is not a whole int32 array
-            stub.Rerank(recsys_pb2.RerankRequest(item_idx=b"\x00" * 5, scores=b"", k=3), timeout=5)
+            stub.Rerank(rerank_pb2.RerankRequest(item_idx=b"\x00" * 5, scores=b"", k=3), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "item_idx" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
-            stub.Rerank(recsys_pb2.RerankRequest(
+            stub.Rerank(rerank_pb2.RerankRequest(
                 item_idx=np.arange(3, dtype="<i4").tobytes(), scores=np.float32([1, np.nan, 0]).tobytes(), k=2),
                 timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in info.value.details()
     with grpc.insecure_channel(cluster.addr("recall")) as channel:
         with pytest.raises(grpc.RpcError) as info:
-            recsys_pb2_grpc.RecallStub(channel).Recall(recsys_pb2.RecallRequest(user_id="1", n=-3), timeout=5)
+            recall_grpc.RecallServiceStub(channel).Recall(recall_pb2.RecallRequest(user_id="1", n=-3), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "n must" in info.value.details()
 
 

@@ -17,7 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cluster import Cluster, ClusterConfig, health_status
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
@@ -46,7 +53,7 @@ def edges(*limits: int):
 
 
 raw = st.one_of(st.binary(max_size=64), st.binary(min_size=4000, max_size=24000))
-params = st.builds(recsys_pb2.RerankParams, **{"lambda": st.one_of(floats, st.floats(0, 1))}, alpha=floats,
+params = st.builds(rerank_pb2.RerankParams, **{"lambda": st.one_of(floats, st.floats(0, 1))}, alpha=floats,
                    window=edges(0, 1, 5000), epsilon=floats)
 context = st.builds(recsys_pb2.Context, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)),
                     device=text, page=text)
@@ -64,9 +71,9 @@ def cluster(snapshot_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stubs(cluster, snapshot):
     channels = {name: grpc.insecure_channel(cluster.addr(name)) for name in ("recall", "rank", "rerank", "gateway")}
-    yield {"recall": recsys_pb2_grpc.RecallStub(channels["recall"]).Recall,
-           "rank": recsys_pb2_grpc.RankStub(channels["rank"]).Rank,
-           "rerank": recsys_pb2_grpc.RerankStub(channels["rerank"]).Rerank,
+    yield {"recall": recall_grpc.RecallServiceStub(channels["recall"]).Recall,
+           "rank": rank_grpc.RankServiceStub(channels["rank"]).Rank,
+           "rerank": rerank_grpc.RerankServiceStub(channels["rerank"]).Rerank,
            "gateway": recsys_pb2_grpc.GatewayStub(channels["gateway"]).Recommend,
            "version": snapshot.version}
     for channel in channels.values():
@@ -96,7 +103,7 @@ def _version(stubs):
 
 def test_fuzz_recall(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
+    @given(st.builds(recall_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
                      history_item_ids=ids, quotas=st.dictionaries(names, edges(0, 5000), max_size=3),
                      n=edges(0, 5000), exclude_item_ids=ids, snapshot_version=_version(stubs)), request_ids)
     def check(request, request_id):
@@ -107,7 +114,7 @@ def test_fuzz_recall(stubs):
 
 def test_fuzz_rank(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RankRequest, user_id=text, context=context,
+    @given(st.builds(rank_pb2.RankRequest, user_id=text, context=context,
                      item_idx=st.one_of(raw, st.lists(st.integers(-3, 2000), max_size=50).map(
                          lambda v: np.array(v, "<i4").tobytes())),
                      snapshot_version=_version(stubs), fusion=st.dictionaries(names, floats, max_size=3)), request_ids)
@@ -120,7 +127,7 @@ def test_fuzz_rank(stubs):
 def test_fuzz_rerank(stubs):
 
     @FUZZ
-    @given(st.builds(recsys_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(edges(0, 200), st.integers(0, 20)),
+    @given(st.builds(rerank_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(edges(0, 200), st.integers(0, 20)),
                      method=st.integers(0, 7), params=params, snapshot_version=_version(stubs), promoted=raw,
                      exclude_idx=raw), request_ids)
     def check(request, request_id):
@@ -142,7 +149,7 @@ def test_fuzz_rerank_plausible(stubs):
         st.lists(st.integers(0, 1), min_size=n, max_size=n), st.one_of(st.none(), st.none(), params))))
     def check(args):
         idx, scores, k, method, promoted, p = args
-        request = recsys_pb2.RerankRequest(item_idx=np.array(idx, "<i4").tobytes(),
+        request = rerank_pb2.RerankRequest(item_idx=np.array(idx, "<i4").tobytes(),
                                            scores=np.array(scores, "<f4").tobytes(), k=k, method=method,
                                            promoted=np.array(promoted, "u1").tobytes() if promoted else b"",
                                            params=p)

@@ -1,7 +1,7 @@
 """The generated gRPC modules must match the .proto sources."""
 import pytest
 
-from protos import recsys_pb2
+from recsys.v1 import recsys_pb2
 
 
 def test_generated_modules_are_current():

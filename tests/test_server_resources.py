@@ -93,7 +93,8 @@ def test_idle_streams_cannot_take_the_unary_handlers(gateway):
             for _ in range(20):
                 assert _serving(fresh)
             # and unary work still has every handler: a Recommend is answered (degraded: no stages here)
-            from protos import recsys_pb2, recsys_pb2_grpc
+            from recsys.v1 import recsys_pb2
+            from recsys.v1 import recsys_pb2_grpc
 
             reply = recsys_pb2_grpc.GatewayStub(fresh).Recommend(recsys_pb2.RecommendRequest(user_id="1", k=5),
                                                                   timeout=10)
