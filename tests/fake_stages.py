@@ -73,7 +73,7 @@ class FakeStages(recall_grpc.RecallServiceServicer, rank_grpc.RankServiceService
         positions = np.arange(request.k, dtype=np.int32)
         if mode == "garbage":
             positions = positions + n  # every position out of range
-        return rerank_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method="NONE",
+        return rerank_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method=rerank_pb2.RERANK_METHOD_NONE,
                                          snapshot_version=self.version)
 
 

@@ -168,7 +168,7 @@ def test_overrides_reach_the_stage_requests(snapshot):
     assert dict(seen["recall"].quotas) == {"ann": 900}
     assert dict(seen["rank"].fusion) == {"like": 2.0}
     assert seen["rerank"].method == rerank_pb2.RERANK_METHOD_MMR
-    assert seen["rerank"].params.HasField("lambda") and seen["rerank"].params.window == 10
+    assert seen["rerank"].params.HasField("mmr_lambda") and seen["rerank"].params.window == 10
     assert not seen["rerank"].params.HasField("alpha")
     # a user in no arm: nothing overridden
     plain = run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw, user, 5,

@@ -25,6 +25,8 @@ from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
 from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
 from recsys.v1 import recsys_pb2
 from recsys.v1 import recsys_pb2_grpc
+from recsys.v2 import recommend_service_pb2 as pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
@@ -53,10 +55,11 @@ def edges(*limits: int):
 
 
 raw = st.one_of(st.binary(max_size=64), st.binary(min_size=4000, max_size=24000))
-params = st.builds(rerank_pb2.RerankParams, **{"lambda": st.one_of(floats, st.floats(0, 1))}, alpha=floats,
+params = st.builds(rerank_pb2.RerankParams, mmr_lambda=st.one_of(floats, st.floats(0, 1)), alpha=floats,
                    window=edges(0, 1, 5000), epsilon=floats)
 context = st.builds(recsys_pb2.Context, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)),
                     device=text, page=text)
+rank_context = st.builds(rank_pb2.RankContext, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,7 @@ def stubs(cluster, snapshot):
            "rank": rank_grpc.RankServiceStub(channels["rank"]).Rank,
            "rerank": rerank_grpc.RerankServiceStub(channels["rerank"]).Rerank,
            "gateway": recsys_pb2_grpc.GatewayStub(channels["gateway"]).Recommend,
+           "v2": recommend_grpc.RecommendServiceStub(channels["gateway"]).Recommend,
            "version": snapshot.version}
     for channel in channels.values():
         channel.close()
@@ -114,7 +118,7 @@ def test_fuzz_recall(stubs):
 
 def test_fuzz_rank(stubs):
     @FUZZ
-    @given(st.builds(rank_pb2.RankRequest, user_id=text, context=context,
+    @given(st.builds(rank_pb2.RankRequest, user_id=text, context=rank_context,
                      item_idx=st.one_of(raw, st.lists(st.integers(-3, 2000), max_size=50).map(
                          lambda v: np.array(v, "<i4").tobytes())),
                      snapshot_version=_version(stubs), fusion=st.dictionaries(names, floats, max_size=3)), request_ids)
@@ -176,6 +180,65 @@ def test_fuzz_gateway(stubs):
 
     check()
     assert {"OK", "INVALID_ARGUMENT"} <= SEEN["gateway"]
+
+
+# filters: the bad inputs the API must refuse with INVALID_ARGUMENT naming the field (never UNKNOWN)
+ATTRS = ["genre", "release_year", "colour", "", *LONG]
+GENRE_VALUES = ["Comedy", "Drama", "Horror", "Comdy", ""]
+value_sets = st.one_of(st.builds(pb2.ValueSet, values=st.lists(st.one_of(st.sampled_from(GENRE_VALUES), text),
+                                                              max_size=5)),
+                       st.just(pb2.ValueSet(values=["Comedy"] * 10_000)))  # 10^4 values
+bounds = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1900.0, 1995.0, 2100.0]))
+
+
+def _range(lo, hi):
+    r = pb2.Range()
+    if lo is not None:
+        r.min = lo
+    if hi is not None:
+        r.max = hi
+    return r
+
+
+conditions = st.one_of(
+    st.builds(lambda a, v: pb2.AttributeFilter(attribute=a, any_of=v), st.sampled_from(ATTRS), value_sets),
+    st.builds(lambda a, v: pb2.AttributeFilter(attribute=a, none_of=v), st.sampled_from(ATTRS), value_sets),
+    st.builds(lambda a, lo, hi: pb2.AttributeFilter(attribute=a, range=_range(lo, hi)), st.sampled_from(ATTRS),
+              bounds, bounds),
+    st.builds(pb2.AttributeFilter, attribute=st.sampled_from(ATTRS)))  # no condition set
+
+
+def test_fuzz_gateway_filters(stubs):
+    """Any filter either serves a list whose every item satisfies it, or is INVALID_ARGUMENT naming the field."""
+    @FUZZ
+    @given(st.lists(conditions, min_size=1, max_size=18))
+    def check(filters):
+        request = pb2.RecommendRequest(user_id="1", k=10, filters=filters, debug=True)
+        try:
+            reply = stubs["v2"](request, timeout=15)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{exc.code().name}: {exc.details()[:300]}"
+            assert exc.details().startswith("filters"), exc.details()[:300]
+            assert len(exc.details()) <= 1000
+            SEEN.setdefault("filters", set()).add("INVALID_ARGUMENT")
+            return
+        SEEN.setdefault("filters", set()).add("OK")
+        assert len(reply.items) <= 10 and reply.eligible_items >= len(reply.items)
+        assert reply.fewer_than_k == (len(reply.items) < 10)
+        for item in reply.items:
+            attrs = {a.name: a for a in item.attributes}
+            for f in filters:
+                if f.attribute == "genre":
+                    have = set(attrs["genre"].values)
+                    want = set((f.any_of if f.HasField("any_of") else f.none_of).values)
+                    assert bool(have & want) == f.HasField("any_of"), (item.item_id, have, f)
+                else:
+                    year = attrs["release_year"].number
+                    assert (not f.range.HasField("min") or year >= f.range.min) and \
+                           (not f.range.HasField("max") or year <= f.range.max), (item.item_id, year, f)
+
+    check()
+    assert "INVALID_ARGUMENT" in SEEN["filters"]  # served filters: tests/test_cluster_e2e.py
 
 
 def test_servers_stay_healthy_after_fuzzing(cluster, stubs):
