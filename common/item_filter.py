@@ -5,8 +5,8 @@ Attributes come from the snapshot's item features, built once per snapshot (neve
 
 * ``genre``: the multi-hot bag (``item_bag``, names ``schema.bag_names``), categorical with several values
   per item, packed into uint64 words per item so ``any_of`` / ``none_of`` are one AND over ``[n_items, W]``;
-* every ``item_cat`` field whose raw values export recorded (``schema.item_cat_values``): numeric when every
-  value parses as a number (``release_year``: float64 per item, NaN when unknown), else categorical (int32
+* every ``item_cat`` field whose raw values export recorded (``schema.item_cat_values``): numeric when nearly
+  every value parses as a number (``release_year``: float64 per item, NaN when unknown), else categorical (int32
   codes, 0 unknown; e.g. the synthetic catalogue's ``category``, ``price_band``).
 
 A request's conditions are ANDed. Compiling checks them against the schema and raises ``FilterError`` whose
@@ -94,11 +94,22 @@ def pack_bits(bag: np.ndarray) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").view("<u8").reshape(n, width).astype(np.uint64)
 
 
-def _numeric(values: list[str]) -> np.ndarray | None:
+NUMERIC_SHARE = 0.9  # a field is numeric when this share of its values parse as numbers (the rest: no value)
+
+
+def _number(text: str) -> float:
     try:
-        return np.array([float(v) for v in values], np.float64) if values else None
+        value = float(text)
     except ValueError:
-        return None
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _numeric(values: list[str]) -> np.ndarray | None:
+    """The values as numbers (NaN where one does not parse: ML-100K's release_year has "unkonwn" and "V"), or
+    None when fewer than NUMERIC_SHARE of them parse (a categorical field)."""
+    numbers = np.array([_number(v) for v in values], np.float64)
+    return numbers if values and np.isfinite(numbers).mean() >= NUMERIC_SHARE else None
 
 
 def build_attribute_table(schema: dict, item_cat: np.ndarray, item_bag: np.ndarray) -> AttributeTable:

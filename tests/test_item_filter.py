@@ -107,6 +107,21 @@ def test_bad_filters_name_the_field(filters, field, word):
     assert str(exc.value).startswith(field) and word in str(exc.value)
 
 
+def test_a_mostly_numeric_field_is_numeric_and_its_odd_values_have_none():
+    years = [str(y) for y in range(1950, 1990)] + ["unkonwn", "V"]  # as in ML-100K
+    item_cat = np.array([[1], [41], [42], [0], [40]], np.int32)
+    table = build_attribute_table({"item_cat_names": ["release_year"], "item_cat_values": [years]}, item_cat,
+                                  np.zeros((5, 0), np.uint8))
+    attr = table.attributes["release_year"]
+    assert attr.kind == "numeric"
+    np.testing.assert_array_equal(attr.numbers, [1950, np.nan, np.nan, np.nan, 1989])
+    f = compile_filters([pb.AttributeFilter(attribute="release_year", range=pb.Range(max=3000))], table, FilterLimits())
+    np.testing.assert_array_equal(f.mask(), [True, False, False, False, True])
+    bands = build_attribute_table({"item_cat_names": ["band"], "item_cat_values": [["1", "x", "y"]]}, item_cat[:, :1] % 4,
+                                  np.zeros((5, 0), np.uint8))
+    assert bands.attributes["band"].kind == "categorical"
+
+
 def test_no_filters_compile_to_none():
     table, *_ = make_table()
     assert compile_filters([], table, FilterLimits()) is None
