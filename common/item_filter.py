@@ -170,10 +170,11 @@ class ItemFilter:
 
     conditions: tuple[Condition, ...]
     n_items: int
+    nothing: bool = False         # no item is eligible (a filter another snapshot cannot express)
 
     def mask(self) -> np.ndarray:
         """Bool [n_items]: the eligible items."""
-        out = np.ones(self.n_items, np.bool_)
+        out = np.full(self.n_items, not self.nothing, np.bool_)
         for c in self.conditions:
             out &= c.test(None)
         return out
@@ -181,7 +182,7 @@ class ItemFilter:
     def matches(self, ids: np.ndarray) -> np.ndarray:
         """Bool per item of ``ids`` (dense ids): whether it satisfies every condition."""
         ids = np.asarray(ids, np.int64)
-        out = np.ones(ids.size, np.bool_)
+        out = np.full(ids.size, not self.nothing, np.bool_)
         for c in self.conditions:
             out &= c.test(ids)
         return out

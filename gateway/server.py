@@ -156,6 +156,16 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         table = state.attributes if state is not None else load_attribute_table(snapshot)
         return compile_filters(filters, table, self.config.filters, self.config.server.max_echo_chars)
 
+    def filter_for(self, filters, snapshot: Snapshot) -> ItemFilter:
+        """The filters compiled for the snapshot that served the request. They were checked against the pinned
+        one; when recall answered from another version (a reload) whose attributes cannot express them, no item
+        is eligible rather than every item."""
+        try:
+            return self.compile_filters(filters, snapshot)
+        except FilterError as exc:
+            self.log.warning("filter_not_expressible", version=snapshot.version, error=str(exc))
+            return ItemFilter((), int(snapshot.item_ids.shape[0]), nothing=True)
+
     def Recommend(self, request, context):
         served = self.serve(request, context, list(request.filters))
         return v2_reply(served, request.k, request.debug)
@@ -189,7 +199,7 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                             request.context, list(request.exclude_item_ids), deadline,
                             metadata=(("x-request-id", request_id),), log=self.log,
                             snapshot_for=self.snapshot_for, experiment=experiment, filters=stage_filters,
-                            item_filter=(lambda snap: self.compile_filters(filters, snap)) if filters else None)
+                            item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None)
         if result.snapshot is not state.snapshot:
             state = self.reloader.get(result.snapshot.version) or GatewayState(
                 result.snapshot, state.popular, result.snapshot.features.array("item_titles"),

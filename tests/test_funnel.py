@@ -117,3 +117,43 @@ def test_snapshot_version_mismatch_is_not_trusted(world):
         return reply
 
     assert _run(world, recall=other_version).degraded == ["recall"]
+
+
+def _genre_filter(snapshot, genre="Comedy"):
+    from common.item_filter import FilterLimits, compile_filters, load_attribute_table
+
+    f = recall_pb2.AttributeFilter(attribute="genre", any_of=recall_pb2.ValueSet(values=[genre]))
+    return [f], compile_filters([f], load_attribute_table(snapshot), FilterLimits())
+
+
+def test_final_list_is_checked_against_the_filter(world):
+    """A recall that ignores the filter (the fake one does) cannot leak ineligible items into the reply."""
+    snapshot, popular, config, stages = world
+    filters, compiled = _genre_filter(snapshot)
+    seen = {}
+
+    def recall(req, timeout, metadata):
+        seen["filters"] = list(req.filters)
+        return stages["recall"](req, timeout, metadata)
+
+    result = run_funnel(Stages(**{**stages, "recall": recall}), snapshot, popular, config, "1", 10,
+                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                        item_filter=lambda snap: compiled)
+    assert seen["filters"] == filters  # recall was asked to filter
+    assert compiled.matches(result.item_idx).all() and result.item_idx.size < 10
+    assert "filter" in result.errors
+
+
+def test_popular_fallback_keeps_only_eligible_items(world):
+    snapshot, popular, config, stages = world
+    filters, compiled = _genre_filter(snapshot)
+
+    def down(req, timeout, metadata):
+        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
+
+    result = run_funnel(Stages(**{**stages, "recall": down}), snapshot, popular, config, "1", 10,
+                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                        item_filter=lambda snap: compiled)
+    assert "recall" in result.degraded and result.item_idx.size == 10
+    assert compiled.matches(result.item_idx).all()
+    assert result.eligible_items == int(compiled.mask().sum())
