@@ -158,9 +158,15 @@ class Condition:
             return (x >= self.low) & (x <= self.high)  # NaN compares False: no value, no match
         if a.words is not None:
             w = a.words if ids is None else a.words[ids]
-            hit = (w & self.selected).any(axis=1)
+            if w.shape[1] == 1:  # up to 64 values: one AND per item, no [n, W] temporary
+                hit = (w[:, 0] & self.selected[0]) != 0
+            else:
+                hit = (w & self.selected).any(axis=1)
         else:
-            hit = self.selected[a.codes if ids is None else a.codes[ids]]
+            codes = a.codes if ids is None else a.codes[ids]
+            chosen = np.flatnonzero(self.selected)
+            # one value: a comparison, several times faster than a gather over a lookup table at 10^6 items
+            hit = codes == chosen[0] if chosen.size == 1 else self.selected[codes]
         return hit if self.op == "any_of" else ~hit
 
 
