@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="client-side timeout, seconds")
     parser.add_argument("--filter", action="append", default=[], metavar="COND",
                         help="only items satisfying COND; repeatable (ANDed): 'genre in Comedy,Drama', "
-                             "'genre not in Horror', 'release_year >= 1995', 'release_year <= 1999', 'release_year = 1995'")
+                             "'genre not in Horror', 'release_year >= 1995', 'release_year <= 1999', "
+                             "'release_year = 1995'")
     args = parser.parse_args(argv)
     try:
         filters = [parse_filter(text) for text in args.filter]

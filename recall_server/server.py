@@ -103,7 +103,8 @@ def self_test(state: RecallState, config: RecallConfig) -> None:
 
 def build(config: RecallConfig, log: Logger):
     """Load the snapshot and return the services this process serves."""
-    return [(recall_grpc.add_RecallServiceServicer_to_server, RecallServicer(config, log), "recsys.stage.v1.RecallService")]
+    return [(recall_grpc.add_RecallServiceServicer_to_server, RecallServicer(config, log),
+             "recsys.stage.v1.RecallService")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,8 @@ def method_value(name: str) -> int:
 
 
 def build(config: RerankConfig, log: Logger):
-    return [(rerank_grpc.add_RerankServiceServicer_to_server, RerankServicer(config, log), "recsys.stage.v1.RerankService")]
+    return [(rerank_grpc.add_RerankServiceServicer_to_server, RerankServicer(config, log),
+             "recsys.stage.v1.RerankService")]
 
 
 def main(argv: list[str] | None = None) -> int:
