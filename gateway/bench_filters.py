@@ -18,7 +18,6 @@ Timings depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -27,37 +26,39 @@ from pathlib import Path
 import numpy as np
 
 
-def candidate_filters(table) -> list[tuple[list, np.ndarray, str]]:
-    """(public filters, eligible mask, label) for every single categorical value and every pair of values of
-    two different categorical attributes, plus numeric lower bounds at the deciles."""
+def _singles(table) -> list[tuple[str, object, str]]:
+    """(attribute, one public condition, label): every categorical value, numeric lower bounds at the deciles."""
     from recsys.v2 import recommend_service_pb2 as pb2
-    from common.item_filter import FilterLimits, compile_filters
 
-    singles = []
+    out = []
     for a in table.attributes.values():
         if a.kind == "categorical":
-            for v in a.values:
-                singles.append((a.name, pb2.AttributeFilter(attribute=a.name, any_of=pb2.ValueSet(values=[v])), v))
+            out += [(a.name, pb2.AttributeFilter(attribute=a.name, any_of=pb2.ValueSet(values=[v])), f"{a.name} {v}")
+                    for v in a.values]
         else:
-            for q in np.nanpercentile(a.numbers, np.arange(10, 100, 10)):
-                singles.append((a.name, pb2.AttributeFilter(attribute=a.name, range=pb2.Range(min=float(q))),
-                                f">={q:g}"))
-    out = []
-    masks = {}
-    for name, f, label in singles:
-        masks[label + name] = compile_filters([f], table, FilterLimits()).mask()
-        out.append(([f], masks[label + name], f"{name} {label}"))
-    for (n1, f1, l1), (n2, f2, l2) in itertools.combinations(singles, 2):
-        if n1 != n2:
-            out.append(([f1, f2], masks[l1 + n1] & masks[l2 + n2], f"{n1} {l1} & {n2} {l2}"))
+            out += [(a.name, pb2.AttributeFilter(attribute=a.name, range=pb2.Range(min=float(q))), f"{a.name} >={q:g}")
+                    for q in np.unique(np.nanpercentile(a.numbers, np.arange(10, 100, 10)))]
     return out
 
 
-def pick_filter(table, share: float):
-    """The candidate whose eligible share is closest to ``share`` (log ratio), with at least one item."""
-    best = min((c for c in candidate_filters(table) if c[1].any()),
-               key=lambda c: abs(np.log(c[1].mean() / share)))
-    return best
+def pick_filter(table, share: float) -> tuple[list, np.ndarray, str]:
+    """The filter whose eligible share is closest to ``share`` (log ratio, at least one item): one condition, or
+    two ANDed on different attributes. Returns (public filters, eligible mask, label)."""
+    from common.item_filter import FilterLimits, compile_filters
+
+    singles = _singles(table)
+    masks = [compile_filters([f], table, FilterLimits()).mask() for _, f, _ in singles]
+    best, best_gap = None, np.inf
+    for i, (name, f, label) in enumerate(singles):
+        candidates = [((i,), masks[i].sum())]
+        candidates += [((i, j), np.count_nonzero(masks[i] & masks[j])) for j in range(i + 1, len(singles))
+                       if singles[j][0] != name]
+        for members, count in candidates:
+            if count and abs(np.log(count / table.n_items / share)) < best_gap:
+                best, best_gap = members, abs(np.log(count / table.n_items / share))
+    filters = [singles[m][1] for m in best]
+    mask = np.logical_and.reduce([masks[m] for m in best])
+    return filters, mask, " & ".join(singles[m][2] for m in best)
 
 
 def recall_latency(addr: str, users: list[str], filters, n: int) -> dict:
