@@ -16,6 +16,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos protos
+COPY recsys recsys
 COPY common common
 COPY kernels kernels
 COPY recall_server recall_server

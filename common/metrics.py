@@ -1,8 +1,8 @@
 """Prometheus metrics of one server process, and the gRPC interceptor that records them.
 
 Every server (``common.server.GrpcServer``) installs ``ServerInterceptor``: for each unary call of a
-``recsys.v1`` service it counts the request, times it, counts errors by status code, makes the caller's
-``x-request-id`` the request id of every log line written while serving it (``common.log``), writes a
+``recsys`` service (public or stage) it counts the request, times it, counts errors by status code, makes
+the caller's ``x-request-id`` the request id of every log line written while serving it (``common.log``), writes a
 debug line per request and a warning per failed one. With ``server.metrics_port >= 0`` the process
 serves ``/metrics`` over HTTP (``serve_metrics``). The gateway adds per-stage latency, degraded counts
 and end-to-end latency (``observe_recommend``); every server reports the snapshot version its servicers serve
@@ -103,7 +103,8 @@ def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> i
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    """Count, time and log every unary ``recsys.v1`` call; carry its request id into the logs."""
+    """Count, time and log every unary ``recsys`` call (v2, the deprecated v1, the stages); carry its request
+    id into the logs."""
 
     def __init__(self, log: Logger, options=None):
         from common.server import ServerOptions

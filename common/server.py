@@ -18,8 +18,8 @@ from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from common.reflection import enable_reflection
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
 from common.call_pools import CallPools
@@ -127,8 +127,7 @@ class GrpcServer:
 
     def start(self, port_file: str | None = None) -> int:
         """Bind, start, enable reflection; write the bound port to ``port_file``; return the port."""
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        enable_reflection([*self.service_names, health.SERVICE_NAME], self.server)  # v1 and v1alpha
         address = f"{self.options.host}:{self.options.port}"
         try:
             self.port = add_port(self.server, address, self.options.tls_cert, self.options.tls_key,

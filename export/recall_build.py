@@ -133,7 +133,9 @@ def base_schema(ds: Dataset, config: ExportConfig, dim: int) -> dict:
     return {"n_users": ds.n_users, "n_items": ds.n_items, "embedding_dim": dim,
             "history_len": config.two_tower.history_len, "user_cat_names": ds.user_cat_names,
             "user_cat_vocab": ds.user_cat_vocab, "item_cat_names": ds.item_cat_names,
-            "item_cat_vocab": ds.item_cat_vocab, "bag_names": ds.item_bag_names}
+            "item_cat_vocab": ds.item_cat_vocab, "bag_names": ds.item_bag_names,
+            # raw values of each item_cat code (code c = values[c - 1]): request-time filters (common.item_filter)
+            "item_cat_values": ds.item_cat_values}
 
 
 def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: Path,

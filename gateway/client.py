@@ -1,7 +1,7 @@
-"""A small typed client for the Gateway, and the ``recommend`` CLI for people.
+"""A small typed client for ``recsys.v2.RecommendService``, and the ``recommend`` CLI for people.
 
     client = RecommendClient("127.0.0.1:50050")
-    rec = client.recommend("196", k=20)
+    rec = client.recommend("196", k=20, filters=["genre in Comedy", "release_year >= 1995"])
     for item in rec.items: print(item.item_id, item.score, item.channels)
 
 Retries only on UNAVAILABLE (the server was not reached, so a retry cannot duplicate work), with a
@@ -18,7 +18,9 @@ import grpc
 
 from common.server import channel_options
 from common.tls import open_channel
-from protos import recsys_pb2, recsys_pb2_grpc
+from gateway.filter_syntax import parse_filter
+from recsys.v2 import recommend_service_pb2 as recommend_pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 
 @dataclass
@@ -27,7 +29,8 @@ class Item:
     score: float
     task_scores: dict[str, float]
     channels: list[str]
-    title: str = ""
+    title: str = ""                                                   # debug only
+    attributes: dict[str, list[str] | float] = field(default_factory=dict)  # debug only
 
 
 @dataclass
@@ -37,22 +40,18 @@ class Recommendation:
     degraded: list[str]
     snapshot_version: str
     request_id: str
-    raw: recsys_pb2.RecommendResponse = field(repr=False, default=None)
+    eligible_items: int = 0       # with filters: catalogue items satisfying them
+    fewer_than_k: bool = False    # the list is shorter than k (the filters left fewer eligible items)
+    raw: recommend_pb2.RecommendResponse = field(repr=False, default=None)
 
 
-def parse_response(reply: recsys_pb2.RecommendResponse) -> Recommendation:
-    """The columnar reply as a list of items."""
-    tasks = list(reply.task_names)
-    names = list(reply.channel_names)
-    items = []
-    for i, item_id in enumerate(reply.item_ids):
-        row = reply.task_scores[i * len(tasks):(i + 1) * len(tasks)]
-        mask = reply.channel_masks[i] if i < len(reply.channel_masks) else 0
-        items.append(Item(item_id, reply.scores[i], dict(zip(tasks, row)),
-                          [n for c, n in enumerate(names) if mask >> c & 1],
-                          reply.titles[i] if i < len(reply.titles) else ""))
-    return Recommendation(items, {t.stage: t.ms for t in reply.stage_timings}, list(reply.degraded),
-                          reply.snapshot_version, reply.request_id, reply)
+def parse_response(reply: recommend_pb2.RecommendResponse) -> Recommendation:
+    """The v2 reply as plain dataclasses."""
+    items = [Item(it.item_id, it.score, dict(it.task_scores), list(it.channels), it.title,
+                  {a.name: a.number if a.HasField("number") else list(a.values) for a in it.attributes})
+             for it in reply.items]
+    return Recommendation(items, {t.stage: t.ms for t in reply.stage_timings}, list(reply.degraded_stages),
+                          reply.snapshot_version, reply.request_id, reply.eligible_items, reply.fewer_than_k, reply)
 
 
 class RecommendClient:
@@ -62,16 +61,22 @@ class RecommendClient:
                  tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
         """``tls_ca`` (PEM) verifies a TLS gateway; ``tls_cert`` + ``tls_key`` add a client certificate (mTLS)."""
         self.channel = open_channel(addr, channel_options(max_message_mb), tls_ca, tls_cert, tls_key)
-        self.stub = recsys_pb2_grpc.GatewayStub(self.channel)
+        self.stub = recommend_grpc.RecommendServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.retries = retries
 
     def recommend(self, user_id: str, k: int = 20, exclude: list[str] = (), deadline_ms: int = 0,
-                  timestamp: int = 0, debug: bool = False, timeout_s: float | None = None) -> Recommendation:
-        """One Recommend call; raises ``grpc.RpcError`` for anything but a transient UNAVAILABLE."""
-        request = recsys_pb2.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude),
-                                              deadline_ms=deadline_ms, debug=debug,
-                                              context=recsys_pb2.Context(timestamp=timestamp))
+                  timestamp: int = 0, debug: bool = False, timeout_s: float | None = None,
+                  filters=()) -> Recommendation:
+        """One Recommend call; raises ``grpc.RpcError`` for anything but a transient UNAVAILABLE.
+
+        ``filters``: ``recsys.v2.AttributeFilter`` messages or strings in ``gateway.filter_syntax`` (ValueError
+        when one does not parse), ANDed.
+        """
+        request = recommend_pb2.RecommendRequest(
+            user_id=user_id, k=k, exclude_item_ids=list(exclude), deadline_ms=deadline_ms, debug=debug,
+            context=recommend_pb2.Context(timestamp=timestamp),
+            filters=[parse_filter(f) if isinstance(f, str) else f for f in filters])
         end = time.monotonic() + (timeout_s or self.timeout_s)
         for attempt in range(self.retries + 1):
             try:
@@ -93,7 +98,7 @@ class RecommendClient:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``recommend USER [--k 20] [--addr host:port]``: print one recommendation list."""
+    """``recommend USER [--k 20] [--addr host:port] [--filter 'genre in Comedy']``: print one list."""
     parser = argparse.ArgumentParser(prog="recommend", description="Ask the gateway what USER should see next")
     parser.add_argument("user_id")
     parser.add_argument("--k", type=int, default=20)
@@ -101,10 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", action="append", default=[], help="item id never to return; repeatable")
     parser.add_argument("--deadline-ms", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=2.0, help="client-side timeout, seconds")
+    parser.add_argument("--filter", action="append", default=[], metavar="COND",
+                        help="only items satisfying COND; repeatable (ANDed): 'genre in Comedy,Drama', "
+                             "'genre not in Horror', 'release_year >= 1995', 'release_year <= 1999', "
+                             "'release_year = 1995'")
     args = parser.parse_args(argv)
     try:
+        filters = [parse_filter(text) for text in args.filter]
+    except ValueError as exc:
+        parser.error(str(exc))  # exit 2 with the usage line
+    try:
         with RecommendClient(args.addr, timeout_s=args.timeout) as client:
-            rec = client.recommend(args.user_id, args.k, args.exclude, args.deadline_ms, debug=True)
+            rec = client.recommend(args.user_id, args.k, args.exclude, args.deadline_ms, debug=True, filters=filters)
     except grpc.RpcError as exc:
         print(f"recommend: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -116,6 +129,9 @@ def format_recommendation(user_id: str, rec: Recommendation) -> str:
     """A readable table of one reply."""
     lines = [f"user {user_id}  snapshot {rec.snapshot_version}  degraded: {', '.join(rec.degraded) or 'none'}",
              "  " + "  ".join(f"{s} {ms:.2f} ms" for s, ms in rec.stage_ms.items())]
+    if rec.eligible_items:
+        lines.append(f"  filters keep {rec.eligible_items} items" + ("; fewer than k eligible for this user"
+                                                                     if rec.fewer_than_k else ""))
     for rank, item in enumerate(rec.items, 1):
         lines.append(f"  {rank:>3}. {item.item_id:>6}  {item.score:.4f}  {item.title[:42]:<42}  "
                      f"{'+'.join(item.channels)}")

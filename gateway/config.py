@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.item_filter import FilterLimits
 from common.server import ServerOptions
 from common.tls import check_pair
 from gateway.experiments import Experiments
@@ -52,6 +53,7 @@ class GatewayConfig:
     max_k: int = 100
     max_exclude: int = 1000
     max_user_id_len: int = 256
+    filters: FilterLimits = field(default_factory=FilterLimits)   # request-time attribute filters
     experiments: Experiments = field(default_factory=Experiments)   # layered A/B (gateway.experiments)
     reload_poll_s: float = 2.0       # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
     # a loaded new version goes live once every stage worker the gateway talks to holds it (common.reload),
@@ -64,6 +66,7 @@ class GatewayConfig:
         if self.channels_per_stage < 1:
             raise ValueError(f"channels_per_stage must be >= 1, got {self.channels_per_stage}")
         self.experiments.validate()
+        self.filters.validate()
         check_pair(self.stage_tls_cert, self.stage_tls_key, "stage_", ca=self.stage_tls_ca)
         for stage in ("recall", "rank", "rerank"):  # a malformed address list is an error naming the key
             stage_target(getattr(self, f"{stage}_addr"), f"{stage}_addr")

@@ -7,6 +7,9 @@ errors, times out or returns a malformed reply is recorded in ``degraded`` and r
 * recall → the snapshot's popular items minus what the user has seen and excluded
 * rank   → recall order and scores
 * rerank → rank order, top k
+
+A request's attribute filter (``common.item_filter``) goes to recall, which applies it in every channel; the
+popular fallback is restricted to eligible items, and the final list is checked against it once more.
 """
 from __future__ import annotations
 
@@ -18,11 +21,14 @@ import grpc
 import numpy as np
 
 from common import wire
+from common.item_filter import ItemFilter
 from common.log import Logger
 from common.snapshot import Snapshot
 from gateway.config import GatewayConfig
 from gateway.experiments import Assignment
-from protos import recsys_pb2
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
 
 FALLBACK_CHANNEL = "fallback_popular"
 
@@ -51,6 +57,7 @@ class FunnelResult:
     errors: dict[str, str] = field(default_factory=dict)
     relaxed_rules: list[str] = field(default_factory=list)
     snapshot: Snapshot | None = None  # the version the ids belong to (the one that served the request)
+    eligible_items: int = 0           # with a filter: how many catalogue items satisfy it
 
 
 class StageFailed(Exception):
@@ -80,22 +87,35 @@ def _call(stage: str, fn: Callable, request, budget_s: float, deadline: float, r
                           f"{exc.details() if hasattr(exc, 'details') else exc}") from None
 
 
-def rerank_params(exp: Assignment) -> recsys_pb2.RerankParams:
+# experiment config names (gateway.experiments.RERANK_PARAMS) -> RerankParams fields
+RERANK_PARAM_FIELDS = {"lambda": "mmr_lambda", "alpha": "alpha", "window": "window", "epsilon": "epsilon"}
+
+
+def rerank_params(exp: Assignment) -> rerank_pb2.RerankParams:
     """An experiment's rerank parameters as the proto message (unset ones stay unset)."""
-    return recsys_pb2.RerankParams(**{name: int(v) if name == "window" else v for name, v in exp.params.items()})
+    return rerank_pb2.RerankParams(**{RERANK_PARAM_FIELDS[name]: int(v) if name == "window" else v
+                                      for name, v in exp.params.items()})
+
+
+def rerank_method(name: str) -> int:
+    """The ``RerankMethod`` value of a config method name ("MMR"); "" is unspecified (the server's own)."""
+    return rerank_pb2.RerankMethod.Value(f"RERANK_METHOD_{name}") if name else 0
 
 
 def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
-               user_id: str, k: int, context: recsys_pb2.Context, exclude_ids: list[str],
+               user_id: str, k: int, context, exclude_ids: list[str],
                deadline: float, metadata=(), log: Logger | None = None,
                snapshot_for: Callable[[str], Snapshot | None] | None = None,
-               experiment: Assignment | None = None) -> FunnelResult:
+               experiment: Assignment | None = None, filters=(),
+               item_filter: Callable[[Snapshot], ItemFilter | None] | None = None) -> FunnelResult:
     """Run the funnel for one request; never raises for a stage failure, degrades instead.
 
     ``snapshot_for(version)`` (hot reload, ``common.reload``) returns another snapshot the gateway still
     holds: when recall answers from that version, the rest of the funnel runs on it and the result's
     ``snapshot`` is that one, so a rolling switch of the stages does not degrade the request.
     ``experiment`` (``gateway.experiments.assign``) carries the stage overrides of the user's arms.
+    ``context`` is anything with a ``timestamp``. ``filters`` (``recsys.stage.v1.AttributeFilter``) go to
+    recall; ``item_filter(snapshot)`` compiles them for a snapshot, for the fallback and the final check.
     """
     exp = experiment or Assignment()
     version = snapshot.version
@@ -110,8 +130,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     t0 = time.perf_counter()
     try:
         reply = _call("recall", stages.recall,
-                      recsys_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
-                                               quotas=exp.quotas, snapshot_version=version),
+                      recall_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
+                                               quotas=exp.quotas, snapshot_version=version, filters=filters),
                       config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
         served = snapshot
         if reply.snapshot_version != version:
@@ -125,13 +145,17 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if cand.size and (cand.min() < 0 or cand.max() >= served.item_ids.shape[0]):
             raise StageFailed("recall returned ids outside the snapshot")
         channel_names = list(reply.channel_names)
+        eligible_items = int(reply.eligible_items)
         if served is not snapshot:  # recall answered from the other version the gateway holds
             snapshot, version = served, served.version
             exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
     except (StageFailed, wire.WireError) as exc:
         degraded.append("recall")
         errors["recall"] = str(exc)
-        cand = popular_fallback(snapshot, popular, user_id, exclude, config.recall_n)
+        compiled = item_filter(snapshot) if item_filter is not None else None
+        pool = popular if compiled is None else popular[compiled.matches(popular)]
+        eligible_items = 0 if compiled is None else int(compiled.mask().sum())
+        cand = popular_fallback(snapshot, pool, user_id, exclude, config.recall_n)
         cand_scores = np.linspace(1.0, 0.0, cand.size, endpoint=False, dtype=np.float32)
         masks = np.ones(cand.size, np.uint32)
         channel_names = [FALLBACK_CHANNEL]
@@ -145,7 +169,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if cand.size == 0:
             raise StageFailed("nothing to rank")
         reply = _call("rank", stages.rank,
-                      recsys_pb2.RankRequest(user_id=user_id, context=context,
+                      rank_pb2.RankRequest(user_id=user_id, context=rank_pb2.RankContext(timestamp=context.timestamp),
                                              item_idx=wire.encode(cand, wire.INT32), snapshot_version=version,
                                              fusion=exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
                                              channel_names=channel_names,
@@ -181,10 +205,10 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if cand.size == 0:
             raise StageFailed("nothing to rerank")
         reply = _call("rerank", stages.rerank,
-                      recsys_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
+                      rerank_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
                                                scores=wire.encode(cand_scores, wire.FLOAT32),
                                                k=min(k, cand.size), snapshot_version=version,
-                                               method=exp.method or "METHOD_DEFAULT", params=rerank_params(exp)),
+                                               method=rerank_method(exp.method), params=rerank_params(exp)),
                       config.budget.rerank * budget_ms / 1000.0, deadline, reserve, metadata)
         positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
         if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
@@ -198,7 +222,15 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         positions = np.arange(min(k, cand.size), dtype=np.int32)  # rank order (or recall order)
     timings["rerank"] = (time.perf_counter() - t0) * 1000.0
 
+    if item_filter is not None:  # the list is checked again: a stage that ignored the filter never leaks items
+        compiled = item_filter(snapshot)
+        if compiled is not None:
+            ok = compiled.matches(cand[positions])
+            if not ok.all():
+                errors["filter"] = f"{int((~ok).sum())} final items broke the request's filter and were dropped"
+                positions = positions[ok]
     if log is not None and errors:
         log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
     return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
-                        channel_names, masks[positions], timings, degraded, errors, relaxed, snapshot)
+                        channel_names, masks[positions], timings, degraded, errors, relaxed, snapshot,
+                        eligible_items)

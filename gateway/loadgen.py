@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 
 from gateway.client import parse_response
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.v2 import recommend_service_pb2 as recommend_pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 
 def percentiles(values) -> dict:
@@ -38,6 +39,7 @@ class RateResult:
     latency_ms: list[float] = field(default_factory=list)          # end to end, from scheduled start
     stage_ms: dict[str, list[float]] = field(default_factory=dict)  # as reported by the gateway
     late_sends: int = 0                                             # sends > 1 ms behind schedule
+    items: list[int] = field(default_factory=list)                  # items per reply (fill rate under filters)
 
     def summary(self) -> dict:
         """Counts and percentiles, JSON-ready."""
@@ -45,12 +47,14 @@ class RateResult:
                 "errors": self.errors, "error_count": sum(self.errors.values()), "degraded": self.degraded,
                 "achieved_rate": self.ok / self.duration_s if self.duration_s else 0.0,
                 "late_sends": self.late_sends, "latency_ms": percentiles(self.latency_ms),
+                "mean_items": float(np.mean(self.items)) if self.items else 0.0,
                 "stage_ms": {name: percentiles(v) for name, v in self.stage_ms.items()}}
 
 
 def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int, deadline_ms: int,
-             seed: int = 0, progress=None) -> RateResult:
-    """Offer ``rate`` requests/s for ``duration_s`` seconds; wait for every reply (or its deadline)."""
+             seed: int = 0, progress=None, filters=()) -> RateResult:
+    """Offer ``rate`` requests/s for ``duration_s`` seconds; wait for every reply (or its deadline).
+    ``filters`` (``recsys.v2.AttributeFilter``) go on every request."""
     result = RateResult(rate, duration_s)
     lock = threading.Lock()
     rng = np.random.default_rng(seed)
@@ -59,7 +63,7 @@ def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int
     timeout = deadline_ms / 1000.0 + 1.0   # the client waits longer than the gateway's own deadline
     pending = threading.Semaphore(0)
     with grpc.insecure_channel(addr) as channel:
-        stub = recsys_pb2_grpc.GatewayStub(channel)
+        stub = recommend_grpc.RecommendServiceStub(channel)
 
         def done(future, scheduled: float):
             elapsed = (time.perf_counter() - scheduled) * 1000.0
@@ -68,6 +72,7 @@ def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int
                     rec = parse_response(future.result())
                     result.ok += 1
                     result.latency_ms.append(elapsed)
+                    result.items.append(len(rec.items))
                     for stage in rec.degraded:
                         result.degraded[stage] = result.degraded.get(stage, 0) + 1
                     for stage, ms in rec.stage_ms.items():
@@ -85,7 +90,8 @@ def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int
                 time.sleep(delay)
             elif delay < -0.001:
                 result.late_sends += 1
-            request = recsys_pb2.RecommendRequest(user_id=str(chosen[i]), k=k, deadline_ms=deadline_ms)
+            request = recommend_pb2.RecommendRequest(user_id=str(chosen[i]), k=k, deadline_ms=deadline_ms,
+                                                     filters=filters)
             future = stub.Recommend.future(request, timeout=timeout)
             future.add_done_callback(lambda f, s=scheduled: done(f, s))
             result.sent += 1

@@ -1,4 +1,2 @@
-"""gRPC contracts of the cluster; ``recsys_pb2`` / ``recsys_pb2_grpc`` are generated from recsys.proto."""
-from protos import recsys_pb2, recsys_pb2_grpc
-
-__all__ = ["recsys_pb2", "recsys_pb2_grpc"]
+"""Sources of the gRPC contracts (a buf module: ``recsys/v2``, ``recsys/stage/v1``; deprecated ``legacy/``) and
+their generator (``python -m protos.generate``); the generated modules live in the top-level ``recsys`` package."""

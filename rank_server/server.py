@@ -12,13 +12,14 @@ from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from feedback.realtime import Realtime
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
 from rank_server.config import RankConfig
 from rank_server.fusion import check_fusion
 from rank_server.rank import RankState, RecallInfo, load_state, rank
 
 
-class RankServicer(recsys_pb2_grpc.RankServicer):
+class RankServicer(rank_grpc.RankServiceServicer):
     """Thin adapter between the Rank proto and ``rank_server.rank.rank``."""
 
     def __init__(self, config: RankConfig, log: Logger):
@@ -36,7 +37,6 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
 
     def Rank(self, request, context):
         problem = too_long([("user_id", request.user_id), ("snapshot_version", request.snapshot_version),
-                            ("context.device", request.context.device), ("context.page", request.context.page),
                             ("fusion task names", list(request.fusion))], self.config.server.max_string_len)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -66,7 +66,7 @@ class RankServicer(recsys_pb2_grpc.RankServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = rank(state, self.config, request.user_id, item_idx, request.context.timestamp, recall,
                       dict(request.fusion), self.realtime)
-        return recsys_pb2.RankResponse(
+        return rank_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),
             task_names=result.task_names,
@@ -101,7 +101,7 @@ def self_test(state: RankState, config: RankConfig) -> None:
 
 
 def build(config: RankConfig, log: Logger):
-    return [(recsys_pb2_grpc.add_RankServicer_to_server, RankServicer(config, log), "recsys.v1.Rank")]
+    return [(rank_grpc.add_RankServiceServicer_to_server, RankServicer(config, log), "recsys.stage.v1.RankService")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,14 +29,15 @@ def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int
 
     from common import wire
     from gateway.loadgen import percentiles
-    from protos import recsys_pb2, recsys_pb2_grpc
+    from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+    from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 
     ms, sizes = [], []
     with grpc.insecure_channel(addr) as channel:
-        stub = recsys_pb2_grpc.RecallStub(channel)
+        stub = recall_grpc.RecallServiceStub(channel)
         for i, user_id in enumerate(users[:warmup + requests]):
             t0 = time.perf_counter()
-            reply = stub.Recall(recsys_pb2.RecallRequest(user_id=user_id, n=n), timeout=10.0)
+            reply = stub.Recall(recall_pb2.RecallRequest(user_id=user_id, n=n), timeout=10.0)
             ids = wire.decode(reply.item_idx, wire.INT32, "item_idx")
             elapsed = (time.perf_counter() - t0) * 1000.0
             if i >= warmup:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.client_text import clip
+from common.item_filter import FilterLimits
 from common.server import ServerOptions
 from feedback.config import FeedbackConfig
 
@@ -36,6 +37,13 @@ class RecallConfig:
     # the ANN channel fetches quota + this many more at most to make up for excluded (seen) items, so one
     # user with a long history cannot make every search expensive
     ann_max_overfetch: int = 500
+    # request-time attribute filters (common.item_filter, recall_server.filtering): the ANN channel scores
+    # the eligible items exactly when at most ann_exact_max are eligible, else it over-fetches from HNSW;
+    # list channels are asked for quota / eligible fraction × filter_overfetch items
+    filters: FilterLimits = field(default_factory=FilterLimits)
+    ann_exact_max: int = 100000
+    filter_overfetch: float = 1.5
+    filter_cache: int = 64               # distinct filters whose eligible set (and vectors) stay cached
     recency_decay: float = 0.9           # i2i weight of the item t steps before the latest: decay**t
     onnx_threads: int = 1
     reload_poll_s: float = 2.0           # check snapshot CURRENT this often (common.reload); 0: only on SIGHUP
@@ -67,6 +75,9 @@ class RecallConfig:
             raise ValueError(problem)
         if not 1 <= self.default_n <= self.max_n:
             raise ValueError(f"default_n must be in 1..max_n ({self.max_n}), got {self.default_n}")
+        self.filters.validate()
+        if self.ann_exact_max < 0 or self.filter_overfetch < 1.0 or self.filter_cache < 0:
+            raise ValueError("ann_exact_max and filter_cache must be >= 0, filter_overfetch >= 1")
         if not 0.0 < self.recency_decay <= 1.0:
             raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
 

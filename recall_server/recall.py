@@ -1,7 +1,7 @@
 """The recall stage as a plain function: resolve the user, run the channels, merge with quotas."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -10,6 +10,7 @@ from kernels.i2i_score import recency_weights
 from kernels.merge import merge_quota
 from recall_server.channels import RecallQuery, channel_module
 from recall_server.config import RecallConfig
+from recall_server.filtering import Eligible, fetch_size, restrict
 from recall_server.state import RecallState
 
 
@@ -22,6 +23,7 @@ class RecallResult:
     channel_masks: np.ndarray  # uint32, bit c = channel_names[c]
     channel_names: list[str]
     cold_start: bool
+    eligible_items: int = 0    # with a filter: how many items satisfy it
 
 
 def build_query(state: RecallState, config: RecallConfig, user_id: str,
@@ -66,20 +68,26 @@ def user_view(state: RecallState, realtime: Realtime | None, user_id: str) -> Us
 
 def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
            history_override: list[str] | None = None, exclude_ids: list[str] = (),
-           quotas: dict[str, int] | None = None, realtime: Realtime | None = None,
-           exposure_filter: bool = True) -> RecallResult:
-    """Run every configured channel for ``user_id`` and merge up to ``n`` candidates.
+           quotas: dict[str, int] | None = None, eligible: Eligible | None = None,
+           realtime: Realtime | None = None, exposure_filter: bool = True) -> RecallResult:
+    """Run every configured channel for ``user_id`` and merge up to ``n`` candidates; with ``eligible``
+    (a request's filter, ``recall_server.filtering``) every channel returns only eligible items.
 
     ``realtime``: the worker's reader of the feedback store (None or off: the snapshot alone); with it the
     user's recent clicks join the history, and items impressed within the window are dropped before the
     quotas are filled (``exposure_filter`` False: kept, e.g. for a "watch again" row)."""
     view = user_view(state, realtime, user_id)
     query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view)
+    if eligible is not None:
+        query = replace(query, eligible=eligible)
     quota = {**config.quotas, **(quotas or {})}
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
     for c, name in enumerate(names):
-        got_ids, got_scores = channel_module(name).recall(state, query, quota.get(name, 0))
+        module, k = channel_module(name), quota.get(name, 0)
+        if eligible is not None and not getattr(module, "APPLIES_FILTER", False):
+            k = fetch_size(k, eligible, config.filter_overfetch, state.n_items)
+        got_ids, got_scores = restrict(*module.recall(state, query, k), eligible)
         ids.append(got_ids)
         scores.append(got_scores)
         channel.append(np.full(got_ids.size, c, np.int32))
@@ -97,4 +105,4 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
         np.asarray([quota.get(name, 0) for name in names], np.int32), exclude, n,
         np.asarray([(state.weights or config.weights).get(name, 1.0) for name in names], np.float32), config.fusion,
         config.rrf_k)
-    return RecallResult(merged_ids, merged_scores, masks, names, cold)
+    return RecallResult(merged_ids, merged_scores, masks, names, cold, 0 if eligible is None else eligible.count)

@@ -9,17 +9,20 @@ import numpy as np
 
 from common import wire
 from common.client_text import too_long
+from common.item_filter import FilterError, compile_filters
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
 from feedback.realtime import Realtime
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recall_server.config import RecallConfig, check_quotas
+from recall_server.filtering import Eligible, eligible_items
 from recall_server.recall import recall
 from recall_server.state import RecallState, load_state
 
 
-class RecallServicer(recsys_pb2_grpc.RecallServicer):
+class RecallServicer(recall_grpc.RecallServiceServicer):
     """Thin adapter between the Recall proto and ``recall_server.recall.recall``."""
 
     def __init__(self, config: RecallConfig, log: Logger):
@@ -35,7 +38,7 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
         self_test(state, self.config)
         return state
 
-    def validate(self, request: recsys_pb2.RecallRequest) -> str | None:
+    def validate(self, request: recall_pb2.RecallRequest) -> str | None:
         """The first problem with ``request``, or None."""
         cfg = self.config
         if not request.user_id:
@@ -62,19 +65,34 @@ class RecallServicer(recsys_pb2_grpc.RecallServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"snapshot {request.snapshot_version} is not held here; this server serves "
                           f"{', '.join(self.reloader.versions)}")
+        try:
+            eligible = self.eligible(state, request.filters)
+        except FilterError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         context.set_trailing_metadata((("x-worker-pid", str(os.getpid())),))  # which worker served (SO_REUSEPORT)
         result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,
-                        exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas),
+                        exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas), eligible=eligible,
                         realtime=self.realtime)
-        return recsys_pb2.RecallResponse(
+        return recall_pb2.RecallResponse(
             item_idx=wire.encode(result.ids, wire.INT32),
             scores=wire.encode(result.scores, wire.FLOAT32),
             channel_masks=wire.encode(result.channel_masks, wire.UINT32),
             channel_names=result.channel_names,
             snapshot_version=state.snapshot.version,
             cold_start=result.cold_start,
+            eligible_items=result.eligible_items,
         )
+
+    def eligible(self, state: RecallState, filters) -> Eligible | None:
+        """The eligible set of the request's filters (cached per distinct filter); FilterError naming the field."""
+        if not filters:
+            return None
+        key = b"".join(len(b).to_bytes(4, "little") + b for b in (f.SerializeToString(deterministic=True)
+                                                                  for f in filters))
+        opts = self.config.server
+        return state.eligible_cache.get(key, lambda: eligible_items(
+            compile_filters(filters, state.attributes, self.config.filters, opts.max_echo_chars)))
 
 
 def self_test(state: RecallState, config: RecallConfig) -> None:
@@ -88,7 +106,8 @@ def self_test(state: RecallState, config: RecallConfig) -> None:
 
 def build(config: RecallConfig, log: Logger):
     """Load the snapshot and return the services this process serves."""
-    return [(recsys_pb2_grpc.add_RecallServicer_to_server, RecallServicer(config, log), "recsys.v1.Recall")]
+    return [(recall_grpc.add_RecallServiceServicer_to_server, RecallServicer(config, log),
+             "recsys.stage.v1.RecallService")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,12 @@ import hnswlib
 import numpy as np
 import onnxruntime as ort
 
+from common.item_filter import AttributeTable, load_attribute_table
 from common.snapshot import Snapshot, SnapshotError
 from feedback.realtime import SnapshotKeys
 from recall_server.channels import channel_module
 from recall_server.config import RecallConfig
+from recall_server.filtering import EligibleCache
 
 
 @dataclass
@@ -30,6 +32,13 @@ class RecallState:
     ann_max_overfetch: int = 0                           # RecallConfig.ann_max_overfetch
     weights: dict[str, float] = field(default_factory=dict)  # merge weights in force (merge_weights)
     keys: SnapshotKeys | None = None                     # item hashes for the exposure filter (feedback on)
+    # request-time filters (recall_server.filtering): attributes, item vectors for exact ANN (memory-mapped:
+    # pages are read only for filtered requests), cached eligible sets
+    attributes: AttributeTable | None = None
+    item_emb: np.ndarray | None = None
+    ann_exact_max: int = 0
+    filter_overfetch: float = 1.5
+    eligible_cache: EligibleCache = field(default_factory=lambda: EligibleCache(0))
 
     @property
     def n_items(self) -> int:
@@ -96,7 +105,15 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         ann_max_overfetch=config.ann_max_overfetch,
         weights=merge_weights(snapshot, config),
         keys=SnapshotKeys.of(snapshot) if config.feedback.path else None,
+        attributes=load_attribute_table(snapshot),
+        item_emb=snapshot.load_array("item_emb.npy", mmap=True),
+        ann_exact_max=config.ann_exact_max,
+        filter_overfetch=config.filter_overfetch,
+        eligible_cache=EligibleCache(config.filter_cache),
     )
+    if state.item_emb.shape != (n_items, dim):
+        raise SnapshotError(f"snapshot file {snapshot.path / 'item_emb.npy'} has shape {state.item_emb.shape}, "
+                            f"expected ({n_items}, {dim}); re-run export")
     for name in config.channels:
         load = getattr(channel_module(name), "load", None)
         if load is not None:

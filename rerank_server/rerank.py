@@ -43,7 +43,7 @@ def resolve_params(config: RerankConfig, method: str | None, mmr_lambda: float |
         epsilon=config.epsilon if epsilon is None else float(epsilon),
     )
     if not 0.0 <= params.mmr_lambda <= 1.0:
-        raise ParamError(f"params.lambda must be in [0, 1], got {params.mmr_lambda}")
+        raise ParamError(f"params.mmr_lambda must be in [0, 1], got {params.mmr_lambda}")
     if not 0.0 <= params.dpp_alpha <= 50.0:
         raise ParamError(f"params.alpha must be in [0, 50], got {params.dpp_alpha}")
     if params.window < 0 or (method == "DPP_WINDOW" and params.window < 1) or params.window > config.max_candidates:

@@ -12,7 +12,8 @@ from common.client_text import too_long
 from common.log import Logger
 from common.reload import Reloader
 from common.snapshot import Snapshot
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
 from rerank_server.config import RerankConfig
 from rerank_server.items import load_item_attributes
 from rerank_server.rerank import ParamError, rerank, rerank_ruled, resolve_params
@@ -30,7 +31,7 @@ class RerankState:
     config: RerankConfig   # the server's config with this snapshot's fitted defaults (RerankConfig.for_snapshot)
 
 
-class RerankServicer(recsys_pb2_grpc.RerankServicer):
+class RerankServicer(rerank_grpc.RerankServiceServicer):
     """Thin adapter between the Rerank proto and ``rerank_server.rerank.rerank``."""
 
     def __init__(self, config: RerankConfig, log: Logger):
@@ -91,14 +92,14 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
                           f"item_idx holds ids outside 0..{state.item_emb.shape[0] - 1} of snapshot {version}")
         if not np.isfinite(scores).all():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scores contain NaN or inf")
-        if request.method not in recsys_pb2.Method.values():  # proto3 enums are open: any int32 arrives
+        if request.method not in rerank_pb2.RerankMethod.values():  # proto3 enums are open: any int32 arrives
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"method: unknown value {request.method}; known: "
-                          + ", ".join(recsys_pb2.Method.keys()))
+                          + ", ".join(rerank_pb2.RerankMethod.keys()))
         p = request.params
         try:
             params = resolve_params(
-                cfg, recsys_pb2.Method.Name(request.method) if request.method else None,
-                getattr(p, "lambda") if p.HasField("lambda") else None,
+                cfg, method_name(request.method),
+                p.mmr_lambda if p.HasField("mmr_lambda") else None,
                 p.alpha if p.HasField("alpha") else None,
                 p.window if p.HasField("window") else None,
                 p.epsilon if p.HasField("epsilon") else None)
@@ -106,12 +107,27 @@ class RerankServicer(recsys_pb2_grpc.RerankServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = rerank_ruled(state.item_emb, item_idx, scores, request.k, params, state.items, self.rules,
                               promoted, exclude_idx)
-        return recsys_pb2.RerankResponse(positions=wire.encode(result.positions, wire.INT32), method=params.method,
+        return rerank_pb2.RerankResponse(positions=wire.encode(result.positions, wire.INT32),
+                                         method=method_value(params.method),
                                          snapshot_version=version, relaxed_rules=result.relaxed_rules)
 
 
+METHOD_PREFIX = "RERANK_METHOD_"
+
+
+def method_name(value: int) -> str | None:
+    """The config name of a ``RerankMethod`` value ("MMR" for ``RERANK_METHOD_MMR``); None when unspecified."""
+    return rerank_pb2.RerankMethod.Name(value).removeprefix(METHOD_PREFIX) if value else None
+
+
+def method_value(name: str) -> int:
+    """The ``RerankMethod`` value of a config method name ("MMR" → ``RERANK_METHOD_MMR``)."""
+    return rerank_pb2.RerankMethod.Value(METHOD_PREFIX + name)
+
+
 def build(config: RerankConfig, log: Logger):
-    return [(recsys_pb2_grpc.add_RerankServicer_to_server, RerankServicer(config, log), "recsys.v1.Rerank")]
+    return [(rerank_grpc.add_RerankServiceServicer_to_server, RerankServicer(config, log),
+             "recsys.stage.v1.RerankService")]
 
 
 def main(argv: list[str] | None = None) -> int:

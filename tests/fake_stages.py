@@ -20,12 +20,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import wire
 from common.tls import add_port, open_channel
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class FakeStages(recsys_pb2_grpc.RecallServicer, recsys_pb2_grpc.RankServicer, recsys_pb2_grpc.RerankServicer):
+class FakeStages(recall_grpc.RecallServiceServicer, rank_grpc.RankServiceServicer, rerank_grpc.RerankServiceServicer):
     def __init__(self, version: str, n_items: int):
         self.version = version
         self.n_items = n_items
@@ -48,7 +53,7 @@ class FakeStages(recsys_pb2_grpc.RecallServicer, recsys_pb2_grpc.RankServicer, r
         n = min(self.n_items, 300)
         ids = np.arange(n, dtype=np.int32)
         scores = np.linspace(1.0, 0.0, n - 1 if mode == "garbage" else n, dtype=np.float32)
-        return recsys_pb2.RecallResponse(item_idx=wire.encode(ids, wire.INT32), scores=wire.encode(scores, wire.FLOAT32),
+        return recall_pb2.RecallResponse(item_idx=wire.encode(ids, wire.INT32), scores=wire.encode(scores, wire.FLOAT32),
                                          channel_masks=wire.encode(np.ones(n, np.uint32), wire.UINT32),
                                          channel_names=["ann"], snapshot_version=self.version)
 
@@ -58,7 +63,7 @@ class FakeStages(recsys_pb2_grpc.RecallServicer, recsys_pb2_grpc.RankServicer, r
         fused = ((ids * 7919) % 101).astype(np.float32) / 101.0
         if mode == "garbage":
             fused = fused[:-3]
-        return recsys_pb2.RankResponse(item_idx=request.item_idx, fused=wire.encode(fused, wire.FLOAT32),
+        return rank_pb2.RankResponse(item_idx=request.item_idx, fused=wire.encode(fused, wire.FLOAT32),
                                        task_names=["click"], task_scores=wire.encode(fused, wire.FLOAT32),
                                        snapshot_version=self.version)
 
@@ -68,7 +73,7 @@ class FakeStages(recsys_pb2_grpc.RecallServicer, recsys_pb2_grpc.RankServicer, r
         positions = np.arange(request.k, dtype=np.int32)
         if mode == "garbage":
             positions = positions + n  # every position out of range
-        return recsys_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method="NONE",
+        return rerank_pb2.RerankResponse(positions=wire.encode(positions, wire.INT32), method=rerank_pb2.RERANK_METHOD_NONE,
                                          snapshot_version=self.version)
 
 
@@ -76,9 +81,9 @@ def start_fake_stages(version: str, n_items: int, tls: tuple[str, str, str] = ("
     """(server, servicer, port): one server on 127.0.0.1 playing all three stages; tls = (cert, key, client_ca)."""
     servicer = FakeStages(version, n_items)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-    recsys_pb2_grpc.add_RecallServicer_to_server(servicer, server)
-    recsys_pb2_grpc.add_RankServicer_to_server(servicer, server)
-    recsys_pb2_grpc.add_RerankServicer_to_server(servicer, server)
+    recall_grpc.add_RecallServiceServicer_to_server(servicer, server)
+    rank_grpc.add_RankServiceServicer_to_server(servicer, server)
+    rerank_grpc.add_RerankServiceServicer_to_server(servicer, server)
     port = add_port(server, "127.0.0.1:0", *tls)
     server.start()
     return server, servicer, port

@@ -15,7 +15,9 @@ import time
 import grpc
 import pytest
 
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.v1 import recsys_pb2
+
+from recsys.v1 import recsys_pb2_grpc
 from tests.fake_stages import start_fake_stages, start_gateway, stop
 
 DEADLINE_MS = 50

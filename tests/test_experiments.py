@@ -12,7 +12,10 @@ from common.config import ConfigError, load_config
 from gateway.config import GatewayConfig
 from gateway.experiments import HOLDOUT, Arm, Experiments, Layer, assign, bucket
 from gateway.funnel import Stages, run_funnel
-from protos import recsys_pb2
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.v1 import recsys_pb2
 
 LAYERS = [
     Layer("recall_q", "salt-recall", "recall", [Arm("more_ann", [0, 500], quotas={"ann": 900}),
@@ -143,7 +146,7 @@ def test_overrides_reach_the_stage_requests(snapshot):
 
     def recall(req, timeout, metadata):
         seen["recall"] = req
-        return recsys_pb2.RecallResponse(item_idx=wire.encode(np.arange(n), wire.INT32),
+        return recall_pb2.RecallResponse(item_idx=wire.encode(np.arange(n), wire.INT32),
                                          scores=wire.encode(np.linspace(1, 0, n), wire.FLOAT32),
                                          channel_masks=wire.encode(np.ones(n), wire.UINT32), channel_names=["ann"],
                                          snapshot_version=snapshot.version)
@@ -151,12 +154,12 @@ def test_overrides_reach_the_stage_requests(snapshot):
     def rank(req, timeout, metadata):
         seen["rank"] = req
         fused = wire.encode(np.linspace(1, 0, n), wire.FLOAT32)
-        return recsys_pb2.RankResponse(item_idx=req.item_idx, fused=fused, task_names=["like"], task_scores=fused,
+        return rank_pb2.RankResponse(item_idx=req.item_idx, fused=fused, task_names=["like"], task_scores=fused,
                                        snapshot_version=snapshot.version)
 
     def rerank(req, timeout, metadata):
         seen["rerank"] = req
-        return recsys_pb2.RerankResponse(positions=wire.encode(np.arange(req.k), wire.INT32))
+        return rerank_pb2.RerankResponse(positions=wire.encode(np.arange(req.k), wire.INT32))
 
     gw = load_config(GatewayConfig, None, ["deadline_ms=1000"])
     result = run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw, user, 5,
@@ -164,11 +167,11 @@ def test_overrides_reach_the_stage_requests(snapshot):
     assert result.degraded == []
     assert dict(seen["recall"].quotas) == {"ann": 900}
     assert dict(seen["rank"].fusion) == {"like": 2.0}
-    assert seen["rerank"].method == recsys_pb2.MMR
-    assert seen["rerank"].params.HasField("lambda") and seen["rerank"].params.window == 10
+    assert seen["rerank"].method == rerank_pb2.RERANK_METHOD_MMR
+    assert seen["rerank"].params.HasField("mmr_lambda") and seen["rerank"].params.window == 10
     assert not seen["rerank"].params.HasField("alpha")
     # a user in no arm: nothing overridden
     plain = run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw, user, 5,
                        recsys_pb2.Context(), [], time.monotonic() + 1.0)
     assert plain.degraded == [] and not seen["recall"].quotas and not seen["rank"].fusion
-    assert seen["rerank"].method == recsys_pb2.METHOD_DEFAULT
+    assert seen["rerank"].method == rerank_pb2.RERANK_METHOD_UNSPECIFIED

@@ -11,7 +11,10 @@ from common import wire
 from common.config import load_config
 from gateway.config import GatewayConfig
 from gateway.funnel import FALLBACK_CHANNEL, Stages, run_funnel
-from protos import recsys_pb2
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.v1 import recsys_pb2
 
 
 class FakeRpcError(grpc.RpcError):
@@ -31,7 +34,7 @@ def world(snapshot):
     cand = np.arange(0, min(n_items, 600), 2, dtype=np.int32)
 
     def recall(req, timeout, metadata):
-        return recsys_pb2.RecallResponse(item_idx=wire.encode(cand, wire.INT32),
+        return recall_pb2.RecallResponse(item_idx=wire.encode(cand, wire.INT32),
                                          scores=wire.encode(np.linspace(1, 0, cand.size), wire.FLOAT32),
                                          channel_masks=wire.encode(np.ones(cand.size), wire.UINT32),
                                          channel_names=["ann"], snapshot_version=snapshot.version)
@@ -39,12 +42,12 @@ def world(snapshot):
     def rank(req, timeout, metadata):
         ids = wire.decode(req.item_idx, wire.INT32, "item_idx")
         fused = (ids % 7).astype(np.float32)  # a ranking different from recall's
-        return recsys_pb2.RankResponse(item_idx=req.item_idx, fused=wire.encode(fused, wire.FLOAT32),
+        return rank_pb2.RankResponse(item_idx=req.item_idx, fused=wire.encode(fused, wire.FLOAT32),
                                        task_names=["like"], task_scores=wire.encode(fused, wire.FLOAT32),
                                        snapshot_version=snapshot.version)
 
     def rerank(req, timeout, metadata):
-        return recsys_pb2.RerankResponse(positions=wire.encode(np.arange(req.k)[::-1], wire.INT32))
+        return rerank_pb2.RerankResponse(positions=wire.encode(np.arange(req.k)[::-1], wire.INT32))
 
     config = load_config(GatewayConfig, None, ["deadline_ms=200"])
     popular = snapshot.load_array("popular.npy")
@@ -91,14 +94,14 @@ def test_garbage_replies_degrade(world):
     snapshot = world[0]
 
     def bad_rank(req, timeout, metadata):  # one score short
-        return recsys_pb2.RankResponse(item_idx=req.item_idx, fused=b"\x00" * 8, task_names=["like"],
+        return rank_pb2.RankResponse(item_idx=req.item_idx, fused=b"\x00" * 8, task_names=["like"],
                                        snapshot_version=snapshot.version)
 
     def bad_rerank(req, timeout, metadata):  # positions out of range
-        return recsys_pb2.RerankResponse(positions=wire.encode(np.array([10_000]), wire.INT32))
+        return rerank_pb2.RerankResponse(positions=wire.encode(np.array([10_000]), wire.INT32))
 
     def bad_recall(req, timeout, metadata):
-        return recsys_pb2.RecallResponse(item_idx=b"\x01\x02\x03", snapshot_version=snapshot.version)
+        return recall_pb2.RecallResponse(item_idx=b"\x01\x02\x03", snapshot_version=snapshot.version)
 
     assert _run(world, rank=bad_rank).degraded == ["rank"]
     assert _run(world, rerank=bad_rerank).degraded == ["rerank"]
@@ -114,3 +117,43 @@ def test_snapshot_version_mismatch_is_not_trusted(world):
         return reply
 
     assert _run(world, recall=other_version).degraded == ["recall"]
+
+
+def _genre_filter(snapshot, genre="Comedy"):
+    from common.item_filter import FilterLimits, compile_filters, load_attribute_table
+
+    f = recall_pb2.AttributeFilter(attribute="genre", any_of=recall_pb2.ValueSet(values=[genre]))
+    return [f], compile_filters([f], load_attribute_table(snapshot), FilterLimits())
+
+
+def test_final_list_is_checked_against_the_filter(world):
+    """A recall that ignores the filter (the fake one does) cannot leak ineligible items into the reply."""
+    snapshot, popular, config, stages = world
+    filters, compiled = _genre_filter(snapshot)
+    seen = {}
+
+    def recall(req, timeout, metadata):
+        seen["filters"] = list(req.filters)
+        return stages["recall"](req, timeout, metadata)
+
+    result = run_funnel(Stages(**{**stages, "recall": recall}), snapshot, popular, config, "1", 10,
+                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                        item_filter=lambda snap: compiled)
+    assert seen["filters"] == filters  # recall was asked to filter
+    assert compiled.matches(result.item_idx).all() and result.item_idx.size < 10
+    assert "filter" in result.errors
+
+
+def test_popular_fallback_keeps_only_eligible_items(world):
+    snapshot, popular, config, stages = world
+    filters, compiled = _genre_filter(snapshot)
+
+    def down(req, timeout, metadata):
+        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
+
+    result = run_funnel(Stages(**{**stages, "recall": down}), snapshot, popular, config, "1", 10,
+                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                        item_filter=lambda snap: compiled)
+    assert "recall" in result.degraded and result.item_idx.size == 10
+    assert compiled.matches(result.item_idx).all()
+    assert result.eligible_items == int(compiled.mask().sum())

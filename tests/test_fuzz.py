@@ -17,7 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cluster import Cluster, ClusterConfig, health_status
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
+from recsys.v2 import recommend_service_pb2 as pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
@@ -46,10 +55,11 @@ def edges(*limits: int):
 
 
 raw = st.one_of(st.binary(max_size=64), st.binary(min_size=4000, max_size=24000))
-params = st.builds(recsys_pb2.RerankParams, **{"lambda": st.one_of(floats, st.floats(0, 1))}, alpha=floats,
+params = st.builds(rerank_pb2.RerankParams, mmr_lambda=st.one_of(floats, st.floats(0, 1)), alpha=floats,
                    window=edges(0, 1, 5000), epsilon=floats)
 context = st.builds(recsys_pb2.Context, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)),
                     device=text, page=text)
+rank_context = st.builds(rank_pb2.RankContext, timestamp=st.one_of(st.integers(-2**63, 2**63 - 1), st.just(0)))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +74,11 @@ def cluster(snapshot_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stubs(cluster, snapshot):
     channels = {name: grpc.insecure_channel(cluster.addr(name)) for name in ("recall", "rank", "rerank", "gateway")}
-    yield {"recall": recsys_pb2_grpc.RecallStub(channels["recall"]).Recall,
-           "rank": recsys_pb2_grpc.RankStub(channels["rank"]).Rank,
-           "rerank": recsys_pb2_grpc.RerankStub(channels["rerank"]).Rerank,
+    yield {"recall": recall_grpc.RecallServiceStub(channels["recall"]).Recall,
+           "rank": rank_grpc.RankServiceStub(channels["rank"]).Rank,
+           "rerank": rerank_grpc.RerankServiceStub(channels["rerank"]).Rerank,
            "gateway": recsys_pb2_grpc.GatewayStub(channels["gateway"]).Recommend,
+           "v2": recommend_grpc.RecommendServiceStub(channels["gateway"]).Recommend,
            "version": snapshot.version}
     for channel in channels.values():
         channel.close()
@@ -96,7 +107,7 @@ def _version(stubs):
 
 def test_fuzz_recall(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
+    @given(st.builds(recall_pb2.RecallRequest, user_id=text, override_history=st.booleans(),
                      history_item_ids=ids, quotas=st.dictionaries(names, edges(0, 5000), max_size=3),
                      n=edges(0, 5000), exclude_item_ids=ids, snapshot_version=_version(stubs)), request_ids)
     def check(request, request_id):
@@ -107,7 +118,7 @@ def test_fuzz_recall(stubs):
 
 def test_fuzz_rank(stubs):
     @FUZZ
-    @given(st.builds(recsys_pb2.RankRequest, user_id=text, context=context,
+    @given(st.builds(rank_pb2.RankRequest, user_id=text, context=rank_context,
                      item_idx=st.one_of(raw, st.lists(st.integers(-3, 2000), max_size=50).map(
                          lambda v: np.array(v, "<i4").tobytes())),
                      snapshot_version=_version(stubs), fusion=st.dictionaries(names, floats, max_size=3)), request_ids)
@@ -120,7 +131,7 @@ def test_fuzz_rank(stubs):
 def test_fuzz_rerank(stubs):
 
     @FUZZ
-    @given(st.builds(recsys_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(edges(0, 200), st.integers(0, 20)),
+    @given(st.builds(rerank_pb2.RerankRequest, item_idx=raw, scores=raw, k=st.one_of(edges(0, 200), st.integers(0, 20)),
                      method=st.integers(0, 7), params=params, snapshot_version=_version(stubs), promoted=raw,
                      exclude_idx=raw), request_ids)
     def check(request, request_id):
@@ -142,7 +153,7 @@ def test_fuzz_rerank_plausible(stubs):
         st.lists(st.integers(0, 1), min_size=n, max_size=n), st.one_of(st.none(), st.none(), params))))
     def check(args):
         idx, scores, k, method, promoted, p = args
-        request = recsys_pb2.RerankRequest(item_idx=np.array(idx, "<i4").tobytes(),
+        request = rerank_pb2.RerankRequest(item_idx=np.array(idx, "<i4").tobytes(),
                                            scores=np.array(scores, "<f4").tobytes(), k=k, method=method,
                                            promoted=np.array(promoted, "u1").tobytes() if promoted else b"",
                                            params=p)
@@ -169,6 +180,65 @@ def test_fuzz_gateway(stubs):
 
     check()
     assert {"OK", "INVALID_ARGUMENT"} <= SEEN["gateway"]
+
+
+# filters: the bad inputs the API must refuse with INVALID_ARGUMENT naming the field (never UNKNOWN)
+ATTRS = ["genre", "release_year", "colour", "", *LONG]
+GENRE_VALUES = ["Comedy", "Drama", "Horror", "Comdy", ""]
+value_sets = st.one_of(st.builds(pb2.ValueSet, values=st.lists(st.one_of(st.sampled_from(GENRE_VALUES), text),
+                                                              max_size=5)),
+                       st.just(pb2.ValueSet(values=["Comedy"] * 10_000)))  # 10^4 values
+bounds = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1900.0, 1995.0, 2100.0]))
+
+
+def _range(lo, hi):
+    r = pb2.Range()
+    if lo is not None:
+        r.min = lo
+    if hi is not None:
+        r.max = hi
+    return r
+
+
+conditions = st.one_of(
+    st.builds(lambda a, v: pb2.AttributeFilter(attribute=a, any_of=v), st.sampled_from(ATTRS), value_sets),
+    st.builds(lambda a, v: pb2.AttributeFilter(attribute=a, none_of=v), st.sampled_from(ATTRS), value_sets),
+    st.builds(lambda a, lo, hi: pb2.AttributeFilter(attribute=a, range=_range(lo, hi)), st.sampled_from(ATTRS),
+              bounds, bounds),
+    st.builds(pb2.AttributeFilter, attribute=st.sampled_from(ATTRS)))  # no condition set
+
+
+def test_fuzz_gateway_filters(stubs):
+    """Any filter either serves a list whose every item satisfies it, or is INVALID_ARGUMENT naming the field."""
+    @FUZZ
+    @given(st.lists(conditions, min_size=1, max_size=18))
+    def check(filters):
+        request = pb2.RecommendRequest(user_id="1", k=10, filters=filters, debug=True)
+        try:
+            reply = stubs["v2"](request, timeout=15)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{exc.code().name}: {exc.details()[:300]}"
+            assert exc.details().startswith("filters"), exc.details()[:300]
+            assert len(exc.details()) <= 1000
+            SEEN.setdefault("filters", set()).add("INVALID_ARGUMENT")
+            return
+        SEEN.setdefault("filters", set()).add("OK")
+        assert len(reply.items) <= 10 and reply.eligible_items >= len(reply.items)
+        assert reply.fewer_than_k == (len(reply.items) < 10)
+        for item in reply.items:
+            attrs = {a.name: a for a in item.attributes}
+            for f in filters:
+                if f.attribute == "genre":
+                    have = set(attrs["genre"].values)
+                    want = set((f.any_of if f.HasField("any_of") else f.none_of).values)
+                    assert bool(have & want) == f.HasField("any_of"), (item.item_id, have, f)
+                else:
+                    year = attrs["release_year"].number
+                    assert (not f.range.HasField("min") or year >= f.range.min) and \
+                           (not f.range.HasField("max") or year <= f.range.max), (item.item_id, year, f)
+
+    check()
+    assert "INVALID_ARGUMENT" in SEEN["filters"]  # served filters: tests/test_cluster_e2e.py
 
 
 def test_servers_stay_healthy_after_fuzzing(cluster, stubs):

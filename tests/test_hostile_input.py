@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from gateway.cluster import Cluster, ClusterConfig
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
+from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 
 HUGE = "x" * 100_000  # well past gRPC's 8 KB metadata limit if echoed in a status detail
 DETAILS_LIMIT = 1000  # ServerOptions.max_details_chars (the default)
@@ -26,9 +33,9 @@ def cluster(snapshot_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stubs(cluster):
     channels = {name: grpc.insecure_channel(cluster.addr(name)) for name in ("recall", "rank", "rerank", "gateway")}
-    yield {"recall": recsys_pb2_grpc.RecallStub(channels["recall"]).Recall,
-           "rank": recsys_pb2_grpc.RankStub(channels["rank"]).Rank,
-           "rerank": recsys_pb2_grpc.RerankStub(channels["rerank"]).Rerank,
+    yield {"recall": recall_grpc.RecallServiceStub(channels["recall"]).Recall,
+           "rank": rank_grpc.RankServiceStub(channels["rank"]).Rank,
+           "rerank": rerank_grpc.RerankServiceStub(channels["rerank"]).Rerank,
            "gateway": recsys_pb2_grpc.GatewayStub(channels["gateway"]).Recommend}
     for channel in channels.values():
         channel.close()
@@ -42,19 +49,19 @@ def _error(call, request, **kwargs) -> grpc.RpcError:
 
 def _rerank_request(snapshot, scores, method, **params):
     idx = np.arange(len(scores), dtype="<i4")
-    return recsys_pb2.RerankRequest(item_idx=idx.tobytes(), scores=np.asarray(scores, "<f4").tobytes(), k=5,
-                                    method=method, params=recsys_pb2.RerankParams(**params),
+    return rerank_pb2.RerankRequest(item_idx=idx.tobytes(), scores=np.asarray(scores, "<f4").tobytes(), k=5,
+                                    method=method, params=rerank_pb2.RerankParams(**params),
                                     snapshot_version=snapshot.version)
 
 
 # ------------------------------------------------------------------ item 3: UNKNOWN from rerank
-@pytest.mark.parametrize("method", [recsys_pb2.DPP, recsys_pb2.DPP_WINDOW])
+@pytest.mark.parametrize("method", [rerank_pb2.RERANK_METHOD_DPP, rerank_pb2.RERANK_METHOD_DPP_WINDOW])
 def test_rerank_epsilon_zero_is_invalid_argument(stubs, snapshot, method):
     exc = _error(stubs["rerank"], _rerank_request(snapshot, np.linspace(1, 0, 20), method, epsilon=0.0))
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "params.epsilon" in exc.details()
 
 
-@pytest.mark.parametrize("method", [recsys_pb2.NONE, recsys_pb2.MMR, recsys_pb2.DPP, recsys_pb2.DPP_WINDOW])
+@pytest.mark.parametrize("method", [rerank_pb2.RERANK_METHOD_NONE, rerank_pb2.RERANK_METHOD_MMR, rerank_pb2.RERANK_METHOD_DPP, rerank_pb2.RERANK_METHOD_DPP_WINDOW])
 def test_rerank_serves_extreme_finite_scores(stubs, snapshot, method):
     scores = np.array([3e38, -3e38, 1.0, -1.0, 3.4028235e38, -3.4028235e38, 0.0, 1e-38] * 3, np.float32)
     reply = stubs["rerank"](_rerank_request(snapshot, scores, method), timeout=15)
@@ -65,12 +72,12 @@ def test_rerank_serves_extreme_finite_scores(stubs, snapshot, method):
 # ------------------------------------------------------------------ item 5: client strings in details and logs
 def _requests_echoing_huge_strings(snapshot):
     return [
-        ("rank", recsys_pb2.RankRequest(user_id="1", snapshot_version=HUGE)),
-        ("rank", recsys_pb2.RankRequest(user_id="1", item_idx=np.arange(3, dtype="<i4").tobytes(),
+        ("rank", rank_pb2.RankRequest(user_id="1", snapshot_version=HUGE)),
+        ("rank", rank_pb2.RankRequest(user_id="1", item_idx=np.arange(3, dtype="<i4").tobytes(),
                                         snapshot_version=snapshot.version, fusion={HUGE: 1.0})),
-        ("rerank", recsys_pb2.RerankRequest(k=1, snapshot_version=HUGE)),
-        ("recall", recsys_pb2.RecallRequest(user_id="1", quotas={HUGE: 5})),
-        ("recall", recsys_pb2.RecallRequest(user_id=HUGE)),
+        ("rerank", rerank_pb2.RerankRequest(k=1, snapshot_version=HUGE)),
+        ("recall", recall_pb2.RecallRequest(user_id="1", quotas={HUGE: 5})),
+        ("recall", recall_pb2.RecallRequest(user_id=HUGE)),
         ("gateway", recsys_pb2.RecommendRequest(user_id="1", k=5, exclude_item_ids=[HUGE])),
         ("gateway", recsys_pb2.RecommendRequest(user_id="1", k=5, context=recsys_pb2.Context(device=HUGE))),
     ]
@@ -158,7 +165,7 @@ def test_a_plain_request_id_travels(stubs):
 
 # ------------------------------------------------------------------ item 7: quotas are capped
 def test_huge_quota_is_refused_naming_the_channel(stubs):
-    exc = _error(stubs["recall"], recsys_pb2.RecallRequest(user_id="1", quotas={"ann": 2**31 - 1}))
+    exc = _error(stubs["recall"], recall_pb2.RecallRequest(user_id="1", quotas={"ann": 2**31 - 1}))
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "quotas.ann" in exc.details()
 
 

@@ -20,7 +20,10 @@ import pytest
 
 from common.snapshot import current_version, flip_current
 from gateway.cluster import Cluster, ClusterConfig
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 from tests.conftest import private_root
 
 POLL = ["reload_poll_s=0.2"]
@@ -84,7 +87,7 @@ def test_recall_workers_share_one_port(cluster):
     seen: set[str] = set()
     for _ in range(40):  # every new connection is handed to one worker by the kernel (SO_REUSEPORT)
         with grpc.insecure_channel(cluster.addr("recall"), options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            _, call = recsys_pb2_grpc.RecallStub(ch).Recall.with_call(recsys_pb2.RecallRequest(user_id="1", n=10),
+            _, call = recall_grpc.RecallServiceStub(ch).Recall.with_call(recall_pb2.RecallRequest(user_id="1", n=10),
                                                                      timeout=10)
         seen |= {value for key, value in call.trailing_metadata() if key == "x-worker-pid"}
         if len(seen) == 2:

@@ -14,7 +14,12 @@ from gateway.cluster import Cluster, ClusterConfig
 from gateway.experiments import assign
 from gateway.config import GatewayConfig
 from common.config import load_config
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.stage.v1 import recall_service_pb2 as recall_pb2
+from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
+from recsys.stage.v1 import rank_service_pb2 as rank_pb2
+from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 
 SERVERS = ("recall", "rank", "rerank", "gateway")
 EXPERIMENTS = ('experiments={"holdout": [0, 100], "layers": ['
@@ -79,7 +84,7 @@ def test_metrics_move_and_request_ids_travel(cluster, snapshot):
         assert set(reply.degraded) == {"recall", "rank", "rerank"}
     with grpc.insecure_channel(cluster.addr("recall")) as channel:
         with pytest.raises(grpc.RpcError):
-            recsys_pb2_grpc.RecallStub(channel).Recall(recsys_pb2.RecallRequest(user_id=""), timeout=10,
+            recall_grpc.RecallServiceStub(channel).Recall(recall_pb2.RecallRequest(user_id=""), timeout=10,
                                                        metadata=(("x-request-id", "obs-bad"),))
     after = {name: scrape(cluster, name) for name in SERVERS}
 
@@ -124,8 +129,8 @@ def test_reply_names_experiment_arms(cluster):
 
 def test_rank_rejects_bad_fusion_override(cluster):
     with grpc.insecure_channel(cluster.addr("rank")) as channel:
-        stub = recsys_pb2_grpc.RankStub(channel)
+        stub = rank_grpc.RankServiceStub(channel)
         for fusion, needle in [({"nope": 1.0}, "unknown task 'nope'"), ({"like": -1.0}, "fusion.like")]:
             with pytest.raises(grpc.RpcError) as info:
-                stub.Rank(recsys_pb2.RankRequest(user_id="1", item_idx=b"\x01\x00\x00\x00", fusion=fusion), timeout=10)
+                stub.Rank(rank_pb2.RankRequest(user_id="1", item_idx=b"\x01\x00\x00\x00", fusion=fusion), timeout=10)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in info.value.details()

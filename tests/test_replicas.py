@@ -25,7 +25,8 @@ import pytest
 from common.snapshot import current_version, flip_current
 from gateway.cluster import STAGES, Cluster, ClusterConfig
 from gateway.stage_target import SERVICE_CONFIG, stage_target
-from protos import recsys_pb2, recsys_pb2_grpc
+from recsys.v1 import recsys_pb2
+from recsys.v1 import recsys_pb2_grpc
 from tests.conftest import private_root
 
 LOAD_S = float(os.environ.get("RECSYS_REHEARSAL_S", "20"))

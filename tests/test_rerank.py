@@ -22,7 +22,7 @@ def toy_items(n_items=60, n_cat=4, seed=0):
 
 # ------------------------------------------------------------------ parameters
 @pytest.mark.parametrize("kwargs, name", [
-    ({"mmr_lambda": 1.5}, "params.lambda"), ({"mmr_lambda": -0.1}, "params.lambda"),
+    ({"mmr_lambda": 1.5}, "params.mmr_lambda"), ({"mmr_lambda": -0.1}, "params.mmr_lambda"),
     ({"dpp_alpha": -1.0}, "params.alpha"), ({"dpp_alpha": 51.0}, "params.alpha"),
     ({"window": -1}, "params.window"), ({"epsilon": 1.0}, "params.epsilon"), ({"epsilon": -1e-3}, "params.epsilon"),
 ])

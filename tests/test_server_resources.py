@@ -93,7 +93,8 @@ def test_idle_streams_cannot_take_the_unary_handlers(gateway):
             for _ in range(20):
                 assert _serving(fresh)
             # and unary work still has every handler: a Recommend is answered (degraded: no stages here)
-            from protos import recsys_pb2, recsys_pb2_grpc
+            from recsys.v1 import recsys_pb2
+            from recsys.v1 import recsys_pb2_grpc
 
             reply = recsys_pb2_grpc.GatewayStub(fresh).Recommend(recsys_pb2.RecommendRequest(user_id="1", k=5),
                                                                   timeout=10)
@@ -123,7 +124,8 @@ def test_health_check_answers_while_requests_saturate_the_handlers(snapshot, sna
     """Recommend work on every handler thread (and more queued) used to make Health/Check wait behind it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from protos import recsys_pb2, recsys_pb2_grpc
+    from recsys.v2 import recommend_service_pb2 as pb2
+    from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
     from tests.fake_stages import start_fake_stages, start_gateway, stop
 
     server, fake, port = start_fake_stages(snapshot.version, snapshot.item_ids.shape[0])
@@ -133,8 +135,8 @@ def test_health_check_answers_while_requests_saturate_the_handlers(snapshot, sna
                                                             f"rerank_addr={addr}", "deadline_ms=10000"])
     try:
         with grpc.insecure_channel(f"127.0.0.1:{gw_port}") as channel, ThreadPoolExecutor(24) as callers:
-            stub = recsys_pb2_grpc.GatewayStub(channel)
-            busy = [callers.submit(stub.Recommend, recsys_pb2.RecommendRequest(user_id="1", k=5), timeout=30)
+            stub = recommend_grpc.RecommendServiceStub(channel)
+            busy = [callers.submit(stub.Recommend, pb2.RecommendRequest(user_id="1", k=5), timeout=30)
                     for _ in range(24)]  # 8 handler threads, 16 more queued: 3 rounds of a 3 s recall budget
             deadline = time.monotonic() + 20
             while "recall" not in fake.last:
@@ -144,7 +146,7 @@ def test_health_check_answers_while_requests_saturate_the_handlers(snapshot, sna
             for _ in range(10):  # far less than one Recommend's 3 s recall budget: no check queued behind them
                 assert _serving_within(channel, 0.5)
             for call in busy:
-                assert "recall" in call.result().degraded
+                assert "recall" in call.result().degraded_stages
     finally:
         stop(proc)
         server.stop(0)

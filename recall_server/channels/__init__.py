@@ -3,7 +3,9 @@
 A channel module defines
 
 * ``recall(state, query, k) -> (dense ids int32, scores float32)``, best first; it may return excluded
-  items (the merge filters them once for all channels);
+  items (the merge filters them once for all channels) and items outside the request's filter
+  (``query.eligible``: recall asks it for more and drops them, ``recall_server.filtering``) unless it sets
+  ``APPLIES_FILTER = True`` and returns only eligible items itself (the ANN channel);
 * optionally ``load(snapshot, config) -> data``: its own snapshot files, read and validated once per
   snapshot version (a bad file raises ``SnapshotError`` naming it); ``recall`` finds the result in
   ``state.tables[<name>]``.
@@ -17,6 +19,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +33,7 @@ class RecallQuery:
     hist: np.ndarray              # int32 item codes, oldest first, at most history_len
     hist_weights: np.ndarray      # float32 recency weights aligned with hist (latest = 1)
     exclude: np.ndarray           # int32 dense ids never to return (seen + request + blocklist), sorted
+    eligible: Any = None          # recall_server.filtering.Eligible of the request's filter; None: every item
 
 
 @functools.cache

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from recall_server.channels import RecallQuery, empty
+from recall_server.filtering import exact_top, fetch_size, restrict
+
+APPLIES_FILTER = True  # exact scores over the eligible items, or HNSW over-fetch (recall_server.filtering)
 
 
 def _padded_history(hist: np.ndarray, length: int) -> np.ndarray:
@@ -29,12 +32,18 @@ def user_vector(state, query: RecallQuery) -> np.ndarray:
 
 def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` items by inner product with the user vector, over-fetched by the exclude list's size up to
-    ``state.ann_max_overfetch``. The shared index is never changed here: hnswlib searches with max(ef, k),
-    and knn_query runs without the GIL, so a per-request set_ef would race with other searches."""
+    ``state.ann_max_overfetch``. Under a filter (``query.eligible``) only eligible items: scored exactly when
+    at most ``state.ann_exact_max`` are eligible, else over-fetched from HNSW and restricted. The shared index
+    is never changed here: hnswlib searches with max(ef, k), and knn_query runs without the GIL, so a
+    per-request set_ef would race with other searches."""
     if k <= 0:
         return empty()
     k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.n_items)  # filtering still leaves k
     vector = user_vector(state, query)
-    labels, distances = state.index.knn_query(vector.reshape(1, -1), k=k)
+    eligible = query.eligible
+    if eligible is not None and eligible.count <= state.ann_exact_max:
+        return exact_top(eligible.item_vectors(state.item_emb), eligible.ids, vector, k)
+    fetch = min(state.n_items, fetch_size(k, eligible, state.filter_overfetch, state.n_items))
+    labels, distances = state.index.knn_query(vector.reshape(1, -1), k=fetch)
     # hnswlib's "ip" distance is 1 - <u, v>
-    return labels[0].astype(np.int32), (1.0 - distances[0]).astype(np.float32)
+    return restrict(labels[0].astype(np.int32), (1.0 - distances[0]).astype(np.float32), eligible)

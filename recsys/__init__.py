@@ -1,0 +1,1 @@
+"""Generated gRPC modules of the contracts (``python -m protos.generate``; sources in ``protos/``)."""

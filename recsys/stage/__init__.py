@@ -1,0 +1,1 @@
+"""Stage-to-stage contracts."""

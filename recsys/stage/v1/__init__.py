@@ -1,0 +1,1 @@
+"""Stage contracts v1 (``protos/recsys/stage/v1/``): recall, rank, rerank."""
