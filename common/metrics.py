@@ -81,6 +81,18 @@ def track_snapshot(servicer: object) -> None:
     _SNAPSHOT_INFO.sources.append(lambda: live_version(servicer))
 
 
+FEEDBACK_EVENTS = Counter("recsys_feedback_events_total", "Feedback events by outcome (accepted, duplicate, "
+                          "rejected, unknown_item)", ["outcome"], registry=REGISTRY)
+
+
+def observe_feedback(accepted: int, duplicates: int, rejected: int, unknown_items: int) -> None:
+    """Count one Feedback call's events by outcome."""
+    for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected),
+                       ("unknown_item", unknown_items)):
+        if n:
+            FEEDBACK_EVENTS.labels(outcome).inc(n)
+
+
 def observe_recommend(timings_ms: dict[str, float], degraded: list[str], total_ms: float) -> None:
     """Record one Recommend call in the gateway's metrics."""
     for stage, ms in timings_ms.items():

@@ -67,20 +67,36 @@ class RecommendClient:
 
     def recommend(self, user_id: str, k: int = 20, exclude: list[str] = (), deadline_ms: int = 0,
                   timestamp: int = 0, debug: bool = False, timeout_s: float | None = None,
-                  filters=()) -> Recommendation:
+                  filters=(), include_exposed: bool = False) -> Recommendation:
         """One Recommend call; raises ``grpc.RpcError`` for anything but a transient UNAVAILABLE.
 
         ``filters``: ``recsys.v2.AttributeFilter`` messages or strings in ``gateway.filter_syntax`` (ValueError
-        when one does not parse), ANDed.
+        when one does not parse), ANDed. ``include_exposed``: also items the user was recently shown.
         """
         request = recommend_pb2.RecommendRequest(
             user_id=user_id, k=k, exclude_item_ids=list(exclude), deadline_ms=deadline_ms, debug=debug,
             context=recommend_pb2.Context(timestamp=timestamp),
-            filters=[parse_filter(f) if isinstance(f, str) else f for f in filters])
+            filters=[parse_filter(f) if isinstance(f, str) else f for f in filters], include_exposed=include_exposed)
+        return parse_response(self._call(self.stub.Recommend, request, timeout_s))
+
+    def feedback(self, events, timeout_s: float | None = None) -> recommend_pb2.FeedbackResponse:
+        """Send a batch of events (``recsys.v2.FeedbackEvent`` messages, or ``feedback.events.Event``); the
+        reply lists rejected, duplicate and unknown-item indices. Retried on UNAVAILABLE: events with an
+        ``event_id`` are applied once, so a retry after a lost reply does not count them twice."""
+        request = recommend_pb2.FeedbackRequest(events=[e if isinstance(e, recommend_pb2.FeedbackEvent) else
+                                                        recommend_pb2.FeedbackEvent(
+                                                            user_id=e.user_id, item_id=e.item_id, type=int(e.type),
+                                                            value=e.value, timestamp=e.timestamp,
+                                                            request_id=e.request_id, event_id=e.event_id)
+                                                        for e in events])
+        return self._call(self.stub.Feedback, request, timeout_s)
+
+    def _call(self, method, request, timeout_s: float | None):
+        """``method(request)`` within the timeout, retrying a transient UNAVAILABLE with backoff."""
         end = time.monotonic() + (timeout_s or self.timeout_s)
         for attempt in range(self.retries + 1):
             try:
-                return parse_response(self.stub.Recommend(request, timeout=max(end - time.monotonic(), 0.001)))
+                return method(request, timeout=max(end - time.monotonic(), 0.001))
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
                     raise

@@ -64,6 +64,9 @@ class ClusterConfig:
     # stage → replica processes, each on its own OS-picked port (no SO_REUSEPORT sharing); the gateway dials
     # them as one list with round_robin + health checking, the topology deploy/k8s runs. Default 1.
     replicas: dict[str, int] = field(default_factory=dict)
+    # the feedback store (feedback.path of the gateway, which writes it, and of recall and rank, which read
+    # it); empty: feedback off. It lives beside the snapshots and outlives snapshot swaps and restarts
+    feedback_path: str = ""
     restart: bool = True                   # restart a crashed process, with exponential backoff:
     restart_backoff_s: float = 0.5         # first delay, doubled per attempt
     restart_backoff_max_s: float = 10.0    # up to this
@@ -102,6 +105,9 @@ class ClusterConfig:
                 raise ValueError(f"stage '{stage}' has both workers and replicas; choose one")
         if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
             raise ValueError("need 0 < restart_backoff_s <= restart_backoff_max_s")
+
+
+FEEDBACK_STAGES = ("gateway", "recall", "rank")  # the writer and the readers of the feedback store
 
 
 def worker_name(stage: str, index: int) -> str:
@@ -155,6 +161,8 @@ class Cluster:
             args += ["--set", "server.reuse_port=true"]
         if name in self.config.configs:
             args += ["--config", self.config.configs[name]]
+        if self.config.feedback_path and name in FEEDBACK_STAGES:
+            args += ["--set", f"feedback.path={Path(self.config.feedback_path).resolve()}"]
         for item in [*self._tls_overrides(name), *extra, *self.config.overrides.get(name, [])]:
             args += ["--set", item]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from common.item_filter import FilterLimits
 from common.server import ServerOptions
+from feedback.config import FeedbackConfig
 from common.tls import check_pair
 from gateway.experiments import Experiments
 from gateway.stage_target import stage_target
@@ -59,10 +60,14 @@ class GatewayConfig:
     # a loaded new version goes live once every stage worker the gateway talks to holds it (common.reload),
     # or after this long regardless (stages still without it then degrade requests)
     reload_activate_timeout_s: float = 60.0
+    # the feedback store the gateway writes (Feedback RPC; feedback.store); the recall and rank servers read
+    # the same path. path "" turns feedback off (Feedback answers FAILED_PRECONDITION)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     def validate(self) -> None:
         self.server.validate()
         self.budget.validate()
+        self.feedback.validate()
         if self.channels_per_stage < 1:
             raise ValueError(f"channels_per_stage must be >= 1, got {self.channels_per_stage}")
         self.experiments.validate()

@@ -107,7 +107,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
                deadline: float, metadata=(), log: Logger | None = None,
                snapshot_for: Callable[[str], Snapshot | None] | None = None,
                experiment: Assignment | None = None, filters=(),
-               item_filter: Callable[[Snapshot], ItemFilter | None] | None = None) -> FunnelResult:
+               item_filter: Callable[[Snapshot], ItemFilter | None] | None = None,
+               include_exposed: bool = False) -> FunnelResult:
     """Run the funnel for one request; never raises for a stage failure, degrades instead.
 
     ``snapshot_for(version)`` (hot reload, ``common.reload``) returns another snapshot the gateway still
@@ -116,6 +117,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     ``experiment`` (``gateway.experiments.assign``) carries the stage overrides of the user's arms.
     ``context`` is anything with a ``timestamp``. ``filters`` (``recsys.stage.v1.AttributeFilter``) go to
     recall; ``item_filter(snapshot)`` compiles them for a snapshot, for the fallback and the final check.
+    ``include_exposed``: recall keeps items the feedback store's exposure filter would drop.
     """
     exp = experiment or Assignment()
     version = snapshot.version
@@ -131,7 +133,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     try:
         reply = _call("recall", stages.recall,
                       recall_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
-                                               quotas=exp.quotas, snapshot_version=version, filters=filters),
+                                               quotas=exp.quotas, snapshot_version=version, filters=filters,
+                                               include_exposed=include_exposed),
                       config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
         served = snapshot
         if reply.snapshot_version != version:

@@ -19,11 +19,14 @@ from common import request_id as request_ids
 from common.client_text import too_long
 from common.item_filter import AttributeTable, FilterError, ItemFilter, compile_filters, load_attribute_table
 from common.log import Logger, request_id_var
-from common.metrics import observe_recommend
+from common.metrics import observe_feedback, observe_recommend
 from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot
 from common.tls import open_channel
+from feedback.events import Event
+from feedback.ingest import check_batch, ingest
+from feedback.store import FeedbackStore, FeedbackStoreError
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
@@ -96,6 +99,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             RoundRobin([rank_grpc.RankServiceStub(c).Rank for c in self.channels[config.rank_addr]]),
             RoundRobin([rerank_grpc.RerankServiceStub(c).Rerank for c in self.channels[config.rerank_addr]]))
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
+        # the one write path of the feedback store (the recall and rank servers read it)
+        self.feedback = FeedbackStore.open(config.feedback) if config.feedback.path else None
         # the gateway pins each request's version, so it switches last: once the stages hold the new one
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
                                  activate_timeout_s=config.reload_activate_timeout_s)
@@ -170,6 +175,30 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         served = self.serve(request, context, list(request.filters))
         return v2_reply(served, request.k, request.debug)
 
+    def Feedback(self, request, context):
+        """Validate the batch, store its valid events durably (feedback.ingest), say what happened to each."""
+        problem = check_batch(len(request.events), self.config.feedback)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self.feedback is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "feedback is off on this gateway: set feedback.path (and the same path on recall and rank)")
+        events = [Event(e.user_id, e.item_id, int(e.type), e.value, e.timestamp, e.request_id, e.event_id)
+                  for e in request.events]
+        index = self.reloader.current.snapshot.item_index
+        try:
+            result = ingest(self.feedback, events, index.__contains__, time.time())
+        except FeedbackStoreError as exc:
+            self.log.error("feedback_store_error", error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        observe_feedback(result.accepted, len(result.duplicates), len(result.rejected), len(result.unknown_items))
+        self.log.debug("feedback", events=len(events), accepted=result.accepted, rejected=len(result.rejected),
+                       duplicates=len(result.duplicates), unknown_items=len(result.unknown_items))
+        return recommend_pb2.FeedbackResponse(
+            accepted=result.accepted, duplicate_indices=result.duplicates,
+            rejected=[recommend_pb2.RejectedEvent(index=i, reason=r) for i, r in result.rejected],
+            unknown_item_indices=result.unknown_items)
+
     def serve(self, request, context, filters) -> Served:
         """Validate, run the funnel, record metrics: what both API versions share."""
         start = time.monotonic()
@@ -199,7 +228,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                             request.context, list(request.exclude_item_ids), deadline,
                             metadata=(("x-request-id", request_id),), log=self.log,
                             snapshot_for=self.snapshot_for, experiment=experiment, filters=stage_filters,
-                            item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None)
+                            item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None,
+                            include_exposed=getattr(request, "include_exposed", False))  # v2 only
         if result.snapshot is not state.snapshot:
             state = self.reloader.get(result.snapshot.version) or GatewayState(
                 result.snapshot, state.popular, result.snapshot.features.array("item_titles"),

@@ -73,7 +73,7 @@ class RecallServicer(recall_grpc.RecallServiceServicer):
         result = recall(state, self.config, request.user_id, request.n or self.config.default_n,
                         history_override=list(request.history_item_ids) if request.override_history else None,
                         exclude_ids=list(request.exclude_item_ids), quotas=dict(request.quotas), eligible=eligible,
-                        realtime=self.realtime)
+                        realtime=self.realtime, exposure_filter=not request.include_exposed)
         return recall_pb2.RecallResponse(
             item_idx=wire.encode(result.ids, wire.INT32),
             scores=wire.encode(result.scores, wire.FLOAT32),

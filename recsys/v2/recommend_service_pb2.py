@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/v2/recommend_service.proto\x12\trecsys.v2\"\x1c\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\"\x1a\n\x08ValueSet\x12\x0e\n\x06values\x18\x01 \x03(\t\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xa3\x01\n\x0f\x41ttributeFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12%\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x13.recsys.v2.ValueSetH\x00\x12&\n\x07none_of\x18\x03 \x01(\x0b\x32\x13.recsys.v2.ValueSetH\x00\x12!\n\x05range\x18\x04 \x01(\x0b\x32\x10.recsys.v2.RangeH\x00\x42\x0b\n\tcondition\"\xbe\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v2.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12+\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1a.recsys.v2.AttributeFilter\"M\n\rItemAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x13\n\x06number\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_number\"\xf4\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12?\n\x0btask_scores\x18\x03 \x03(\x0b\x32*.recsys.v2.RecommendedItem.TaskScoresEntry\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12,\n\nattributes\x18\x06 \x03(\x0b\x32\x18.recsys.v2.ItemAttribute\x1a\x31\n\x0fTaskScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x02\"\x8e\x02\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v2.RecommendedItem\x12-\n\rstage_timings\x18\x02 \x03(\x0b\x32\x16.recsys.v2.StageTiming\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x15\n\rrelaxed_rules\x18\x06 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x07 \x03(\t\x12\x16\n\x0e\x65ligible_items\x18\x08 \x01(\x03\x12\x14\n\x0c\x66\x65wer_than_k\x18\t \x01(\x08\x32Z\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v2.RecommendRequest\x1a\x1c.recsys.v2.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/v2/recommend_service.proto\x12\trecsys.v2\"\x1c\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\"\x1a\n\x08ValueSet\x12\x0e\n\x06values\x18\x01 \x03(\t\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xa3\x01\n\x0f\x41ttributeFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12%\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x13.recsys.v2.ValueSetH\x00\x12&\n\x07none_of\x18\x03 \x01(\x0b\x32\x13.recsys.v2.ValueSetH\x00\x12!\n\x05range\x18\x04 \x01(\x0b\x32\x10.recsys.v2.RangeH\x00\x42\x0b\n\tcondition\"\xd7\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v2.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12+\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1a.recsys.v2.AttributeFilter\x12\x17\n\x0finclude_exposed\x18\x08 \x01(\x08\"M\n\rItemAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x13\n\x06number\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_number\"\xf4\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12?\n\x0btask_scores\x18\x03 \x03(\x0b\x32*.recsys.v2.RecommendedItem.TaskScoresEntry\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12,\n\nattributes\x18\x06 \x03(\x0b\x32\x18.recsys.v2.ItemAttribute\x1a\x31\n\x0fTaskScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x02\"\x8e\x02\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v2.RecommendedItem\x12-\n\rstage_timings\x18\x02 \x03(\x0b\x32\x16.recsys.v2.StageTiming\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x15\n\rrelaxed_rules\x18\x06 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x07 \x03(\t\x12\x16\n\x0e\x65ligible_items\x18\x08 \x01(\x03\x12\x14\n\x0c\x66\x65wer_than_k\x18\t \x01(\x08\"\x9d\x01\n\rFeedbackEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.recsys.v2.EventType\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\";\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.v2.FeedbackEvent\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x89\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x19\n\x11\x64uplicate_indices\x18\x02 \x03(\x05\x12*\n\x08rejected\x18\x03 \x03(\x0b\x32\x18.recsys.v2.RejectedEvent\x12\x1c\n\x14unknown_item_indices\x18\x04 \x03(\x05*\x84\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x03\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x04\x32\x9f\x01\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v2.RecommendRequest\x1a\x1c.recsys.v2.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v2.FeedbackRequest\x1a\x1b.recsys.v2.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._loaded_options = None
   _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=1602
+  _globals['_EVENTTYPE']._serialized_end=1734
   _globals['_CONTEXT']._serialized_start=48
   _globals['_CONTEXT']._serialized_end=76
   _globals['_VALUESET']._serialized_start=78
@@ -42,17 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTEFILTER']._serialized_start=168
   _globals['_ATTRIBUTEFILTER']._serialized_end=331
   _globals['_RECOMMENDREQUEST']._serialized_start=334
-  _globals['_RECOMMENDREQUEST']._serialized_end=524
-  _globals['_ITEMATTRIBUTE']._serialized_start=526
-  _globals['_ITEMATTRIBUTE']._serialized_end=603
-  _globals['_RECOMMENDEDITEM']._serialized_start=606
-  _globals['_RECOMMENDEDITEM']._serialized_end=850
-  _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._serialized_start=801
-  _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._serialized_end=850
-  _globals['_STAGETIMING']._serialized_start=852
-  _globals['_STAGETIMING']._serialized_end=892
-  _globals['_RECOMMENDRESPONSE']._serialized_start=895
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1165
-  _globals['_RECOMMENDSERVICE']._serialized_start=1167
-  _globals['_RECOMMENDSERVICE']._serialized_end=1257
+  _globals['_RECOMMENDREQUEST']._serialized_end=549
+  _globals['_ITEMATTRIBUTE']._serialized_start=551
+  _globals['_ITEMATTRIBUTE']._serialized_end=628
+  _globals['_RECOMMENDEDITEM']._serialized_start=631
+  _globals['_RECOMMENDEDITEM']._serialized_end=875
+  _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._serialized_start=826
+  _globals['_RECOMMENDEDITEM_TASKSCORESENTRY']._serialized_end=875
+  _globals['_STAGETIMING']._serialized_start=877
+  _globals['_STAGETIMING']._serialized_end=917
+  _globals['_RECOMMENDRESPONSE']._serialized_start=920
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1190
+  _globals['_FEEDBACKEVENT']._serialized_start=1193
+  _globals['_FEEDBACKEVENT']._serialized_end=1350
+  _globals['_FEEDBACKREQUEST']._serialized_start=1352
+  _globals['_FEEDBACKREQUEST']._serialized_end=1411
+  _globals['_REJECTEDEVENT']._serialized_start=1413
+  _globals['_REJECTEDEVENT']._serialized_end=1459
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1462
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1599
+  _globals['_RECOMMENDSERVICE']._serialized_start=1737
+  _globals['_RECOMMENDSERVICE']._serialized_end=1896
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_LIKE: _ClassVar[EventType]
+    EVENT_TYPE_RATING: _ClassVar[EventType]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_IMPRESSION: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_LIKE: EventType
+EVENT_TYPE_RATING: EventType
 
 class Context(_message.Message):
     __slots__ = ("timestamp",)
@@ -39,7 +53,7 @@ class AttributeFilter(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., any_of: _Optional[_Union[ValueSet, _Mapping]] = ..., none_of: _Optional[_Union[ValueSet, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "context", "exclude_item_ids", "deadline_ms", "debug", "filters")
+    __slots__ = ("user_id", "k", "context", "exclude_item_ids", "deadline_ms", "debug", "filters", "include_exposed")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +61,7 @@ class RecommendRequest(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EXPOSED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     context: Context
@@ -54,7 +69,8 @@ class RecommendRequest(_message.Message):
     deadline_ms: int
     debug: bool
     filters: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., debug: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ...) -> None: ...
+    include_exposed: bool
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., debug: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., include_exposed: _Optional[bool] = ...) -> None: ...
 
 class ItemAttribute(_message.Message):
     __slots__ = ("name", "values", "number")
@@ -118,3 +134,47 @@ class RecommendResponse(_message.Message):
     eligible_items: int
     fewer_than_k: bool
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., relaxed_rules: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Iterable[str]] = ..., eligible_items: _Optional[int] = ..., fewer_than_k: _Optional[bool] = ...) -> None: ...
+
+class FeedbackEvent(_message.Message):
+    __slots__ = ("user_id", "item_id", "type", "value", "timestamp", "request_id", "event_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    type: EventType
+    value: float
+    timestamp: float
+    request_id: str
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., value: _Optional[float] = ..., timestamp: _Optional[float] = ..., request_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[FeedbackEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
+
+class RejectedEvent(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("accepted", "duplicate_indices", "rejected", "unknown_item_indices")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_INDICES_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicate_indices: _containers.RepeatedScalarFieldContainer[int]
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
+    unknown_item_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, accepted: _Optional[int] = ..., duplicate_indices: _Optional[_Iterable[int]] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ..., unknown_item_indices: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class RecommendServiceStub:
                 request_serializer=recsys_dot_v2_dot_recommend__service__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=recsys_dot_v2_dot_recommend__service__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/recsys.v2.RecommendService/Feedback',
+                request_serializer=recsys_dot_v2_dot_recommend__service__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=recsys_dot_v2_dot_recommend__service__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecommendServiceServicer:
@@ -53,6 +58,14 @@ class RecommendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Impressions, clicks, likes and ratings: written durably before the reply. Items impressed within the
+        exposure window are not recommended again; clicks join the user's history for the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_RecommendServiceServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=recsys_dot_v2_dot_recommend__service__pb2.RecommendRequest.FromString,
                     response_serializer=recsys_dot_v2_dot_recommend__service__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=recsys_dot_v2_dot_recommend__service__pb2.FeedbackRequest.FromString,
+                    response_serializer=recsys_dot_v2_dot_recommend__service__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class RecommendService:
             '/recsys.v2.RecommendService/Recommend',
             recsys_dot_v2_dot_recommend__service__pb2.RecommendRequest.SerializeToString,
             recsys_dot_v2_dot_recommend__service__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v2.RecommendService/Feedback',
+            recsys_dot_v2_dot_recommend__service__pb2.FeedbackRequest.SerializeToString,
+            recsys_dot_v2_dot_recommend__service__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

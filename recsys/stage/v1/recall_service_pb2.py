@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$recsys/stage/v1/recall_service.proto\x12\x0frecsys.stage.v1\"\x1a\n\x08ValueSet\x12\x0e\n\x06values\x18\x01 \x03(\t\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xb5\x01\n\x0f\x41ttributeFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12+\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x19.recsys.stage.v1.ValueSetH\x00\x12,\n\x07none_of\x18\x03 \x01(\x0b\x32\x19.recsys.stage.v1.ValueSetH\x00\x12\'\n\x05range\x18\x04 \x01(\x0b\x32\x16.recsys.stage.v1.RangeH\x00\x42\x0b\n\tcondition\"\xb1\x02\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10override_history\x18\x02 \x01(\x08\x12\x18\n\x10history_item_ids\x18\x03 \x03(\t\x12:\n\x06quotas\x18\x04 \x03(\x0b\x32*.recsys.stage.v1.RecallRequest.QuotasEntry\x12\t\n\x01n\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x18\n\x10snapshot_version\x18\x07 \x01(\t\x12\x31\n\x07\x66ilters\x18\x08 \x03(\x0b\x32 .recsys.stage.v1.AttributeFilter\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xa6\x01\n\x0eRecallResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x15\n\rchannel_masks\x18\x03 \x01(\x0c\x12\x15\n\rchannel_names\x18\x04 \x03(\t\x12\x18\n\x10snapshot_version\x18\x05 \x01(\t\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12\x16\n\x0e\x65ligible_items\x18\x07 \x01(\x03\x32Z\n\rRecallService\x12I\n\x06Recall\x12\x1e.recsys.stage.v1.RecallRequest\x1a\x1f.recsys.stage.v1.RecallResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$recsys/stage/v1/recall_service.proto\x12\x0frecsys.stage.v1\"\x1a\n\x08ValueSet\x12\x0e\n\x06values\x18\x01 \x03(\t\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xb5\x01\n\x0f\x41ttributeFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12+\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x19.recsys.stage.v1.ValueSetH\x00\x12,\n\x07none_of\x18\x03 \x01(\x0b\x32\x19.recsys.stage.v1.ValueSetH\x00\x12\'\n\x05range\x18\x04 \x01(\x0b\x32\x16.recsys.stage.v1.RangeH\x00\x42\x0b\n\tcondition\"\xca\x02\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10override_history\x18\x02 \x01(\x08\x12\x18\n\x10history_item_ids\x18\x03 \x03(\t\x12:\n\x06quotas\x18\x04 \x03(\x0b\x32*.recsys.stage.v1.RecallRequest.QuotasEntry\x12\t\n\x01n\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x18\n\x10snapshot_version\x18\x07 \x01(\t\x12\x31\n\x07\x66ilters\x18\x08 \x03(\x0b\x32 .recsys.stage.v1.AttributeFilter\x12\x17\n\x0finclude_exposed\x18\t \x01(\x08\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xa6\x01\n\x0eRecallResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x15\n\rchannel_masks\x18\x03 \x01(\x0c\x12\x15\n\rchannel_names\x18\x04 \x03(\t\x12\x18\n\x10snapshot_version\x18\x05 \x01(\t\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12\x16\n\x0e\x65ligible_items\x18\x07 \x01(\x03\x32Z\n\rRecallService\x12I\n\x06Recall\x12\x1e.recsys.stage.v1.RecallRequest\x1a\x1f.recsys.stage.v1.RecallResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTEFILTER']._serialized_start=147
   _globals['_ATTRIBUTEFILTER']._serialized_end=328
   _globals['_RECALLREQUEST']._serialized_start=331
-  _globals['_RECALLREQUEST']._serialized_end=636
-  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_start=591
-  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_end=636
-  _globals['_RECALLRESPONSE']._serialized_start=639
-  _globals['_RECALLRESPONSE']._serialized_end=805
-  _globals['_RECALLSERVICE']._serialized_start=807
-  _globals['_RECALLSERVICE']._serialized_end=897
+  _globals['_RECALLREQUEST']._serialized_end=661
+  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_start=616
+  _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_end=661
+  _globals['_RECALLRESPONSE']._serialized_start=664
+  _globals['_RECALLRESPONSE']._serialized_end=830
+  _globals['_RECALLSERVICE']._serialized_start=832
+  _globals['_RECALLSERVICE']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ class AttributeFilter(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., any_of: _Optional[_Union[ValueSet, _Mapping]] = ..., none_of: _Optional[_Union[ValueSet, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
-    __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids", "snapshot_version", "filters")
+    __slots__ = ("user_id", "override_history", "history_item_ids", "quotas", "n", "exclude_item_ids", "snapshot_version", "filters", "include_exposed")
     class QuotasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class RecallRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EXPOSED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     override_history: bool
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -57,7 +58,8 @@ class RecallRequest(_message.Message):
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     snapshot_version: str
     filters: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
-    def __init__(self, user_id: _Optional[str] = ..., override_history: _Optional[bool] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., n: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ...) -> None: ...
+    include_exposed: bool
+    def __init__(self, user_id: _Optional[str] = ..., override_history: _Optional[bool] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., n: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., include_exposed: _Optional[bool] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("item_idx", "scores", "channel_masks", "channel_names", "snapshot_version", "cold_start", "eligible_items")
