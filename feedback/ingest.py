@@ -9,7 +9,6 @@ the caller's error. Retrying a batch is safe: events carrying an ``event_id`` ar
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from feedback.config import FeedbackConfig
@@ -48,7 +47,8 @@ def ingest(store: FeedbackStore, events: list[Event], known_item, now: float) ->
         elif not known_item(event.item_id):
             result.unknown_items.append(i)
         else:
-            keep.append(event if event.timestamp else dataclasses.replace(event, timestamp=now))
+            keep.append(event if event.timestamp else Event(event.user_id, event.item_id, event.type, event.value,
+                                                            now, event.request_id, event.event_id))
             index.append(i)
     if keep:
         written = store.append(keep, now)

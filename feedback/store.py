@@ -117,25 +117,34 @@ class FeedbackStore:
         try:
             with self.env.begin(write=True) as txn:
                 next_seq = self._meta(txn, b"next_seq", 1)
-                states: dict[str, UserState] = {}
+                by_user: dict[str, list[int]] = {}   # accepted event indices per user, in arrival order
+                seq_of: dict[int, int] = {}
+                in_batch: set[bytes] = set()
+                log_rows, id_rows = [], []
                 for i, event in enumerate(events):
                     key = event.event_id.encode("utf-8")
-                    if key and txn.get(key, db=self.ids) is not None:
+                    if key and (key in in_batch or txn.get(key, db=self.ids) is not None):
                         result.duplicates.append(i)
                         continue
-                    seq = next_seq
+                    seq_of[i] = seq = next_seq
                     next_seq += 1
-                    txn.put(_SEQ.pack(seq), encode(event), db=self.log, append=True)
+                    log_rows.append((_SEQ.pack(seq), encode(event)))
                     if key:
-                        txn.put(key, _SEQ.pack(seq), db=self.ids)
-                    state = states.get(event.user_id)
-                    if state is None:
-                        state = states[event.user_id] = self._state(txn, event.user_id, now)
-                    state.expose(hashes[i:i + 1], now, window)  # shown, clicked or rated: not shown again
-                    if event.type in POSITIVE:
-                        state.add_history(seq, event.timestamp or now, event.item_id, self.config.history_len)
+                        in_batch.add(key)
+                        id_rows.append((key, _SEQ.pack(seq)))
+                    by_user.setdefault(event.user_id, []).append(i)
                     result.seqs.append(seq)
-                for user_id, state in states.items():
+                txn.cursor(db=self.log).putmulti(log_rows, append=True)  # keys ascend: appended in place
+                if id_rows:
+                    txn.cursor(db=self.ids).putmulti(id_rows)
+                for user_id, idx in by_user.items():  # one read-modify-write of each user's state
+                    state = self._state(txn, user_id, now)
+                    # shown, clicked or rated: not shown again (one kernel call for the user's items)
+                    state.expose(hashes[np.asarray(idx)], now, window)
+                    for i in idx:
+                        if events[i].type in POSITIVE:
+                            state.add_history(seq_of[i], events[i].timestamp or now, events[i].item_id,
+                                              self.config.history_len)
                     txn.put(user_id.encode("utf-8"), state.encode(), db=self.users)
                 txn.put(b"next_seq", _SEQ.pack(next_seq), db=self.meta)
                 result.compacted = self._compact(txn, next_seq)

@@ -83,12 +83,13 @@ class UserState:
 
     def encode(self) -> bytes:
         """The binary value (see module docstring)."""
-        items = [s.encode("utf-8") for s in self.hist_items]
+        items = [x.encode("utf-8") for x in self.hist_items]
+        n = len(items)
         return b"".join([
-            _HEADER.pack(self.current.shape[0], self.k, len(items), self.current_start, self.previous_start),
+            _HEADER.pack(self.current.shape[0], self.k, n, self.current_start, self.previous_start),
             self.current.tobytes(), self.previous.tobytes(),
             self.hist_seq.astype("<u8").tobytes(), self.hist_ts.astype("<f8").tobytes(),
-            np.asarray([len(b) for b in items], "<u2").tobytes(), b"".join(items)])
+            struct.pack(f"<{n}H", *map(len, items)), *items])
 
     @classmethod
     def decode(cls, data: bytes) -> "UserState":
@@ -100,18 +101,15 @@ class UserState:
         fixed = pos + 2 * m + n * (8 + 8 + 2)
         if len(data) < fixed or k < 1:
             raise ValueError("user state shorter than its header says")
-        buf = memoryview(data)
-        current = np.frombuffer(buf, np.uint8, m, pos).copy()
-        previous = np.frombuffer(buf, np.uint8, m, pos + m).copy()
+        bits = np.frombuffer(data, np.uint8, 2 * m, pos).copy()  # one copy, two views: writable, independent
         pos += 2 * m
-        seq = np.frombuffer(buf, "<u8", n, pos).astype(np.uint64)
-        ts = np.frombuffer(buf, "<f8", n, pos + 8 * n).astype(np.float64)
-        lengths = np.frombuffer(buf, "<u2", n, pos + 16 * n).astype(np.int64)
-        pos = fixed
-        if pos + int(lengths.sum()) != len(data):
+        seq = np.frombuffer(data, "<u8", n, pos).astype(np.uint64)
+        ts = np.frombuffer(data, "<f8", n, pos + 8 * n).astype(np.float64)
+        lengths = struct.unpack_from(f"<{n}H", data, pos + 16 * n)
+        if fixed + sum(lengths) != len(data):
             raise ValueError("user state item ids do not match their lengths")
-        items, raw = [], bytes(buf[pos:])
-        ends = np.cumsum(lengths)
-        for start, end in zip(ends - lengths, ends):
-            items.append(raw[start:end].decode("utf-8"))
-        return cls(k, current, previous, cur_start, prev_start, seq, ts, items)
+        items, pos = [], fixed
+        for size in lengths:  # at most history_len short strings
+            items.append(data[pos:pos + size].decode("utf-8"))
+            pos += size
+        return cls(k, bits[:m], bits[m:], cur_start, prev_start, seq, ts, items)
