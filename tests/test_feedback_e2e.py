@@ -87,3 +87,44 @@ def test_no_item_is_shown_twice_when_impressions_are_fed_back(client):
     # a "watch again" row may ask for exposed items back
     again = client.recommend("1", k=10, include_exposed=True)
     assert {it.item_id for it in again.items} & seen["1"]
+
+
+def test_no_acknowledged_event_is_lost_when_the_gateway_is_killed(cluster, client, snapshot):
+    """kill -9 of the gateway (the store's writer) in the middle of a Feedback stream; the launcher restarts
+    it. Every event whose call returned OK is in the store afterwards, and each batch is whole."""
+    import os
+    import signal
+
+    from feedback.config import FeedbackConfig
+    from feedback.store import FeedbackStore
+
+    items = snapshot.item_ids.astype(str).tolist()
+    acked: list[str] = []
+    batch, sent = 200, 0
+    killed = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(acked) < 6000:
+        ids = [f"kill-{sent + j}" for j in range(batch)]
+        events = [Event(f"kill-user-{j % 50}", items[j % len(items)], EventType.IMPRESSION, event_id=e)
+                  for j, e in enumerate(ids)]
+        sent += batch
+        try:
+            client.feedback(events, timeout_s=5.0)
+            acked += ids
+        except grpc.RpcError:
+            pass  # the gateway is down or restarting: this batch is not acknowledged
+        if not killed and len(acked) >= 2000:
+            os.kill(cluster.procs["gateway"].pid, signal.SIGKILL)
+            killed = True
+    assert killed and len(acked) >= 6000, "the restarted gateway did not take Feedback again"
+    store = FeedbackStore.open(FeedbackConfig(path=cluster.config.feedback_path))
+    try:
+        stored = {e.event_id for _, e in store.events() if e.event_id.startswith("kill-")}
+    finally:
+        store.close()
+    assert set(acked) <= stored
+    per_batch = {}
+    for e in stored:
+        per_batch.setdefault(int(e.split("-")[1]) // batch, 0)
+        per_batch[int(e.split("-")[1]) // batch] += 1
+    assert set(per_batch.values()) == {batch}  # all or nothing on disk
