@@ -1,12 +1,14 @@
 """``make demo``: export a snapshot if there is none, start the cluster, send real requests, stop.
 
-Prints a few recommendation lists with titles (real users and one unknown user: cold start), then
-per-stage and end-to-end latency percentiles over a few hundred sequential requests.
+Prints a few recommendation lists with titles (real users and one unknown user: cold start), the feedback
+loop (the unknown user's list after it was shown and clicked three items), then per-stage and end-to-end
+latency percentiles over a few hundred sequential requests.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from common.snapshot import Snapshot, SnapshotError
 from export.__main__ import ensure_snapshot
+from feedback.events import Event, EventType
 from gateway.client import RecommendClient, format_recommendation
 from gateway.cluster import Cluster, ClusterConfig
 
@@ -55,12 +58,21 @@ def _main(argv: list[str] | None = None) -> int:
 
     print("starting the cluster ...", flush=True)
     t0 = time.monotonic()
-    with Cluster(ClusterConfig(snapshot=str(root), gateway_port=0)) as cluster:
+    store = tempfile.TemporaryDirectory(prefix="demo-feedback-")  # a fresh feedback store for the demo
+    with store, Cluster(ClusterConfig(snapshot=str(root), gateway_port=0, feedback_path=store.name)) as cluster:
         print(f"cluster ready in {time.monotonic() - t0:.1f} s: gateway {cluster.gateway_addr}\n")
         with RecommendClient(cluster.gateway_addr, timeout_s=5.0) as client:
             for user_id in users[:3] + ["new-user-never-seen"]:
                 rec = client.recommend(user_id, k=args.k, deadline_ms=args.deadline_ms, debug=True)
                 print(format_recommendation(user_id, rec) + "\n")
+            # the feedback loop: the new user was shown that list and clicked three items of it
+            shown = [it.item_id for it in rec.items]
+            client.feedback([Event(user_id, x, EventType.IMPRESSION, request_id=rec.request_id) for x in shown]
+                            + [Event(user_id, x, EventType.CLICK) for x in shown[:3]])
+            print(f"feedback: {user_id} was shown those {len(shown)} and clicked {', '.join(shown[:3])}; "
+                  f"the next list (none of them again, personalised by the clicks):")
+            rec = client.recommend(user_id, k=args.k, deadline_ms=args.deadline_ms, debug=True)
+            print(format_recommendation(user_id, rec) + "\n")
             for user_id in users[:50]:  # warm-up: JIT caches, onnxruntime arenas
                 client.recommend(user_id, k=args.k, deadline_ms=args.deadline_ms)
             rng = np.random.default_rng(0)
