@@ -5,6 +5,8 @@
 * **Ingest under load**: the load generator offers ``--rate`` Recommend/s (open loop, k=20, deadline 50 ms)
   while ``--writers`` client threads send Feedback batches of ``--batch`` events as fast as the gateway takes
   them; reports events/s stored and Recommend's latency, errors and degraded replies in that window.
+* **Repeated exposures**: ``--exposure-users`` users x ``--exposure-rounds`` requests (k=10), each list's
+  items fed back as impressions; counts items shown to a user again within the window (the target is 0).
 * **Click to visible**: a user's top item is clicked through Feedback, then Recommend is called until the
   item is gone from the list (clicked items count as seen); the time from sending the click to the first list
   without it, over ``--trials`` trials spread round-robin over the recall and rank replicas.
@@ -88,6 +90,25 @@ def click_to_visible(addr: str, users: list[str], trials: int, timeout_s: float 
             "latency_ms": {k: round(v, 2) for k, v in percentiles(latencies).items()}}
 
 
+def repeated_exposures(addr: str, users: list[str], rounds: int, k: int = 10) -> dict:
+    """Requests with impressions fed back; an item shown twice to one user is a repeat."""
+    seen: dict[str, set[str]] = {}
+    repeats = short = 0
+    t0 = time.perf_counter()
+    with RecommendClient(addr, timeout_s=10.0) as client:
+        for _ in range(rounds):
+            for user in users:
+                rec = client.recommend(user, k=k, deadline_ms=1000)
+                ids = [it.item_id for it in rec.items]
+                shown = seen.setdefault(user, set())
+                repeats += len(shown & set(ids))
+                short += len(ids) < k
+                shown |= set(ids)
+                client.feedback([Event(user, x, EventType.IMPRESSION, request_id=rec.request_id) for x in ids])
+    return {"requests": rounds * len(users), "users": len(users), "k": k, "repeated_items": repeats,
+            "short_lists": short, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", default="snapshots")
@@ -97,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=2, help="recall and rank replicas (readers of the store)")
+    parser.add_argument("--exposure-users", type=int, default=500)
+    parser.add_argument("--exposure-rounds", type=int, default=20, help="0 skips the repeated-exposure part")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     snapshot = Snapshot.open(args.snapshot, verify=False)
@@ -111,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             addr = cluster.gateway_addr
             run_rate(addr, users, 50, 2.0, k=20, deadline_ms=1000)  # warm-up: JIT, connections
             visible = click_to_visible(addr, users, args.trials)
+            exposures = (repeated_exposures(addr, users[:args.exposure_users],
+                                            args.exposure_rounds) if args.exposure_rounds else None)
             ingest = ingest_under_load(addr, items, users, args.rate, args.seconds, args.batch, args.writers)
             disk = (Path(tmp) / "feedback" / "data.mdb").stat().st_blocks * 512
-    report = {"click_to_visible": visible, "ingest_under_load": ingest,
+    report = {"click_to_visible": visible, "repeated_exposures": exposures, "ingest_under_load": ingest,
               "store_disk_bytes": disk, "replicas": {"recall": args.replicas, "rank": args.replicas}}
     print(json.dumps(report, indent=1))
     if args.out:
