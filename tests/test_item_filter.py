@@ -257,3 +257,13 @@ def test_filtered_ann_falls_back_to_exact_when_hnsw_cannot_return_the_over_fetch
     query = dataclasses.replace(query, eligible=eligible)
     got, want = ann.recall(hnsw_state, query, 40), ann.recall(exact_state, query, 40)
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_bench_picks_the_filter_closest_to_the_target_share():
+    from gateway.bench_filters import pick_filter
+
+    table, *_ = make_table(n=2000)
+    for share in (0.3, 0.05, 0.005):
+        filters, mask, label = pick_filter(table, share)
+        np.testing.assert_array_equal(compile_filters(filters, table, FilterLimits()).mask(), mask)
+        assert 0.5 < mask.mean() / share < 2.0, (share, label, mask.mean())
