@@ -233,3 +233,37 @@ def test_filtered_ann_equals_exact_search_over_eligible_items(recall_state):
     want = min(30 + min(query.exclude.size, state.ann_max_overfetch), eligible.count)
     np.testing.assert_array_equal(ids, eligible.ids[order][:want])
     np.testing.assert_allclose(scores, ref[order][:want], rtol=1e-5, atol=1e-6)
+
+
+def test_filtered_ann_falls_back_to_exact_when_hnsw_cannot_return_the_over_fetch(recall_state):
+    """hnswlib raises when it finds fewer neighbours than asked (a huge over-fetch); the channel then searches
+    exactly instead of failing the request."""
+    import dataclasses
+
+    from recall_server.channels import ann
+    from recall_server.recall import build_query
+
+    config, state = recall_state
+    filters, _ = genre_filter(state, 0.3)
+    eligible = eligible_items(compile_filters(filters, state.attributes, config.filters))
+
+    class Refusing:
+        def knn_query(self, *args, **kwargs):
+            raise RuntimeError("Cannot return the results in a contiguous 2D array. Probably ef or M is too small")
+
+    hnsw_state = dataclasses.replace(state, index=Refusing(), ann_exact_max=0)  # force the HNSW path
+    exact_state = dataclasses.replace(state, ann_exact_max=10**9)
+    query, _ = build_query(state, config, str(state.snapshot.features.array("user_ids")[0]), None, [])
+    query = dataclasses.replace(query, eligible=eligible)
+    got, want = ann.recall(hnsw_state, query, 40), ann.recall(exact_state, query, 40)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_bench_picks_the_filter_closest_to_the_target_share():
+    from gateway.bench_filters import pick_filter
+
+    table, *_ = make_table(n=2000)
+    for share in (0.3, 0.05, 0.005):
+        filters, mask, label = pick_filter(table, share)
+        np.testing.assert_array_equal(compile_filters(filters, table, FilterLimits()).mask(), mask)
+        assert 0.5 < mask.mean() / share < 2.0, (share, label, mask.mean())

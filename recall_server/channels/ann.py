@@ -44,6 +44,11 @@ def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     if eligible is not None and eligible.count <= state.ann_exact_max:
         return exact_top(eligible.item_vectors(state.item_emb), eligible.ids, vector, k)
     fetch = min(state.n_items, fetch_size(k, eligible, state.filter_overfetch, state.n_items))
-    labels, distances = state.index.knn_query(vector.reshape(1, -1), k=fetch)
+    try:
+        labels, distances = state.index.knn_query(vector.reshape(1, -1), k=fetch)
+    except RuntimeError:  # hnswlib found fewer than `fetch` neighbours (a very large over-fetch): search exactly
+        if eligible is None:
+            raise
+        return exact_top(eligible.item_vectors(state.item_emb), eligible.ids, vector, k)
     # hnswlib's "ip" distance is 1 - <u, v>
     return restrict(labels[0].astype(np.int32), (1.0 - distances[0]).astype(np.float32), eligible)
