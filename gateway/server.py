@@ -1,7 +1,13 @@
-"""gRPC Gateway servicer: validate Recommend, run the funnel under its deadline, build the reply."""
+"""gRPC Gateway servicer: validate Recommend, run the funnel under its deadline, build the reply.
+
+The gateway runs on ``grpc.aio`` (``common.aio_server``): a request waiting on its three stage calls is a
+coroutine, not a parked thread. Requests are admitted or refused at once (``gateway.admission``); the
+deadline counts from arrival (the event loop's lag is subtracted, and the caller's gRPC deadline wins when
+tighter); each stage is dialled once, as one target that gRPC balances over its replicas with
+``round_robin`` and health checking (``gateway.stage_target``)."""
 from __future__ import annotations
 
-import itertools
+import asyncio
 import sys
 from dataclasses import dataclass
 import time
@@ -13,15 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common import request_id as request_ids
 from common.client_text import too_long
 from common.log import Logger, request_id_var
-from common.metrics import observe_recommend
+from common.metrics import SHED, observe_recommend
 from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot
-from common.tls import open_channel
+from common.tls import aio_channel, open_channel
+from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
-from gateway.stage_target import stage_target
+from gateway.stage_target import replica_addrs, stage_target
 from protos import recsys_pb2, recsys_pb2_grpc
 
 
@@ -34,17 +41,6 @@ class GatewayState:
     titles: np.ndarray
 
 
-class RoundRobin:
-    """Calls one stage method through several channels in turn (``next`` on a count is atomic under the GIL)."""
-
-    def __init__(self, methods: list):
-        self.methods = methods
-        self._turn = itertools.count()
-
-    def __call__(self, request, **kwargs):
-        return self.methods[next(self._turn) % len(self.methods)](request, **kwargs)
-
-
 class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
     """Thin adapter between Recommend and ``gateway.funnel.run_funnel``; channels are long-lived."""
 
@@ -52,27 +48,39 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         self.config = config
         self.log = log
         # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
-        options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
-        # one connection per channel (local subchannel pool): the kernel balances SO_REUSEPORT workers by
-        # connection, so a stage with N workers gets N channels and calls go round-robin over them
-        pooled = [*options, ("grpc.use_local_subchannel_pool", 1)]
-        self.channels = {}
-        for stage in ("recall", "rank", "rerank"):
-            # an address list or dns:/// name: round_robin over the replicas with health checking
-            addr = getattr(config, f"{stage}_addr")
-            target, balancing = stage_target(addr, f"{stage}_addr")
-            self.channels[addr] = [open_channel(target, [*pooled, *balancing], config.stage_tls_ca,
-                                                config.stage_tls_cert, config.stage_tls_key)
-                                   for _ in range(config.channels_per_stage)]
-        self.stages = Stages(
-            RoundRobin([recsys_pb2_grpc.RecallStub(c).Recall for c in self.channels[config.recall_addr]]),
-            RoundRobin([recsys_pb2_grpc.RankStub(c).Rank for c in self.channels[config.rank_addr]]),
-            RoundRobin([recsys_pb2_grpc.RerankStub(c).Rerank for c in self.channels[config.rerank_addr]]))
+        self.channel_options = [*channel_options(config.server.max_message_mb),
+                                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+        self.channels: dict[str, object] = {}     # stage → its grpc.aio channel (``open``)
+        self.stages: Stages | None = None
+        self.admission = Admission(config.admission)
+        self._health_channels: dict[str, grpc.Channel] = {}   # replica address → sync channel (stages_hold)
+        self._lag_probe: asyncio.Task | None = None
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
         # the gateway pins each request's version, so it switches last: once the stages hold the new one
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
                                  activate_timeout_s=config.reload_activate_timeout_s)
+
+    async def open(self) -> None:
+        """Dial the stages (inside the event loop: ``grpc.aio`` channels belong to it), start the lag probe."""
+        cfg = self.config
+        for stage in ("recall", "rank", "rerank"):
+            # an address list or dns:/// name: round_robin over the replicas, health checking, retry on UNAVAILABLE
+            target, balancing = stage_target(getattr(cfg, f"{stage}_addr"), f"{stage}_addr")
+            self.channels[stage] = aio_channel(target, [*self.channel_options, *balancing], cfg.stage_tls_ca,
+                                               cfg.stage_tls_cert, cfg.stage_tls_key)
+        self.stages = Stages(recsys_pb2_grpc.RecallStub(self.channels["recall"]).Recall,
+                             recsys_pb2_grpc.RankStub(self.channels["rank"]).Rank,
+                             recsys_pb2_grpc.RerankStub(self.channels["rerank"]).Rerank)
+        self._lag_probe = asyncio.get_running_loop().create_task(self.admission.probe_loop_lag())
+
+    async def close(self) -> None:
+        """Close the stage channels (after the server stopped)."""
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
+        for channel in self.channels.values():
+            await channel.close()
+        for channel in self._health_channels.values():
+            channel.close()
 
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
@@ -86,10 +94,18 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         return state
 
     def stages_hold(self, version: str) -> bool:
-        """Whether every stage worker behind the gateway's channels reports holding ``version``."""
+        """Whether every stage replica the gateway dials reports holding ``version`` (run on the reload thread,
+        so over synchronous channels of its own: one per listed replica, or one per ``dns:///`` name)."""
         request = health_pb2.HealthCheckRequest(service=version_service(version))
-        for channels in self.channels.values():
-            for channel in channels:
+        cfg = self.config
+        for stage in ("recall", "rank", "rerank"):
+            for addr in replica_addrs(getattr(cfg, f"{stage}_addr")):
+                channel = self._health_channels.get(addr)
+                if channel is None:
+                    target, balancing = stage_target(addr, f"{stage}_addr")
+                    channel = self._health_channels[addr] = open_channel(
+                        target, [*self.channel_options, *balancing], cfg.stage_tls_ca, cfg.stage_tls_cert,
+                        cfg.stage_tls_key)
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
                 except grpc.RpcError:
@@ -123,11 +139,11 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         return too_long([("exclude_item_ids", request.exclude_item_ids), ("context.device", request.context.device),
                          ("context.page", request.context.page)], cfg.server.max_string_len)
 
-    def Recommend(self, request, context):
+    async def Recommend(self, request, context):
         start = time.monotonic()
         problem = self.validate(request)
         if problem:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         request_id, refused = request_ids.from_metadata(context.invocation_metadata(),
                                                         self.config.server.max_request_id_len)
         if request_id is None:  # none sent, or too long / odd characters: the stages get a plain one
@@ -135,16 +151,28 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             if refused is not None:
                 self.log.warning("request_id_replaced", request_id=request_id, sent_length=len(refused))
         request_id_var.set(request_id)  # on every log line of this call (the interceptor resets it)
-        deadline = start + (request.deadline_ms or self.config.deadline_ms) / 1000.0
+        # the deadline runs from arrival: the call waited about the event loop's current lag before it ran
+        deadline = start - self.admission.loop_lag_s + (request.deadline_ms or self.config.deadline_ms) / 1000.0
+        now = time.monotonic()
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
-            deadline = min(deadline, start + remaining - self.config.reserve_ms / 1000.0)  # time to reply
-        state = self.reloader.current  # the request's version, pinned and named to every stage
-        experiment = assign(self.config.experiments, request.user_id)
-        result = run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id, request.k,
-                            request.context, list(request.exclude_item_ids), deadline,
-                            metadata=(("x-request-id", request_id),), log=self.log,
-                            snapshot_for=self.snapshot_for, experiment=experiment)
+            deadline = min(deadline, now + remaining - self.config.reserve_ms / 1000.0)  # time to reply
+        shed = self.admission.admit(now, deadline - start)
+        if shed is not None:  # a fast refusal now rather than a late answer (gateway.admission)
+            SHED.inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"gateway overloaded, request shed: {shed}; retry later or with backoff")
+        timed_out = False
+        try:
+            state = self.reloader.current  # the request's version, pinned and named to every stage
+            experiment = assign(self.config.experiments, request.user_id)
+            result = await run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id,
+                                      request.k, request.context, list(request.exclude_item_ids), deadline,
+                                      metadata=(("x-request-id", request_id),), log=self.log,
+                                      snapshot_for=self.snapshot_for, experiment=experiment)
+            timed_out = bool(result.timed_out)
+        finally:
+            self.admission.release(time.monotonic(), timed_out)
         if result.snapshot is not state.snapshot:
             state = self.reloader.get(result.snapshot.version) or GatewayState(
                 result.snapshot, state.popular, result.snapshot.features.array("item_titles"))
@@ -172,13 +200,14 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
 
 
 def build(config: GatewayConfig, log: Logger):
+    """The gateway's one service (``open`` dials the stages once the event loop runs)."""
     return [(recsys_pb2_grpc.add_GatewayServicer_to_server, GatewayServicer(config, log), "recsys.v1.Gateway")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.server import run_server
+    from common.aio_server import run_aio_server
 
-    return run_server("gateway", GatewayConfig, argv, "Gateway: Recommend under a deadline", build)
+    return run_aio_server("gateway", GatewayConfig, argv, "Gateway: Recommend under a deadline", build)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The gateway's funnel logic without gRPC: budgets, fallbacks, malformed replies."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -54,8 +55,8 @@ def world(snapshot):
 def _run(world, deadline_s=0.2, k=10, **replace):
     snapshot, popular, config, stages = world
     stages = Stages(**{**stages, **replace})
-    return run_funnel(stages, snapshot, popular, config, "1", k, recsys_pb2.Context(), [],
-                      time.monotonic() + deadline_s)
+    return asyncio.run(run_funnel(stages, snapshot, popular, config, "1", k, recsys_pb2.Context(), [],
+                                  time.monotonic() + deadline_s))
 
 
 def test_all_stages_healthy(world):
