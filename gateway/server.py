@@ -94,11 +94,14 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         return state
 
     def stages_hold(self, version: str) -> bool:
-        """Whether every stage replica the gateway dials reports holding ``version`` (run on the reload thread,
-        so over synchronous channels of its own: one per listed replica, or one per ``dns:///`` name)."""
+        """Whether every live stage replica the gateway dials reports holding ``version``, and at least one per
+        stage does (run on the reload thread, so over synchronous channels of its own: one per listed replica,
+        or one per ``dns:///`` name). A replica that does not answer is out of the rotation and is skipped: a
+        stopped one never will, and a restarting one loads the newest version when it comes up."""
         request = health_pb2.HealthCheckRequest(service=version_service(version))
         cfg = self.config
         for stage in ("recall", "rank", "rerank"):
+            holding = 0
             for addr in replica_addrs(getattr(cfg, f"{stage}_addr")):
                 channel = self._health_channels.get(addr)
                 if channel is None:
@@ -108,10 +111,15 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
                         cfg.stage_tls_key)
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
-                except grpc.RpcError:
-                    return False
+                except grpc.RpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        continue  # not running: out of the rotation
+                    return False  # NOT_FOUND: running without this version
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
                     return False
+                holding += 1
+            if holding == 0:
+                return False
         return True
 
     def snapshot_for(self, version: str) -> Snapshot | None:

@@ -48,6 +48,9 @@ def test_throttle_refuses_in_proportion_to_timed_out_replies():
         adm.release(i * 0.005, timed_out=i % 2 == 0)  # half the stages run out of time
     cfg.max_shed_probability = 0.95
     p = adm.shed_probability(0.5)
+    assert p == pytest.approx(0.0)  # half in time: within k = 2
+    cfg.throttle_k = 1.25
+    p = adm.shed_probability(0.5)
     assert p == pytest.approx((100 - 1.25 * 50) / 101)
     # refused requests count as offered, so the probability rises while the overload lasts, up to the cap
     refused = sum(adm.admit(0.5, 10.0) is not None for _ in range(200))
