@@ -42,6 +42,9 @@ def targets(report: dict) -> dict:
     inproc = report.get("in_process_funnel")
     if at100 and at100["latency_ms"] and inproc:
         out["cluster_p50_over_in_process_p50_at_100"] = at100["latency_ms"]["p50"] / inproc["total"]["p50"]
+        if at100.get("net_cpu_ms_per_ok_request"):
+            out["cluster_cpu_ms_over_in_process_cpu_ms_at_100"] = (at100["net_cpu_ms_per_ok_request"]
+                                                                   / inproc["cpu_ms_per_request"])
     overload = report.get("overload", [])
     if overload:
         peak = max(r["goodput"] for r in rates)

@@ -55,7 +55,8 @@ def print_table(report: dict) -> None:
     if inproc:
         print("in-process funnel (the same servicers and funnel, no gRPC): " +
               "  ".join(f"{s} p50 {inproc[s]['p50']:.2f}" for s in ("recall", "rank", "rerank", "total")
-                        if inproc.get(s)) + f"  ({inproc['degraded_replies']} of {inproc['requests']} degraded)")
+                        if inproc.get(s)) + f"  ({inproc['degraded_replies']} of {inproc['requests']} degraded); "
+              f"{inproc['cpu_ms_per_request']:.2f} CPU-ms per request")
         at = next((r for r in report["rates"] if r["offered_rate"] == 100), report["rates"][0])
         if at.get("latency_ms"):
             print(f"cluster p50 / in-process p50 at {at['offered_rate']:.0f}/s: "
