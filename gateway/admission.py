@@ -35,8 +35,8 @@ class AdmissionConfig:
 
     enabled: bool = True
     max_in_flight: int = 64          # requests in progress past which new ones are refused at once
-    shed_fraction: float = 0.8       # refuse when requests take (Little's law) over this share of the deadline
-    throttle_k: float = 2.0          # adaptive throttling: refuse while offered > k × answered in time (SRE book: 2)
+    shed_fraction: float = 0.5       # refuse when requests take (Little's law) over this share of the deadline
+    throttle_k: float = 1.25         # adaptive throttling: refuse while offered > k × answered in time
     max_shed_probability: float = 0.95  # adaptive throttling never refuses more than this share
     window_s: float = 1.0            # completions counted over this window
     min_samples: int = 8             # below this many completions in the window, admit (no estimate yet)

@@ -69,7 +69,7 @@ def run(args) -> int:
         return 2
     from gateway.bench_echo import measure as echo_floor
     from gateway.bench_funnel import in_process_funnel
-    from gateway.bench_overload import overload_and_recovery
+    from gateway.bench_overload import burst, overload_and_recovery
     from gateway.bench_peers import ann_vs_exact, kernel_peers, machine_info
     from gateway.bench_profile import start_profilers, top_costs
 
@@ -84,7 +84,14 @@ def run(args) -> int:
               "config": {"rates": rates, "duration_s": args.duration, "k": args.k, "deadline_ms": args.deadline_ms,
                          "warmup": args.warmup, "quick": args.quick, "replicas": replicas}, "rates": []}
     report["echo_floor"] = [echo_floor(kind, out.parent, calls=300 if args.quick else 2000) for kind in ("aio", "sync")]
-    overrides = {"gateway": [f"deadline_ms={args.deadline_ms}"]}
+    overrides: dict[str, list[str]] = {"gateway": [f"deadline_ms={args.deadline_ms}"]}
+    for item in args.set:  # STAGE:key=value, e.g. gateway:admission.shed_fraction=0.5
+        stage, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            print(f"bench: --set wants STAGE:key=value, got '{item}'", file=sys.stderr)
+            return 2
+        overrides.setdefault(stage, []).append(setting)
+    report["config"]["overrides"] = overrides
     with Cluster(ClusterConfig(snapshot=str(root), gateway_port=0, overrides=overrides,
                                replicas=replicas)) as cluster:
         pids = {name: proc.pid for name, proc in cluster.procs.items()}
@@ -123,11 +130,17 @@ def run(args) -> int:
                 cluster.gateway_addr, users, sat, base["latency_ms"].get("p99", args.deadline_ms), args.k,
                 args.deadline_ms, pids, overload_s=2.0 if args.quick else 5.0,
                 recovery_len_s=2.0 if args.quick else 4.0)
+            time.sleep(1.0)  # let the recovery phase's last replies drain
+            report["burst"] = burst(cluster.gateway_addr, users, 300 if args.quick else 3000, args.k,
+                                    args.deadline_ms)
     report["in_process_funnel"] = in_process_funnel(str(root), users, 100 if args.quick else 500, args.k,
-                                                    args.deadline_ms)
+                                                    args.deadline_ms, overrides)
     report["ann_vs_exact"] = ann_vs_exact(snapshot, users, n_queries=100 if args.quick else 300)
-    if not args.quick:
+    if not args.quick and not args.no_kernels:
         report["kernels"] = kernel_peers()
+        # said in the report itself, so no one reads these ratios as like for like
+        report["kernels_note"] = ("numpy_s is tests/kernel_refs.py, the test oracles written for clarity, not "
+                                  "vectorised numpy written for speed: the speedups overstate the kernels' gain")
     report["targets"] = targets(report)
     out.write_text(json.dumps(report, indent=2))
     print_table(report)
@@ -162,6 +175,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-ms", type=int, default=50)
     parser.add_argument("--replicas", help=f"JSON stage → replica processes, e.g. '{{\"rank\": 2}}' "
                                            f"(stages: {', '.join(STAGES)}; default one each)")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                        help="a server config override, e.g. gateway:admission.shed_fraction=0.5 (repeatable)")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the Numba kernels vs numpy table")
     parser.add_argument("--no-overload", action="store_true", help="skip the 2x / 3x overload and recovery runs")
     parser.add_argument("--out", help="report path (default reports/bench-<time>.json)")
     parser.add_argument("--profile", action="store_true", help="py-spy every server during --profile-rate")

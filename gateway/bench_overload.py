@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.bench_cpu import CpuMeter
 from gateway.loadgen import percentiles, run_schedule
+from protos import recsys_pb2, recsys_pb2_grpc
 
 
 def _health_probe(addr: str, stop: threading.Event, every_s: float, out: list[float], errors: list[str]) -> None:
@@ -86,3 +87,26 @@ def overload_and_recovery(addr: str, users: list[str], saturation_rate: float, b
                     "recovered_after_s": recovery_s(back.samples, base_p99_ms, bucket_s, recovery_len_s),
                     "recovery_bound_ms": max(1.5 * base_p99_ms, base_p99_ms + 5.0)})
     return out
+
+
+def burst(addr: str, users: list[str], n: int, k: int, deadline_ms: int) -> dict:
+    """``n`` Recommend calls sent at once (no pacing), each with the deadline + 1 s as its gRPC timeout: how
+    each ended, by status (with the degraded ones apart), and the latency of the OK ones. Before admission
+    control a burst of 2,000-4,000 came back partly CANCELLED (gRPC's pending-call limit), uncounted."""
+    rng = np.random.default_rng(7)
+    with grpc.insecure_channel(addr) as channel:
+        stub = recsys_pb2_grpc.GatewayStub(channel)
+        t0 = time.perf_counter()
+        futures = [stub.Recommend.future(recsys_pb2.RecommendRequest(user_id=str(u), k=k, deadline_ms=deadline_ms),
+                                         timeout=deadline_ms / 1000.0 + 1.0) for u in rng.choice(users, n)]
+        codes: dict[str, int] = {}
+        ok_ms: list[float] = []
+        for future in futures:
+            try:
+                reply = future.result()
+                code = "OK_DEGRADED" if reply.degraded else "OK"
+                ok_ms.append((time.perf_counter() - t0) * 1000.0)
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            codes[code] = codes.get(code, 0) + 1
+    return {"calls": n, "by_status": codes, "ok_completed_by_ms": percentiles(ok_ms)}

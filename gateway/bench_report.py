@@ -71,6 +71,9 @@ def print_table(report: dict) -> None:
               f"over deadline+5ms {ov['late_over_deadline_plus_5ms']}, errors {ov['errors']}, reply p99 "
               f"{_lat(ov, 'p99'):.1f} ms, max {_lat(ov, 'max'):.1f}; Health/Check p99 "
               f"{h.get('p99', float('nan')):.1f} ms; back to the 100/s level after {o['recovered_after_s']} s")
+    if report.get("burst"):
+        b = report["burst"]
+        print(f"burst of {b['calls']} calls at once: {b['by_status']}")
     for stage, prof in report.get("profile", {}).get("stages", {}).items():
         print(f"profile {stage} ({prof['busy_samples']} busy samples): " +
               "; ".join(f"{t['share_of_busy']:.0%} {t['where']}" for t in prof["top"]))

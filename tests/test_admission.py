@@ -35,12 +35,13 @@ def test_littles_law_sheds_when_requests_take_most_of_the_deadline():
         adm.admit(i * 0.1, 0.05)
         adm.release(i * 0.1 + 0.001)
     assert adm.admit(1.0, 0.05) is None and adm.admit(1.0, 0.05) is None  # 1 then 2 in flight: under min
-    reason = adm.admit(1.0, 0.05)  # 2 in flight / 10 per s = 200 ms > 0.8 × 50 ms
-    assert reason is not None and "over 0.8 of the 50 ms deadline" in reason
+    reason = adm.admit(1.0, 0.05)  # 2 in flight / 10 per s = 200 ms > 0.5 × 50 ms
+    assert reason is not None and "over 0.5 of the 50 ms deadline" in reason
 
 
 def test_throttle_refuses_in_proportion_to_timed_out_replies():
     cfg = AdmissionConfig(min_in_flight=0, min_samples=4, window_s=1.0, shed_fraction=1.0, max_in_flight=10_000,
+                          throttle_k=2.0,
                           max_shed_probability=0.0)  # no refusals while the history fills
     adm = Admission(cfg, random.Random(0))
     for i in range(100):
