@@ -1,10 +1,14 @@
 """Work nobody waits for is not done: a stage call whose caller has gone is refused before it runs.
 
 Under overload a synchronous server's calls queue for a handler thread; by the time one runs, its caller
-(the gateway, which gave it the time the request had left as its gRPC deadline) may have given up.
-``DeadlineGuard`` answers such a call DEADLINE_EXCEEDED at once instead of computing a reply nobody will
-read, so the server catches up with its queue instead of falling further behind. Installed on every
-server by ``common.server.GrpcServer`` for the ``recsys`` services (health and reflection are left alone).
+(the gateway, which gave it the time the request had left as its gRPC deadline) may have given up or have
+too little time left for the stage's work to be of use. A call whose deadline passed in the queue is
+dropped by gRPC's server itself (it is cancelled; tests/test_deadline_guard.py checks this stays so);
+``DeadlineGuard`` adds the rest: a call whose caller cancelled, or that starts with less than
+``server.min_remaining_ms`` of its deadline left, is answered DEADLINE_EXCEEDED at once instead of
+computing a reply nobody will read, so the server catches up with its queue instead of falling further
+behind. Installed on every synchronous server by ``common.server.GrpcServer`` for the ``recsys`` services
+(health and reflection are left alone).
 """
 from __future__ import annotations
 
