@@ -102,18 +102,20 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
                user_id: str, k: int, context: recsys_pb2.Context, exclude_ids: list[str],
                deadline: float, metadata=(), log: Logger | None = None,
                snapshot_for: Callable[[str], Snapshot | None] | None = None,
-               experiment: Assignment | None = None) -> FunnelResult:
+               experiment: Assignment | None = None, extra_reserve_s: float = 0.0) -> FunnelResult:
     """Run the funnel for one request; never raises for a stage failure, degrades instead.
 
     ``snapshot_for(version)`` (hot reload, ``common.reload``) returns another snapshot the gateway still
     holds: when recall answers from that version, the rest of the funnel runs on it and the result's
     ``snapshot`` is that one, so a rolling switch of the stages does not degrade the request.
     ``experiment`` (``gateway.experiments.assign``) carries the stage overrides of the user's arms.
+    ``extra_reserve_s`` is kept back on top of ``config.reserve_ms`` (the gateway passes its event loop's
+    lag: on a starved process a timed-out call and the reply after it come back that much later).
     """
     exp = experiment or Assignment()
     version = snapshot.version
     budget_ms = (deadline - time.monotonic()) * 1000.0
-    reserve = config.reserve_ms / 1000.0
+    reserve = config.reserve_ms / 1000.0 + extra_reserve_s
     degraded: list[str] = []
     errors: dict[str, str] = {}
     timed_out: list[str] = []

@@ -162,9 +162,10 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
         # the deadline runs from arrival: the call waited about the event loop's current lag before it ran
         deadline = start - self.admission.loop_lag_s + (request.deadline_ms or self.config.deadline_ms) / 1000.0
         now = time.monotonic()
+        lag = self.admission.loop_lag_s  # a starved loop answers late by about this much: keep it back too
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
-            deadline = min(deadline, now + remaining - self.config.reserve_ms / 1000.0)  # time to reply
+            deadline = min(deadline, now + remaining - self.config.reserve_ms / 1000.0 - lag)  # time to reply
         shed = self.admission.admit(now, deadline - start)
         if shed is not None:  # a fast refusal now rather than a late answer (gateway.admission)
             SHED.inc()
@@ -177,7 +178,8 @@ class GatewayServicer(recsys_pb2_grpc.GatewayServicer):
             result = await run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id,
                                       request.k, request.context, list(request.exclude_item_ids), deadline,
                                       metadata=(("x-request-id", request_id),), log=self.log,
-                                      snapshot_for=self.snapshot_for, experiment=experiment)
+                                      snapshot_for=self.snapshot_for, experiment=experiment,
+                                      extra_reserve_s=lag)
             timed_out = bool(result.timed_out)
         finally:
             self.admission.release(time.monotonic(), timed_out)
