@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
@@ -43,6 +44,8 @@ STAGE_LATENCY = Histogram("recsys_gateway_stage_seconds", "Time the gateway spen
 RECOMMEND_LATENCY = Histogram("recsys_gateway_recommend_seconds", "End-to-end Recommend latency in the gateway",
                               buckets=_BUCKETS, registry=REGISTRY)
 
+SHED = Counter("recsys_gateway_shed_total", "Recommend calls refused at once by admission control (RESOURCE_EXHAUSTED)",
+               registry=REGISTRY)
 _SKIP_PREFIX = "/grpc."  # health checks and reflection are not traffic
 
 
@@ -114,15 +117,37 @@ def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> i
     return bound
 
 
+def record_call(name: str, seconds: float, code, details: str | None, raised: BaseException | None, log: Logger,
+                options) -> str | None:
+    """Count, time and log one finished call; return its details cut to ``max_details_chars`` (None: none)."""
+    REQUESTS.labels(method=name).inc()
+    LATENCY.labels(method=name).observe(seconds)
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN if raised is not None else grpc.StatusCode.OK
+    if code == grpc.StatusCode.OK:
+        log.debug("request", method=name, code="OK", ms=round(seconds * 1000, 3))
+        return None
+    ERRORS.labels(method=name, code=code.name).inc()
+    if details:  # last line of defence: no detail may outgrow gRPC's metadata limits
+        details = clip(details, options.max_details_chars)
+    log.warning("request_failed", method=name, code=code.name, ms=round(seconds * 1000, 3), details=details,
+                error=None if raised is None or code != grpc.StatusCode.UNKNOWN else repr(raised))
+    return details
+
+
+def _options(options):
+    from common.server import ServerOptions
+
+    return options or ServerOptions()
+
+
 class ServerInterceptor(grpc.ServerInterceptor):
     """Count, time and log every unary ``recsys`` call (v2, the deprecated v1, the stages); carry its request
     id into the logs."""
 
     def __init__(self, log: Logger, options=None):
-        from common.server import ServerOptions
-
         self.log = log
-        self.options = options or ServerOptions()
+        self.options = _options(options)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -147,23 +172,49 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 raised = exc
                 raise
             finally:
-                seconds = time.perf_counter() - start
-                code = context.code()
-                if code is None:
-                    code = grpc.StatusCode.UNKNOWN if raised is not None else grpc.StatusCode.OK
-                REQUESTS.labels(method=name).inc()
-                LATENCY.labels(method=name).observe(seconds)
-                if code != grpc.StatusCode.OK:
-                    ERRORS.labels(method=name, code=code.name).inc()
-                    details = context.details()
-                    if details:  # last line of defence: no detail may outgrow gRPC's metadata limits
-                        details = clip(details, options.max_details_chars)
-                        context.set_details(details)
-                    log.warning("request_failed", method=name, code=code.name, ms=round(seconds * 1000, 3),
-                                details=details,
-                                error=None if raised is None or code != grpc.StatusCode.UNKNOWN else repr(raised))
-                else:
-                    log.debug("request", method=name, code="OK", ms=round(seconds * 1000, 3))
+                details = record_call(name, time.perf_counter() - start, context.code(), context.details(),
+                                      raised, log, options)
+                if details:
+                    context.set_details(details)
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(wrapper, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):
+    """``ServerInterceptor`` for ``grpc.aio`` servers (``common.aio_server``): the same metrics and logs."""
+
+    def __init__(self, log: Logger, options=None):
+        self.log = log
+        self.options = _options(options)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_SKIP_PREFIX):
+            return handler
+        inner = handler.unary_unary
+        name = method.rsplit("/", 1)[-1]
+        log = self.log
+        options = self.options
+
+        async def wrapper(request, context):
+            start = time.perf_counter()
+            request_id, _refused = request_ids.from_metadata(context.invocation_metadata(),
+                                                             options.max_request_id_len)
+            token = request_id_var.set(request_id)
+            raised: BaseException | None = None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:  # context.abort raises; anything else is a bug → UNKNOWN
+                raised = exc
+                raise
+            finally:
+                details = record_call(name, time.perf_counter() - start, context.code(), context.details(),
+                                      raised, log, options)
+                if details:
+                    context.set_details(details)
                 request_id_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(wrapper, request_deserializer=handler.request_deserializer,

@@ -23,6 +23,7 @@ from common.reflection import enable_reflection
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
 from common.call_pools import CallPools
+from common.deadline_guard import DeadlineGuard
 from common.tls import add_port, check_pair
 
 
@@ -37,9 +38,12 @@ class ServerOptions:
     # open streams (server reflection, Health/Watch) each hold a thread until the client closes them: they get
     # max_streams threads of their own and a stream past that is refused (RESOURCE_EXHAUSTED); common.call_pools
     max_streams: int = 4
-    # SO_REUSEPORT: only the workers of one stage started by the launcher (gateway.cluster) share a port;
-    # off, binding a port another process holds fails and names the port
-    reuse_port: bool = False
+    # calls in progress (queued for a handler thread included) past which new ones get RESOURCE_EXHAUSTED at
+    # once from gRPC's core, before any Python runs: a bounded queue instead of work nobody waits for; 0: no cap
+    max_concurrent_rpcs: int = 0
+    # a call that starts with less than this left of its caller's gRPC deadline (or whose caller is gone) is
+    # answered DEADLINE_EXCEEDED without running (common.deadline_guard); 0: only calls already expired
+    min_remaining_ms: float = 0.5
     max_message_mb: int = 16
     grace_s: float = 2.0             # drain time on shutdown
     # on SIGTERM, report NOT_SERVING and keep serving this long before draining, so clients' health watches
@@ -69,6 +73,10 @@ class ServerOptions:
         check_pair(self.tls_cert, self.tls_key, "server.", "server.tls_client_ca", self.tls_client_ca)
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
+        if self.max_concurrent_rpcs < 0:
+            raise ValueError(f"server.max_concurrent_rpcs must be >= 0 (0: no cap), got {self.max_concurrent_rpcs}")
+        if self.min_remaining_ms < 0:
+            raise ValueError(f"server.min_remaining_ms must be >= 0, got {self.min_remaining_ms}")
         if self.threads < 1:
             raise ValueError(f"server.threads must be >= 1, got {self.threads}")
         if not -1 <= self.health_port <= 65535:
@@ -97,6 +105,19 @@ def connection_age_options(options: ServerOptions) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", int(options.grace_s * 1000))]
 
 
+def server_channel_options(options: ServerOptions) -> list[tuple[str, int]]:
+    """The gRPC options of a server's main port. SO_REUSEPORT is off: a port belongs to one process, so a
+    stray process cannot silently join a live port (replicas each bind their own, DESIGN §6)."""
+    return [*channel_options(options.max_message_mb), ("grpc.so_reuseport", 0), *connection_age_options(options)]
+
+
+def write_port_file(port_file: str, port: int) -> None:
+    """Write ``port`` to ``port_file`` atomically (the launcher polls for it)."""
+    tmp = f"{port_file}.tmp"
+    Path(tmp).write_text(str(port))
+    os.replace(tmp, port_file)
+
+
 class GrpcServer:
     """One gRPC server with health and reflection; add services, then ``start`` and ``wait``."""
 
@@ -108,10 +129,10 @@ class GrpcServer:
         self.pools = CallPools(component, options.health_threads, options.max_streams)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.threads,
                                                              thread_name_prefix=component),
-                                  options=[*channel_options(options.max_message_mb),
-                                           ("grpc.so_reuseport", int(options.reuse_port)),
-                                           *connection_age_options(options)],
-                                  interceptors=[self.pools, ServerInterceptor(log, options)])  # + metrics, ids
+                                  options=server_channel_options(options),
+                                  interceptors=[self.pools, ServerInterceptor(log, options),  # + metrics, ids
+                                                DeadlineGuard(options.min_remaining_ms / 1000.0)],
+                                  maximum_concurrent_rpcs=options.max_concurrent_rpcs or None)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
@@ -139,9 +160,7 @@ class GrpcServer:
         self.server.start()
         self.set_serving(False)
         if port_file:
-            tmp = f"{port_file}.tmp"
-            Path(tmp).write_text(str(self.port))
-            os.replace(tmp, port_file)
+            write_port_file(port_file, self.port)
         if self.options.health_port >= 0:
             self._start_health_port(port_file)
         if self.options.metrics_port >= 0:
@@ -160,8 +179,7 @@ class GrpcServer:
             raise OSError(f"could not bind {address} (server.health_port): is the port in use?")
         self.health_server.start()
         if port_file:
-            Path(f"{port_file}.health.tmp").write_text(str(port))
-            os.replace(f"{port_file}.health.tmp", f"{port_file}.health")
+            write_port_file(f"{port_file}.health", port)
         self.log.info("health_port_started", port=port)
 
     def set_serving(self, serving: bool) -> None:
@@ -241,13 +259,10 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_server(component: str, config_cls: type, argv: list[str] | None, description: str,
-               build: Callable[[object, Logger], list[tuple[Callable, object, str]]]) -> int:
-    """Main of a server process: config → ``build`` (loads artifacts) → serve until signalled.
-
-    ``build(config, log)`` returns ``(add_to_server, servicer, full_service_name)`` triples. Start-up
-    failures (bad config, missing or corrupted snapshot) print one clear line and exit with status 2.
-    """
+def load_server(component: str, config_cls: type, argv: list[str] | None, description: str,
+                build: Callable[[object, Logger], list[tuple[Callable, object, str]]]):
+    """Parse flags, load the config and ``build`` the servicers: ``(config, services, args, log)``, or an
+    exit status (2) after printing one clear line when the config or the snapshot is bad."""
     import sys
 
     from common.config import ConfigError, load_config
@@ -269,6 +284,22 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
         log.error("startup_failed", error=str(exc))
         print(f"{component}: cannot start: {exc}", file=sys.stderr)
         return 2
+    return config, services, args, log
+
+
+def run_server(component: str, config_cls: type, argv: list[str] | None, description: str,
+               build: Callable[[object, Logger], list[tuple[Callable, object, str]]]) -> int:
+    """Main of a server process: config → ``build`` (loads artifacts) → serve until signalled.
+
+    ``build(config, log)`` returns ``(add_to_server, servicer, full_service_name)`` triples. Start-up
+    failures (bad config, missing or corrupted snapshot) print one clear line and exit with status 2.
+    """
+    import sys
+
+    loaded = load_server(component, config_cls, argv, description, build)
+    if isinstance(loaded, int):
+        return loaded
+    config, services, args, log = loaded
     server = GrpcServer(component, config.server, log)
     for add_to_server, servicer, name in services:
         server.add(add_to_server, servicer, name)

@@ -63,3 +63,12 @@ def add_port(server: grpc.Server, address: str, cert: str = "", key: str = "", c
     if cert:
         return server.add_secure_port(address, server_credentials(cert, key, client_ca))
     return server.add_insecure_port(address)
+
+
+def aio_channel(addr: str, options: list[tuple[str, int]], ca: str = "", cert: str = "", key: str = ""):
+    """``open_channel`` for ``grpc.aio`` (call inside the event loop that will use it)."""
+    import grpc.aio
+
+    if ca or cert or key:
+        return grpc.aio.secure_channel(addr, channel_credentials(ca, cert, key), options=options)
+    return grpc.aio.insecure_channel(addr, options=options)

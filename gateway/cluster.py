@@ -6,15 +6,13 @@ addresses. Children get SIGTERM when the launcher exits for any reason (Linux pa
 child itself: a preexec_fn would make Python fork the launcher, whose gRPC fork handlers then
 sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it can exec).
 
-A stage may run several worker processes (``workers``): worker 0 binds port 0, the others bind the port
-it reported (``server.reuse_port``, set for multi-worker stages only). A supervisor thread restarts a worker that
-exits unasked on the same port,
-with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
-
-A stage may instead run several replicas (``replicas``), each binding its own port, as pods do behind a
+A stage may run several replicas (``replicas``), each a process binding its own port, as pods do behind a
 Kubernetes headless Service (DESIGN §6): the gateway gets them as one address list and dials it with gRPC's
-``round_robin`` policy and client-side health checking (``gateway.stage_target``), so a dead or draining
-replica is skipped. A restarted replica binds its own port again.
+``round_robin`` policy, client-side health checking and one retry on UNAVAILABLE (``gateway.stage_target``),
+so a dead or draining replica is skipped and calls are balanced per call, not per connection. (This replaced
+SO_REUSEPORT workers sharing one port: the kernel balanced connections, not calls, and the readiness check of
+worker i probed whichever worker the kernel picked.) A supervisor thread restarts a replica that exits unasked
+on its own port, with exponential backoff, and logs ``process_exited`` / ``process_restarted``.
 """
 from __future__ import annotations
 
@@ -55,14 +53,11 @@ class ClusterConfig:
     stop_timeout_s: float = 10.0
     configs: dict[str, str] = field(default_factory=dict)           # stage → config file
     overrides: dict[str, list[str]] = field(default_factory=dict)   # stage → ["key=value", ...]
-    # stage → worker processes on the stage's one port (SO_REUSEPORT; DESIGN §6); default 1. Python has one
-    # GIL per process, so on a dedicated machine give the stages about as many workers in all as cores
-    # (e.g. 8 cores: recall 3, rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1
-    # and OMP_NUM_THREADS=1 are set here) so workers do not oversubscribe the cores. The kernel spreads
-    # connections (not calls) over the workers, so the gateway opens several channels per worker and round-robins.
-    workers: dict[str, int] = field(default_factory=dict)
-    # stage → replica processes, each on its own OS-picked port (no SO_REUSEPORT sharing); the gateway dials
-    # them as one list with round_robin + health checking, the topology deploy/k8s runs. Default 1.
+    # stage → replica processes, each on its own OS-picked port; the gateway dials them as one list with
+    # round_robin + health checking, the topology deploy/k8s runs. Default 1. Python has one GIL per process,
+    # so on a dedicated machine give the stages about as many replicas in all as cores (e.g. 8 cores: recall 3,
+    # rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1 and OMP_NUM_THREADS=1 are
+    # set here) so replicas do not oversubscribe the cores.
     replicas: dict[str, int] = field(default_factory=dict)
     # the feedback store (feedback.path of the gateway, which writes it, and of recall and rank, which read
     # it); empty: feedback off. It lives beside the snapshots and outlives snapshot swaps and restarts
@@ -89,20 +84,15 @@ class ClusterConfig:
             raise ValueError("tls_ca must name the CA that signed tls_cert (the gateway and the launcher verify it)")
         if self.tls_client_ca and not (self.tls_cert and self.client_tls_cert):
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert / tls_key and client_tls_cert / client_tls_key")
-        unknown = (set(self.configs) | set(self.overrides) | set(self.workers)) - set(MODULES)
+        unknown = (set(self.configs) | set(self.overrides)) - set(MODULES)
         if unknown:
-            raise ValueError(f"configs/overrides/workers: unknown stage '{sorted(unknown)[0]}'; "
+            raise ValueError(f"configs/overrides: unknown stage '{sorted(unknown)[0]}'; "
                              f"stages: {', '.join(MODULES)}")
-        for stage, n in self.workers.items():
-            if n < 1:
-                raise ValueError(f"workers.{stage} must be >= 1, got {n}")
         for stage, n in self.replicas.items():
             if stage not in STAGES:
                 raise ValueError(f"replicas: '{stage}' is not a stage; stages: {', '.join(STAGES)}")
             if n < 1:
                 raise ValueError(f"replicas.{stage} must be >= 1, got {n}")
-            if n > 1 and self.workers.get(stage, 1) > 1:  # one shared port or one port each, not both
-                raise ValueError(f"stage '{stage}' has both workers and replicas; choose one")
         if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
             raise ValueError("need 0 < restart_backoff_s <= restart_backoff_max_s")
 
@@ -111,7 +101,7 @@ FEEDBACK_STAGES = ("gateway", "recall", "rank")  # the writer and the readers of
 
 
 def worker_name(stage: str, index: int) -> str:
-    """Key of a worker process in ``Cluster.procs``: the stage for worker 0, ``stage.i`` for the others."""
+    """Key of a replica process in ``Cluster.procs``: the stage for replica 0, ``stage.i`` for the others."""
     return stage if index == 0 else f"{stage}.{index}"
 
 
@@ -124,7 +114,7 @@ class Cluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
-        self.worker_ports: dict[str, int] = {}  # worker key → its port (shared by SO_REUSEPORT workers)
+        self.worker_ports: dict[str, int] = {}  # replica key → its port
         self._logs: list = []
         self._spawned: dict[str, tuple[str, list[str], int, float]] = {}  # worker → stage, extra, index, start
         self._held: set[str] = set()            # workers stopped on purpose: never restarted
@@ -143,7 +133,7 @@ class Cluster:
         return f"{self.config.host}:{self.ports[name]}"
 
     def addrs(self, stage: str) -> list[str]:
-        """Every distinct address serving ``stage``: one for SO_REUSEPORT workers, one per replica."""
+        """Every address serving ``stage``: one per replica."""
         ports = dict.fromkeys(port for key, port in self.worker_ports.items() if key.partition(".")[0] == stage)
         return [f"{self.config.host}:{port}" for port in ports]
 
@@ -157,8 +147,6 @@ class Cluster:
         port_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", MODULES[name], "--snapshot", str(self.config.snapshot),
                 "--port", str(port), "--port-file", str(port_file), "--set", f"server.host={self.config.host}"]
-        if self.config.workers.get(name, 1) > 1:  # only this stage's own workers may share its port
-            args += ["--set", "server.reuse_port=true"]
         if name in self.config.configs:
             args += ["--config", self.config.configs[name]]
         if self.config.feedback_path and name in FEEDBACK_STAGES:
@@ -228,13 +216,6 @@ class Cluster:
             return health_status(addr, timeout)
         return health_status(addr, timeout, ca=c.tls_ca, cert=c.client_tls_cert, key=c.client_tls_key)
 
-    def _gateway_channels(self) -> int:
-        """Connections the gateway opens per stage. The kernel hashes each connection to one SO_REUSEPORT
-        worker, so with as many connections as workers two often land on the same one; 8 per worker
-        makes an idle worker unlikely (all 16 on one of 2 workers: p = 2**-15)."""
-        most = max(self.config.workers.get(s, 1) for s in STAGES)
-        return 1 if most == 1 else 8 * most
-
     def start(self) -> "Cluster":
         """Start the stages, then the gateway; return once all four report SERVING."""
         Snapshot.open(self.config.snapshot, verify=False)  # fail fast, in one line, without a snapshot
@@ -242,8 +223,7 @@ class Cluster:
         try:
             self._start_group(STAGES, 0, [], deadline)
             self._start_group(("gateway",), self.config.gateway_port,
-                              [*(f"{s}_addr={self.stage_addr(s)}" for s in STAGES),
-                               f"channels_per_stage={self._gateway_channels()}"], deadline)
+                              [f"{s}_addr={self.stage_addr(s)}" for s in STAGES], deadline)
         except BaseException:
             self.stop()
             raise
@@ -251,20 +231,12 @@ class Cluster:
         return self
 
     def _start_group(self, names, port: int, extra: list[str], deadline: float) -> None:
-        """Worker 0 of each named stage (it binds ``port``, 0: the OS picks), then the others on its port;
-        replicas (``replicas``) each bind a port of their own."""
-        for name in names:
-            self._spawn(name, port, extra)
-        for name in names:
-            self._wait_ready(name, deadline)
-        rest = [(name, i) for name in names for i in range(1, self.config.workers.get(name, 1))]
-        for name, i in rest:
-            self._spawn(name, self.ports[name], extra, i)
-        shared = len(rest)
-        rest += [(name, i) for name in names for i in range(1, self.config.replicas.get(name, 1))]
-        for name, i in rest[shared:]:
-            self._spawn(name, 0, extra, i)
-        for name, i in rest:
+        """Every replica of each named stage, all loading at once: replica 0 binds ``port`` (0: the OS picks),
+        the others a port the OS picks each (``replicas``)."""
+        group = [(name, i) for name in names for i in range(self.config.replicas.get(name, 1))]
+        for name, i in group:
+            self._spawn(name, port if i == 0 else 0, extra, i)
+        for name, i in group:
             self._wait_ready(worker_name(name, i), deadline)
 
     def _supervise(self) -> None:
@@ -273,7 +245,7 @@ class Cluster:
             self._supervisor.start()
 
     def _supervise_loop(self) -> None:
-        """Restart crashed workers on their port with exponential backoff; log every exit and restart.
+        """Restart crashed replicas on their port with exponential backoff; log every exit and restart.
 
         The loop outlives ``_closing`` until ``stop`` has stopped every process: a restarted worker's
         parent-death signal fires when the thread that spawned it (this one) ends, not the launcher, so
@@ -322,7 +294,7 @@ class Cluster:
         return self
 
     def stop_process(self, name: str, timeout: float | None = None) -> None:
-        """SIGTERM a stage's workers (or one worker, ``stage.i``); they drain; SIGKILL what does not exit.
+        """SIGTERM a stage's replicas (or one replica, ``stage.i``); they drain; SIGKILL what does not exit.
 
         A process stopped here is not restarted by the supervisor.
         """

@@ -7,13 +7,16 @@ from common.item_filter import FilterLimits
 from common.server import ServerOptions
 from feedback.config import FeedbackConfig
 from common.tls import check_pair
+from gateway.admission import AdmissionConfig
 from gateway.experiments import Experiments
 from gateway.stage_target import stage_target
 
 
 @dataclass
 class Budget:
-    """Fractions of the request deadline each stage may use; the rest is the gateway's own margin."""
+    """Each stage's share of the time left when it starts (``gateway.budget.stage_timeout``): recall may use
+    recall / (recall + rank + rerank) of the deadline, rank rank / (rank + rerank) of what recall left, rerank
+    all that is left; ``reserve_ms`` is kept back throughout for the gateway's own work."""
 
     recall: float = 0.3
     rank: float = 0.4
@@ -45,10 +48,12 @@ class GatewayConfig:
     deadline_ms: int = 50            # default request deadline; the caller's gRPC deadline wins if tighter
     max_deadline_ms: int = 10000
     budget: Budget = field(default_factory=Budget)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # shedding (gateway.admission)
     # kept back from each stage call for the gateway's own work (and from the caller's gRPC deadline for the
-    # trip back); measured: a timed-out stage call returns ~1 ms late, so 1 ms answered up to deadline + 1.2 ms
-    channels_per_stage: int = 1      # connections per stage (round-robin); several per SO_REUSEPORT worker
-    reserve_ms: float = 2.0
+    # trip back); measured: a timed-out stage call returns ~1 ms late (more on grpc.aio on a busy machine), and
+    # with adaptive budgets the last stage may run to the edge: 2 ms let a caller's 200 ms deadline pass 1 in 3
+    # times in tests/test_deadline.py on a shared 2-core box, 3 ms none in 6 runs
+    reserve_ms: float = 3.0
     recall_n: int = 1000
     rank_n: int = 200                # candidates sent to rerank
     max_k: int = 100
@@ -68,8 +73,7 @@ class GatewayConfig:
         self.server.validate()
         self.budget.validate()
         self.feedback.validate()
-        if self.channels_per_stage < 1:
-            raise ValueError(f"channels_per_stage must be >= 1, got {self.channels_per_stage}")
+        self.admission.validate()
         self.experiments.validate()
         self.filters.validate()
         check_pair(self.stage_tls_cert, self.stage_tls_key, "stage_", ca=self.stage_tls_ca)

@@ -1,8 +1,10 @@
 """The funnel under one deadline: recall → rank → rerank, each with a budget and a fallback (DESIGN §5).
 
-``run_funnel`` is plain logic over three stage callables (gRPC stubs in production, fakes in tests).
-Each stage call gets ``min(fraction × deadline, remaining − reserve)`` as its timeout. A stage that
-errors, times out or returns a malformed reply is recorded in ``degraded`` and replaced:
+``run_funnel`` is plain logic over three stage callables (``grpc.aio`` stubs in production, whose calls
+are awaited; plain functions in tests and in the bench's in-process funnel). Each stage call gets its
+adaptive budget as its gRPC timeout (``gateway.budget``: its share of the time *left* before the
+request's deadline, so the stage sees the caller's deadline and stops for a caller that has gone). A
+stage that errors, times out or returns a malformed reply is recorded in ``degraded`` and replaced:
 
 * recall → the snapshot's popular items minus what the user has seen and excluded
 * rank   → recall order and scores
@@ -13,6 +15,7 @@ popular fallback is restricted to eligible items, and the final list is checked 
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +27,7 @@ from common import wire
 from common.item_filter import ItemFilter
 from common.log import Logger
 from common.snapshot import Snapshot
+from gateway.budget import stage_timeout
 from gateway.config import GatewayConfig
 from gateway.experiments import Assignment
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
@@ -35,7 +39,8 @@ FALLBACK_CHANNEL = "fallback_popular"
 
 @dataclass
 class Stages:
-    """The three stage calls: ``call(request, timeout=seconds, metadata=...) -> response``."""
+    """The three stage calls: ``call(request, timeout=seconds, metadata=...)`` returns the response or an
+    awaitable of it (``grpc.aio`` stubs)."""
 
     recall: Callable
     rank: Callable
@@ -57,11 +62,17 @@ class FunnelResult:
     errors: dict[str, str] = field(default_factory=dict)
     relaxed_rules: list[str] = field(default_factory=list)
     snapshot: Snapshot | None = None  # the version the ids belong to (the one that served the request)
+    timed_out: list[str] = field(default_factory=list)  # stages that degraded for lack of time
     eligible_items: int = 0           # with a filter: how many catalogue items satisfy it
 
 
 class StageFailed(Exception):
-    """A stage could not be used; ``reason`` goes to the log."""
+    """A stage could not be used; ``reason`` goes to the log. ``timed_out``: it ran out of time (its budget
+    was too short for it now: the sign of overload that admission control reacts to)."""
+
+    def __init__(self, reason: str, timed_out: bool = False):
+        super().__init__(reason)
+        self.timed_out = timed_out
 
 
 def popular_fallback(snapshot: Snapshot, popular: np.ndarray, user_id: str, exclude: np.ndarray,
@@ -73,18 +84,20 @@ def popular_fallback(snapshot: Snapshot, popular: np.ndarray, user_id: str, excl
     return keep[:n].astype(np.int32)
 
 
-def _call(stage: str, fn: Callable, request, budget_s: float, deadline: float, reserve_s: float,
-          metadata) -> object:
-    remaining = deadline - time.monotonic() - reserve_s
-    timeout = min(budget_s, remaining)
+async def _call(stage: str, fn: Callable, request, deadline: float, reserve_s: float, shares,
+                metadata) -> object:
+    remaining = deadline - time.monotonic()
+    timeout = stage_timeout(stage, remaining, reserve_s, shares)
     if timeout <= 0.0005:
-        raise StageFailed(f"no time left for {stage} ({remaining * 1000:.1f} ms remaining)")
+        raise StageFailed(f"no time left for {stage} ({remaining * 1000:.1f} ms remaining)", timed_out=True)
     try:
-        return fn(request, timeout=timeout, metadata=metadata)
+        reply = fn(request, timeout=timeout, metadata=metadata)
+        return await reply if inspect.isawaitable(reply) else reply
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         raise StageFailed(f"{stage} failed: {code.name if code else 'error'}: "
-                          f"{exc.details() if hasattr(exc, 'details') else exc}") from None
+                          f"{exc.details() if hasattr(exc, 'details') else exc}",
+                          timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED) from None
 
 
 # experiment config names (gateway.experiments.RERANK_PARAMS) -> RerankParams fields
@@ -102,11 +115,11 @@ def rerank_method(name: str) -> int:
     return rerank_pb2.RerankMethod.Value(f"RERANK_METHOD_{name}") if name else 0
 
 
-def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
+async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
                user_id: str, k: int, context, exclude_ids: list[str],
                deadline: float, metadata=(), log: Logger | None = None,
                snapshot_for: Callable[[str], Snapshot | None] | None = None,
-               experiment: Assignment | None = None, filters=(),
+               experiment: Assignment | None = None, extra_reserve_s: float = 0.0, filters=(),
                item_filter: Callable[[Snapshot], ItemFilter | None] | None = None,
                include_exposed: bool = False) -> FunnelResult:
     """Run the funnel for one request; never raises for a stage failure, degrades instead.
@@ -115,6 +128,8 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     holds: when recall answers from that version, the rest of the funnel runs on it and the result's
     ``snapshot`` is that one, so a rolling switch of the stages does not degrade the request.
     ``experiment`` (``gateway.experiments.assign``) carries the stage overrides of the user's arms.
+    ``extra_reserve_s`` is kept back on top of ``config.reserve_ms`` (the gateway passes its event loop's
+    lag: on a starved process a timed-out call and the reply after it come back that much later).
     ``context`` is anything with a ``timestamp``. ``filters`` (``recsys.stage.v1.AttributeFilter``) go to
     recall; ``item_filter(snapshot)`` compiles them for a snapshot, for the fallback and the final check.
     ``include_exposed``: recall keeps items the feedback store's exposure filter would drop.
@@ -122,20 +137,21 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     exp = experiment or Assignment()
     version = snapshot.version
     budget_ms = (deadline - time.monotonic()) * 1000.0
-    reserve = config.reserve_ms / 1000.0
+    reserve = config.reserve_ms / 1000.0 + extra_reserve_s
     degraded: list[str] = []
     errors: dict[str, str] = {}
+    timed_out: list[str] = []
     timings: dict[str, float] = {}
     exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
 
     # ---- recall
     t0 = time.perf_counter()
     try:
-        reply = _call("recall", stages.recall,
+        reply = await _call("recall", stages.recall,
                       recall_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
                                                quotas=exp.quotas, snapshot_version=version, filters=filters,
                                                include_exposed=include_exposed),
-                      config.budget.recall * budget_ms / 1000.0, deadline, reserve, metadata)
+                      deadline, reserve, config.budget, metadata)
         served = snapshot
         if reply.snapshot_version != version:
             other = snapshot_for(reply.snapshot_version) if snapshot_for and reply.snapshot_version else None
@@ -155,6 +171,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     except (StageFailed, wire.WireError) as exc:
         degraded.append("recall")
         errors["recall"] = str(exc)
+        timed_out += ["recall"] if getattr(exc, "timed_out", False) else []
         compiled = item_filter(snapshot) if item_filter is not None else None
         pool = popular if compiled is None else popular[compiled.matches(popular)]
         eligible_items = 0 if compiled is None else int(compiled.mask().sum())
@@ -171,13 +188,13 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     try:
         if cand.size == 0:
             raise StageFailed("nothing to rank")
-        reply = _call("rank", stages.rank,
+        reply = await _call("rank", stages.rank,
                       rank_pb2.RankRequest(user_id=user_id, context=rank_pb2.RankContext(timestamp=context.timestamp),
                                              item_idx=wire.encode(cand, wire.INT32), snapshot_version=version,
                                              fusion=exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
                                              channel_names=channel_names,
                                              recall_scores=wire.encode(cand_scores, wire.FLOAT32)),
-                      config.budget.rank * budget_ms / 1000.0, deadline, reserve, metadata)
+                      deadline, reserve, config.budget, metadata)
         ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
         fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
         names = list(reply.task_names)
@@ -197,6 +214,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if cand.size:
             degraded.append("rank")
             errors["rank"] = str(exc)
+            timed_out += ["rank"] if getattr(exc, "timed_out", False) else []
         cand, cand_scores, masks = cand[: config.rank_n], cand_scores[: config.rank_n], masks[: config.rank_n]
         task_scores = np.zeros((cand.size, 0), np.float32)
     timings["rank"] = (time.perf_counter() - t0) * 1000.0
@@ -207,12 +225,12 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
     try:
         if cand.size == 0:
             raise StageFailed("nothing to rerank")
-        reply = _call("rerank", stages.rerank,
+        reply = await _call("rerank", stages.rerank,
                       rerank_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
                                                scores=wire.encode(cand_scores, wire.FLOAT32),
                                                k=min(k, cand.size), snapshot_version=version,
                                                method=rerank_method(exp.method), params=rerank_params(exp)),
-                      config.budget.rerank * budget_ms / 1000.0, deadline, reserve, metadata)
+                      deadline, reserve, config.budget, metadata)
         positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
         if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
                 positions.max() >= cand.size)) or np.unique(positions).size != positions.size):
@@ -222,6 +240,7 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         if cand.size:
             degraded.append("rerank")
             errors["rerank"] = str(exc)
+            timed_out += ["rerank"] if getattr(exc, "timed_out", False) else []
         positions = np.arange(min(k, cand.size), dtype=np.int32)  # rank order (or recall order)
     timings["rerank"] = (time.perf_counter() - t0) * 1000.0
 
@@ -236,4 +255,4 @@ def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: 
         log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
     return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
                         channel_names, masks[positions], timings, degraded, errors, relaxed, snapshot,
-                        eligible_items)
+                        timed_out, eligible_items)

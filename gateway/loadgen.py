@@ -1,6 +1,10 @@
 """Open-loop load against the gateway: requests leave on a fixed schedule, whether or not earlier ones
 returned, and latency is measured from the *scheduled* send time. A slow server therefore shows up
 as queueing in the tail instead of silently lowering the offered rate (no coordinated omission).
+
+Every reply is classed once: **good** (not degraded, within the deadline), **degraded** (a stage fell
+back), **late** (not degraded, after the deadline), or an **error** (by gRPC status; RESOURCE_EXHAUSTED is
+the gateway shedding load). Goodput is good replies per second of offered load.
 """
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from gateway.client import parse_response
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
@@ -27,76 +30,117 @@ def percentiles(values) -> dict:
 
 
 @dataclass
+class Sample:
+    """One request: when it was scheduled (s from the schedule's start), its latency and outcome."""
+
+    at_s: float
+    ms: float
+    status: str                      # "OK" or the gRPC status name
+    degraded: tuple[str, ...] = ()
+    items: int = 0                   # items in the reply (fill rate under filters)
+
+
+@dataclass
 class RateResult:
     """Everything measured at one offered rate."""
 
     rate: float
     duration_s: float
-    sent: int = 0
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    degraded: dict[str, int] = field(default_factory=dict)
-    latency_ms: list[float] = field(default_factory=list)          # end to end, from scheduled start
+    deadline_ms: float = 0.0
+    samples: list[Sample] = field(default_factory=list)
     stage_ms: dict[str, list[float]] = field(default_factory=dict)  # as reported by the gateway
     late_sends: int = 0                                             # sends > 1 ms behind schedule
-    items: list[int] = field(default_factory=list)                  # items per reply (fill rate under filters)
+    cpu_ms: float | None = None      # CPU time of the measured server processes over the run (bench_cpu)
 
     def summary(self) -> dict:
-        """Counts and percentiles, JSON-ready."""
-        return {"offered_rate": self.rate, "duration_s": self.duration_s, "sent": self.sent, "ok": self.ok,
-                "errors": self.errors, "error_count": sum(self.errors.values()), "degraded": self.degraded,
-                "achieved_rate": self.ok / self.duration_s if self.duration_s else 0.0,
-                "late_sends": self.late_sends, "latency_ms": percentiles(self.latency_ms),
-                "mean_items": float(np.mean(self.items)) if self.items else 0.0,
-                "stage_ms": {name: percentiles(v) for name, v in self.stage_ms.items()}}
+        """Counts, goodput and percentiles, JSON-ready."""
+        ok = [s for s in self.samples if s.status == "OK"]
+        errors: dict[str, int] = {}
+        for s in self.samples:
+            if s.status != "OK":
+                errors[s.status] = errors.get(s.status, 0) + 1
+        degraded: dict[str, int] = {}
+        for s in ok:
+            for stage in s.degraded:
+                degraded[stage] = degraded.get(stage, 0) + 1
+        n_degraded = sum(1 for s in ok if s.degraded)
+        late = sum(1 for s in ok if not s.degraded and s.ms > self.deadline_ms)
+        good = len(ok) - n_degraded - late
+        out = {"offered_rate": self.rate, "duration_s": self.duration_s, "sent": len(self.samples),
+               "ok": len(ok), "good": good, "degraded_replies": n_degraded, "late": late,
+               "late_over_deadline_plus_5ms": sum(1 for s in ok if s.ms > self.deadline_ms + 5.0),
+               "errors": errors, "error_count": sum(errors.values()), "degraded": degraded,
+               "goodput": good / self.duration_s if self.duration_s else 0.0,
+               "achieved_rate": len(ok) / self.duration_s if self.duration_s else 0.0,
+               "late_sends": self.late_sends, "latency_ms": percentiles([s.ms for s in ok]),
+               "mean_items": float(np.mean([s.items for s in ok])) if ok else 0.0,
+               "error_latency_ms": percentiles([s.ms for s in self.samples if s.status != "OK"]),
+               "stage_ms": {name: percentiles(v) for name, v in self.stage_ms.items()}}
+        if self.cpu_ms is not None:
+            out["cpu_ms_total"] = self.cpu_ms
+            out["cpu_ms_per_ok_request"] = self.cpu_ms / len(ok) if ok else None
+        return out
 
 
-def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int, deadline_ms: int,
-             seed: int = 0, progress=None, filters=()) -> RateResult:
-    """Offer ``rate`` requests/s for ``duration_s`` seconds; wait for every reply (or its deadline).
-    ``filters`` (``recsys.v2.AttributeFilter``) go on every request."""
-    result = RateResult(rate, duration_s)
+def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]], k: int, deadline_ms: int,
+                 seed: int = 0, progress=None, client_timeout_s: float | None = None,
+                 filters=()) -> list[RateResult]:
+    """Offer each ``(rate, seconds)`` phase in turn, back to back on one channel; one result per phase.
+    ``filters`` (``recsys.v2.AttributeFilter``) go on every request.
+
+    Waits for every reply (or the client timeout: the deadline + 1 s unless given, so late replies are
+    seen as late, not cut off).
+    """
+    results = [RateResult(rate, duration, deadline_ms) for rate, duration in phases]
     lock = threading.Lock()
     rng = np.random.default_rng(seed)
-    n = max(1, int(rate * duration_s))
-    chosen = rng.choice(users, n)
-    timeout = deadline_ms / 1000.0 + 1.0   # the client waits longer than the gateway's own deadline
+    timeout = client_timeout_s if client_timeout_s is not None else deadline_ms / 1000.0 + 1.0
+    schedule = []
+    offset = 0.0
+    for p, (rate, duration) in enumerate(phases):
+        n = max(1, int(rate * duration))
+        schedule += [(p, offset + i / rate) for i in range(n)]
+        offset += duration
+    chosen = rng.choice(users, len(schedule))
     pending = threading.Semaphore(0)
     with grpc.insecure_channel(addr) as channel:
         stub = recommend_grpc.RecommendServiceStub(channel)
 
-        def done(future, scheduled: float):
+        def done(future, phase: int, at: float, scheduled: float):
             elapsed = (time.perf_counter() - scheduled) * 1000.0
+            result = results[phase]
+            try:
+                reply = future.result()
+                sample = Sample(at, elapsed, "OK", tuple(reply.degraded_stages), len(reply.items))
+                timings = [(t.stage, t.ms) for t in reply.stage_timings]
+            except grpc.RpcError as exc:
+                sample, timings = Sample(at, elapsed, exc.code().name), []
             with lock:
-                try:
-                    rec = parse_response(future.result())
-                    result.ok += 1
-                    result.latency_ms.append(elapsed)
-                    result.items.append(len(rec.items))
-                    for stage in rec.degraded:
-                        result.degraded[stage] = result.degraded.get(stage, 0) + 1
-                    for stage, ms in rec.stage_ms.items():
-                        result.stage_ms.setdefault(stage, []).append(ms)
-                except grpc.RpcError as exc:
-                    name = exc.code().name
-                    result.errors[name] = result.errors.get(name, 0) + 1
+                result.samples.append(sample)
+                for stage, ms in timings:
+                    result.stage_ms.setdefault(stage, []).append(ms)
             pending.release()
 
         start = time.perf_counter() + 0.05
-        for i in range(n):
-            scheduled = start + i / rate
+        for i, (phase, at) in enumerate(schedule):
+            scheduled = start + at
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             elif delay < -0.001:
-                result.late_sends += 1
+                results[phase].late_sends += 1
             request = recommend_pb2.RecommendRequest(user_id=str(chosen[i]), k=k, deadline_ms=deadline_ms,
                                                      filters=filters)
             future = stub.Recommend.future(request, timeout=timeout)
-            future.add_done_callback(lambda f, s=scheduled: done(f, s))
-            result.sent += 1
+            future.add_done_callback(lambda f, p=phase, a=at, s=scheduled: done(f, p, a, s))
             if progress is not None:
-                progress(i + 1, n)
-        for _ in range(n):
+                progress(i + 1, len(schedule))
+        for _ in schedule:
             pending.acquire(timeout=timeout + 5)
-    return result
+    return results
+
+
+def run_rate(addr: str, users: list[str], rate: float, duration_s: float, k: int, deadline_ms: int,
+             seed: int = 0, progress=None, filters=()) -> RateResult:
+    """Offer ``rate`` requests/s for ``duration_s`` seconds; wait for every reply (or its deadline)."""
+    return run_schedule(addr, users, [(rate, duration_s)], k, deadline_ms, seed, progress, filters=filters)[0]

@@ -1,13 +1,15 @@
-"""The gateway's public services: validate Recommend, run the funnel under its deadline, build the reply.
+"""gRPC Gateway servicer: validate Recommend, run the funnel under its deadline, build the reply.
 
-``recsys.v2.RecommendService`` is the API; the deprecated ``recsys.v1.Gateway`` is served beside it for one
-release (same funnel, the old parallel-array reply, no filters). Only these two public services (plus health and
-reflection) are registered here, so the gateway's reflection never lists the internal stage services.
-"""
+The gateway runs on ``grpc.aio`` (``common.aio_server``): a request waiting on its three stage calls is a
+coroutine, not a parked thread. Requests are admitted or refused at once (``gateway.admission``); the
+deadline counts from arrival (the event loop's lag is subtracted, and the caller's gRPC deadline wins when
+tighter); each stage is dialled once, as one target that gRPC balances over its replicas with
+``round_robin`` and health checking (``gateway.stage_target``)."""
 from __future__ import annotations
 
-import itertools
+import asyncio
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import time
 
@@ -19,18 +21,19 @@ from common import request_id as request_ids
 from common.client_text import too_long
 from common.item_filter import AttributeTable, FilterError, ItemFilter, compile_filters, load_attribute_table
 from common.log import Logger, request_id_var
-from common.metrics import observe_feedback, observe_recommend
+from common.metrics import SHED, observe_feedback, observe_recommend
 from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot
-from common.tls import open_channel
+from common.tls import aio_channel, open_channel
 from feedback.events import Event
 from feedback.ingest import check_batch, ingest
 from feedback.store import FeedbackStore, FeedbackStoreError
+from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
-from gateway.stage_target import stage_target
+from gateway.stage_target import replica_addrs, stage_target
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
@@ -63,17 +66,6 @@ class Served:
     arms: list[str]
 
 
-class RoundRobin:
-    """Calls one stage method through several channels in turn (``next`` on a count is atomic under the GIL)."""
-
-    def __init__(self, methods: list):
-        self.methods = methods
-        self._turn = itertools.count()
-
-    def __call__(self, request, **kwargs):
-        return self.methods[next(self._turn) % len(self.methods)](request, **kwargs)
-
-
 class GatewayServicer(recommend_grpc.RecommendServiceServicer):
     """Thin adapter between ``recsys.v2`` Recommend and ``gateway.funnel.run_funnel``; channels are long-lived."""
 
@@ -81,29 +73,47 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         self.config = config
         self.log = log
         # reconnect within a second once a restarted stage is back (gRPC's default backoff grows to 120 s)
-        options = [*channel_options(config.server.max_message_mb), ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
-        # one connection per channel (local subchannel pool): the kernel balances SO_REUSEPORT workers by
-        # connection, so a stage with N workers gets N channels and calls go round-robin over them
-        pooled = [*options, ("grpc.use_local_subchannel_pool", 1)]
-        self.channels = {}
-        for stage in ("recall", "rank", "rerank"):
-            # an address list or dns:/// name: round_robin over the replicas with health checking
-            addr = getattr(config, f"{stage}_addr")
-            target, balancing = stage_target(addr, f"{stage}_addr")
-            self.channels[addr] = [open_channel(target, [*pooled, *balancing], config.stage_tls_ca,
-                                                config.stage_tls_cert, config.stage_tls_key)
-                                   for _ in range(config.channels_per_stage)]
-        self.stages = Stages(
-            RoundRobin([recall_grpc.RecallServiceStub(c).Recall for c in self.channels[config.recall_addr]]),
-            RoundRobin([rank_grpc.RankServiceStub(c).Rank for c in self.channels[config.rank_addr]]),
-            RoundRobin([rerank_grpc.RerankServiceStub(c).Rerank for c in self.channels[config.rerank_addr]]))
+        self.channel_options = [*channel_options(config.server.max_message_mb),
+                                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+        self.channels: dict[str, object] = {}     # stage → its grpc.aio channel (``open``)
+        self.stages: Stages | None = None
+        self.admission = Admission(config.admission)
+        self._health_channels: dict[str, grpc.Channel] = {}   # replica address → sync channel (stages_hold)
+        self._lag_probe: asyncio.Task | None = None
         log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
-        # the one write path of the feedback store (the recall and rank servers read it)
+        # the one write path of the feedback store (the recall and rank servers read it). Writes run on one
+        # thread of their own: a batch's Python work and its fsync never stall the event loop, and LMDB
+        # serialises write transactions anyway
         self.feedback = FeedbackStore.open(config.feedback) if config.feedback.path else None
+        self._feedback_writer = ThreadPoolExecutor(1, thread_name_prefix="feedback") if self.feedback else None
         # the gateway pins each request's version, so it switches last: once the stages hold the new one
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
                                  activate_timeout_s=config.reload_activate_timeout_s)
+
+    async def open(self) -> None:
+        """Dial the stages (inside the event loop: ``grpc.aio`` channels belong to it), start the lag probe."""
+        cfg = self.config
+        for stage in ("recall", "rank", "rerank"):
+            # an address list or dns:/// name: round_robin over the replicas, health checking, retry on UNAVAILABLE
+            target, balancing = stage_target(getattr(cfg, f"{stage}_addr"), f"{stage}_addr")
+            self.channels[stage] = aio_channel(target, [*self.channel_options, *balancing], cfg.stage_tls_ca,
+                                               cfg.stage_tls_cert, cfg.stage_tls_key)
+        self.stages = Stages(recall_grpc.RecallServiceStub(self.channels["recall"]).Recall,
+                             rank_grpc.RankServiceStub(self.channels["rank"]).Rank,
+                             rerank_grpc.RerankServiceStub(self.channels["rerank"]).Rerank)
+        self._lag_probe = asyncio.get_running_loop().create_task(self.admission.probe_loop_lag())
+
+    async def close(self) -> None:
+        """Close the stage channels (after the server stopped) and the feedback writer."""
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
+        for channel in self.channels.values():
+            await channel.close()
+        for channel in self._health_channels.values():
+            channel.close()
+        if self._feedback_writer is not None:
+            self._feedback_writer.shutdown(wait=True)  # an acknowledged batch is committed; let a running one end
+            self.feedback.close()
 
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
@@ -117,16 +127,32 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         return state
 
     def stages_hold(self, version: str) -> bool:
-        """Whether every stage worker behind the gateway's channels reports holding ``version``."""
+        """Whether every live stage replica the gateway dials reports holding ``version``, and at least one per
+        stage does (run on the reload thread, so over synchronous channels of its own: one per listed replica,
+        or one per ``dns:///`` name). A replica that does not answer is out of the rotation and is skipped: a
+        stopped one never will, and a restarting one loads the newest version when it comes up."""
         request = health_pb2.HealthCheckRequest(service=version_service(version))
-        for channels in self.channels.values():
-            for channel in channels:
+        cfg = self.config
+        for stage in ("recall", "rank", "rerank"):
+            holding = 0
+            for addr in replica_addrs(getattr(cfg, f"{stage}_addr")):
+                channel = self._health_channels.get(addr)
+                if channel is None:
+                    target, balancing = stage_target(addr, f"{stage}_addr")
+                    channel = self._health_channels[addr] = open_channel(
+                        target, [*self.channel_options, *balancing], cfg.stage_tls_ca, cfg.stage_tls_cert,
+                        cfg.stage_tls_key)
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
-                except grpc.RpcError:
-                    return False
+                except grpc.RpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        continue  # not running: out of the rotation
+                    return False  # NOT_FOUND: running without this version
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
                     return False
+                holding += 1
+            if holding == 0:
+                return False
         return True
 
     def snapshot_for(self, version: str) -> Snapshot | None:
@@ -171,26 +197,27 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             self.log.warning("filter_not_expressible", version=snapshot.version, error=str(exc))
             return ItemFilter((), int(snapshot.item_ids.shape[0]), nothing=True)
 
-    def Recommend(self, request, context):
-        served = self.serve(request, context, list(request.filters))
+    async def Recommend(self, request, context):
+        served = await self.serve(request, context, list(request.filters))
         return v2_reply(served, request.k, request.debug)
 
-    def Feedback(self, request, context):
+    async def Feedback(self, request, context):
         """Validate the batch, store its valid events durably (feedback.ingest), say what happened to each."""
         problem = check_batch(len(request.events), self.config.feedback)
         if problem:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self.feedback is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "feedback is off on this gateway: set feedback.path (and the same path on recall and rank)")
         events = [Event(e.user_id, e.item_id, int(e.type), e.value, e.timestamp, e.request_id, e.event_id)
                   for e in request.events]
         index = self.reloader.current.snapshot.item_index
         try:
-            result = ingest(self.feedback, events, index.__contains__, time.time())
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._feedback_writer, ingest, self.feedback, events, index.__contains__, time.time())
         except FeedbackStoreError as exc:
             self.log.error("feedback_store_error", error=str(exc))
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         observe_feedback(result.accepted, len(result.duplicates), len(result.rejected), len(result.unknown_items))
         self.log.debug("feedback", events=len(events), accepted=result.accepted, rejected=len(result.rejected),
                        duplicates=len(result.duplicates), unknown_items=len(result.unknown_items))
@@ -199,18 +226,18 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             rejected=[recommend_pb2.RejectedEvent(index=i, reason=r) for i, r in result.rejected],
             unknown_item_indices=result.unknown_items)
 
-    def serve(self, request, context, filters) -> Served:
-        """Validate, run the funnel, record metrics: what both API versions share."""
+    async def serve(self, request, context, filters) -> Served:
+        """Validate, admit, run the funnel, record metrics: what both API versions share."""
         start = time.monotonic()
         problem = self.validate(request)
         if problem:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         state = self.reloader.current  # the request's version, pinned and named to every stage
         if filters:
             try:  # checked against the pinned snapshot's attributes before any stage is called
                 self.compile_filters(filters, state.snapshot)
             except FilterError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         request_id, refused = request_ids.from_metadata(context.invocation_metadata(),
                                                         self.config.server.max_request_id_len)
         if request_id is None:  # none sent, or too long / odd characters: the stages get a plain one
@@ -218,18 +245,32 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             if refused is not None:
                 self.log.warning("request_id_replaced", request_id=request_id, sent_length=len(refused))
         request_id_var.set(request_id)  # on every log line of this call (the interceptor resets it)
-        deadline = start + (request.deadline_ms or self.config.deadline_ms) / 1000.0
+        # the deadline runs from arrival: the call waited about the event loop's current lag before it ran
+        deadline = start - self.admission.loop_lag_s + (request.deadline_ms or self.config.deadline_ms) / 1000.0
+        now = time.monotonic()
+        lag = self.admission.loop_lag_s  # a starved loop answers late by about this much: keep it back too
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline wins when tighter
-            deadline = min(deadline, start + remaining - self.config.reserve_ms / 1000.0)  # time to reply
+            deadline = min(deadline, now + remaining - self.config.reserve_ms / 1000.0 - lag)  # time to reply
+        shed = self.admission.admit(now, deadline - start)
+        if shed is not None:  # a fast refusal now rather than a late answer (gateway.admission)
+            SHED.inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"gateway overloaded, request shed: {shed}; retry later or with backoff")
+        timed_out = False
         experiment = assign(self.config.experiments, request.user_id)
         stage_filters = [recall_pb2.AttributeFilter.FromString(f.SerializeToString()) for f in filters]  # same shape
-        result = run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id, request.k,
-                            request.context, list(request.exclude_item_ids), deadline,
-                            metadata=(("x-request-id", request_id),), log=self.log,
-                            snapshot_for=self.snapshot_for, experiment=experiment, filters=stage_filters,
-                            item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None,
-                            include_exposed=getattr(request, "include_exposed", False))  # v2 only
+        try:
+            result = await run_funnel(self.stages, state.snapshot, state.popular, self.config, request.user_id,
+                                      request.k, request.context, list(request.exclude_item_ids), deadline,
+                                      metadata=(("x-request-id", request_id),), log=self.log,
+                                      snapshot_for=self.snapshot_for, experiment=experiment,
+                                      extra_reserve_s=lag, filters=stage_filters,
+                                      item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None,
+                                      include_exposed=getattr(request, "include_exposed", False))  # v2 only
+            timed_out = bool(result.timed_out)
+        finally:
+            self.admission.release(time.monotonic(), timed_out)
         if result.snapshot is not state.snapshot:
             state = self.reloader.get(result.snapshot.version) or GatewayState(
                 result.snapshot, state.popular, result.snapshot.features.array("item_titles"),
@@ -248,8 +289,8 @@ class LegacyGatewayServicer(recsys_pb2_grpc.GatewayServicer):
     def __init__(self, core: GatewayServicer):
         self.core = core
 
-    def Recommend(self, request, context):
-        served = self.core.serve(request, context, [])
+    async def Recommend(self, request, context):
+        served = await self.core.serve(request, context, [])
         return v1_reply(served, request.debug)
 
 
@@ -319,9 +360,9 @@ def build(config: GatewayConfig, log: Logger):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.server import run_server
+    from common.aio_server import run_aio_server
 
-    return run_server("gateway", GatewayConfig, argv, "Gateway: Recommend under a deadline", build)
+    return run_aio_server("gateway", GatewayConfig, argv, "Gateway: Recommend under a deadline", build)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 
 A stage address in ``GatewayConfig`` (``recall_addr``, ...) is one of:
 
-* ``host:port``: one server (or SO_REUSEPORT workers on one port); dialled as before, one connection
-  per channel, and the gateway round-robins over ``channels_per_stage`` channels itself.
+* ``host:port``: one server; dialled as one connection.
 * ``10.0.0.1:50051,10.0.0.2:50051``: replicas on their own ports; dialled as the ``ipv4:`` (or ``ipv6:``)
   address-list target.
 * a target with a scheme, e.g. ``dns:///recall.recsys.svc.cluster.local:50051`` (a Kubernetes headless
@@ -11,7 +10,9 @@ A stage address in ``GatewayConfig`` (``recall_addr``, ...) is one of:
 
 The last two get gRPC's ``round_robin`` policy (one subchannel per address, calls spread over the READY
 ones) and client-side health checking on ``grpc.health.v1`` service ``""``: a replica that is draining
-(NOT_SERVING, see ``ServerOptions.drain_s``) or dead leaves the rotation before calls reach it.
+(NOT_SERVING, see ``ServerOptions.drain_s``) or dead leaves the rotation before calls reach it. A call
+that fails with UNAVAILABLE (its replica died under it) is retried once on another replica, within the
+call's own deadline (gRPC's retry policy), so a killed replica costs no request.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ import json
 
 # every server reports the whole-server status under "" (common.server.GrpcServer.set_serving)
 HEALTH_SERVICE = ""
+# "name": [{}] is the default method config: every method of every service on the channel
+RETRY_POLICY = {"maxAttempts": 2, "initialBackoff": "0.001s", "maxBackoff": "0.005s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
-                             "healthCheckConfig": {"serviceName": HEALTH_SERVICE}})
+                             "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+                             "methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
 SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
 
 
@@ -66,3 +71,10 @@ def stage_target(addr: str, key: str = "addr") -> tuple[str, list[tuple[str, str
     # the authority (and so the name TLS verifies) of an ipv4:/ipv6: list target would be the whole list:
     # use the first replica's, so certificates carrying that IP verify (with TLS prefer a dns:/// name)
     return f"ipv{families.pop()}:{','.join(items)}", [*options, ("grpc.default_authority", items[0])]
+
+
+def replica_addrs(addr: str) -> list[str]:
+    """The replicas ``addr`` lists, each as its own address; a scheme target (``dns:///``) stays whole."""
+    if addr.startswith(SCHEMES) or "," not in addr:
+        return [addr]
+    return [item.strip() for item in addr.split(",")]

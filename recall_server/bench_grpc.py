@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.snapshot import Snapshot, SnapshotError
     from export.__main__ import ensure_snapshot, synthetic_root
-    from gateway.bench import machine_info
+    from gateway.bench_peers import machine_info
     from gateway.cluster import Cluster, ClusterConfig
 
     if args.n < 1 or args.requests < 1 or args.warmup < 0:

@@ -12,11 +12,21 @@ def test_quick_bench_report_is_consistent(snapshot_root, tmp_path, capsys):
     assert [r["offered_rate"] for r in report["rates"]] == [20.0, 50.0]
     for r in report["rates"]:
         assert r["sent"] == r["ok"] + r["error_count"]
+        assert r["ok"] == r["good"] + r["degraded_replies"] + r["late"]  # each reply classed once
+        assert r["goodput"] == r["good"] / r["duration_s"] and r["cpu_ms_per_ok_request"] > 0
         assert r["sent"] == int(r["offered_rate"] * r["duration_s"])
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
         assert {"recall", "rank", "rerank", "total"} <= set(r["stage_ms"])
     assert report["in_process_funnel"]["total"]["p50"] > 0
+    assert report["in_process_funnel"]["requests"] == 100
+    assert {e["server"] for e in report["echo_floor"]} == {"aio", "sync"}
+    assert all(0 < e["latency_ms"]["p50"] <= e["latency_ms"]["max"] for e in report["echo_floor"])
+    assert [o["factor"] for o in report["overload"]] == [2.0, 3.0]
+    for o in report["overload"]:
+        assert o["overload"]["sent"] == o["overload"]["ok"] + o["overload"]["error_count"]
+        assert o["health_check_ms"]["p50"] > 0 and o["recovery_phase"]["sent"] > 0
+    assert "highest_rate_p99_le_25ms_0_degraded" in report["targets"]
     assert 0.9 <= report["ann_vs_exact"]["hnswlib_recall_vs_exact"] <= 1.0
     assert compare(str(out), str(out)) == 0
     assert "p50 1.00" in capsys.readouterr().out

@@ -108,3 +108,38 @@ def test_garbage_reply_degrades(rig, stage):
     assert len(reply.item_ids) == 10 and len(set(reply.item_ids)) == 10
     assert reply.request_id == f"garbage-{stage}"
     assert fake.metadata[stage]["x-request-id"] == f"garbage-{stage}"  # the caller's id reached the stage
+
+
+def test_overload_is_shed_fast_with_resource_exhausted_and_recovers(rig):
+    """Admission control (gateway.admission) over the wire: with recall hanging, every reply of a first wave of
+    concurrent requests ran out of time in a stage; a second wave inside the same window is mostly refused at
+    once with RESOURCE_EXHAUSTED instead of joining the queue; once the window has passed with the stage well
+    again, nothing is refused. Counts only, no timings."""
+    fake, stub = rig
+    request = recsys_pb2.RecommendRequest(user_id="1", k=10, deadline_ms=200)
+
+    def wave(n):
+        futures = [stub.Recommend.future(request, timeout=5) for _ in range(n)]
+        codes, details = [], []
+        for future in futures:
+            try:
+                future.result()
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+                details.append(exc.details())
+        return codes, details
+
+    fake.mode.update(recall="hang")
+    try:
+        first, _ = wave(40)
+        second, details = wave(40)
+    finally:
+        fake.mode.update(recall="ok")
+    assert set(first) <= {"OK", "RESOURCE_EXHAUSTED"} and set(second) <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert second.count("RESOURCE_EXHAUSTED") >= 20, second
+    assert all("request shed" in d for d in details), details[:3]
+    time.sleep(1.5)  # past admission.window_s: the timed-out replies no longer count
+    relaxed = recsys_pb2.RecommendRequest(user_id="1", k=10, deadline_ms=1000)
+    replies = [stub.Recommend(relaxed, timeout=5) for _ in range(10)]  # none refused (an RpcError would raise)
+    assert all(list(r.degraded) == [] for r in replies)

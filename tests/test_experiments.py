@@ -1,6 +1,7 @@
 """Layered A/B assignment: determinism, orthogonality, holdout, config checks, overrides in the stage requests."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -162,8 +163,9 @@ def test_overrides_reach_the_stage_requests(snapshot):
         return rerank_pb2.RerankResponse(positions=wire.encode(np.arange(req.k), wire.INT32))
 
     gw = load_config(GatewayConfig, None, ["deadline_ms=1000"])
-    result = run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw, user, 5,
-                        recsys_pb2.Context(), [], time.monotonic() + 1.0, experiment=assign(config, user))
+    result = asyncio.run(run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw,
+                                    user, 5, recsys_pb2.Context(), [], time.monotonic() + 1.0,
+                                    experiment=assign(config, user)))
     assert result.degraded == []
     assert dict(seen["recall"].quotas) == {"ann": 900}
     assert dict(seen["rank"].fusion) == {"like": 2.0}
@@ -171,7 +173,7 @@ def test_overrides_reach_the_stage_requests(snapshot):
     assert seen["rerank"].params.HasField("mmr_lambda") and seen["rerank"].params.window == 10
     assert not seen["rerank"].params.HasField("alpha")
     # a user in no arm: nothing overridden
-    plain = run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw, user, 5,
-                       recsys_pb2.Context(), [], time.monotonic() + 1.0)
+    plain = asyncio.run(run_funnel(Stages(recall, rank, rerank), snapshot, snapshot.load_array("popular.npy"), gw,
+                                   user, 5, recsys_pb2.Context(), [], time.monotonic() + 1.0))
     assert plain.degraded == [] and not seen["recall"].quotas and not seen["rank"].fusion
     assert seen["rerank"].method == rerank_pb2.RERANK_METHOD_UNSPECIFIED

@@ -1,6 +1,7 @@
 """The gateway's funnel logic without gRPC: budgets, fallbacks, malformed replies."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -57,8 +58,8 @@ def world(snapshot):
 def _run(world, deadline_s=0.2, k=10, **replace):
     snapshot, popular, config, stages = world
     stages = Stages(**{**stages, **replace})
-    return run_funnel(stages, snapshot, popular, config, "1", k, recsys_pb2.Context(), [],
-                      time.monotonic() + deadline_s)
+    return asyncio.run(run_funnel(stages, snapshot, popular, config, "1", k, recsys_pb2.Context(), [],
+                                  time.monotonic() + deadline_s))
 
 
 def test_all_stages_healthy(world):
@@ -136,9 +137,9 @@ def test_final_list_is_checked_against_the_filter(world):
         seen["filters"] = list(req.filters)
         return stages["recall"](req, timeout, metadata)
 
-    result = run_funnel(Stages(**{**stages, "recall": recall}), snapshot, popular, config, "1", 10,
-                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
-                        item_filter=lambda snap: compiled)
+    result = asyncio.run(run_funnel(Stages(**{**stages, "recall": recall}), snapshot, popular, config, "1", 10,
+                                    recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                                    item_filter=lambda snap: compiled))
     assert seen["filters"] == filters  # recall was asked to filter
     assert compiled.matches(result.item_idx).all() and result.item_idx.size < 10
     assert "filter" in result.errors
@@ -151,9 +152,9 @@ def test_popular_fallback_keeps_only_eligible_items(world):
     def down(req, timeout, metadata):
         raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
 
-    result = run_funnel(Stages(**{**stages, "recall": down}), snapshot, popular, config, "1", 10,
-                        recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
-                        item_filter=lambda snap: compiled)
+    result = asyncio.run(run_funnel(Stages(**{**stages, "recall": down}), snapshot, popular, config, "1", 10,
+                                    recsys_pb2.Context(), [], time.monotonic() + 0.2, filters=filters,
+                                    item_filter=lambda snap: compiled))
     assert "recall" in result.degraded and result.item_idx.size == 10
     assert compiled.matches(result.item_idx).all()
     assert result.eligible_items == int(compiled.mask().sum())

@@ -1,7 +1,7 @@
-"""Hot reload, multi-process workers and restarts over a real cluster on a private snapshot root.
+"""Hot reload, replica processes and restarts over a real cluster on a private snapshot root.
 
-One cluster (recall with two workers on one port, every server polling CURRENT every 0.2 s) serves all
-tests of this module, in order: both recall workers answer; a killed stage is restarted and the gateway
+One cluster (recall with two replicas on their own ports, every server polling CURRENT every 0.2 s) serves all
+tests of this module, in order: each recall replica answers on its own port; a killed stage is restarted and the gateway
 degrades meanwhile; a new version published under load is picked up with no failed or degraded request; a
 corrupted version is refused by every server and the old one keeps serving; stopping drains the gateway first.
 """
@@ -49,7 +49,7 @@ def root(snapshot_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(root, tmp_path_factory):
     config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
-                           workers={"recall": 2},
+                           replicas={"recall": 2},
                            overrides={"gateway": ["deadline_ms=3000", *POLL], "recall": POLL, "rank": POLL,
                                       "rerank": POLL})
     with Cluster(config) as running:
@@ -82,17 +82,17 @@ def log_events(cluster: Cluster, worker: str, event: str) -> list[dict]:
     return [rec for line in lines if line.startswith("{") and (rec := json.loads(line))["event"] == event]
 
 
-def test_recall_workers_share_one_port(cluster):
-    pids = {cluster.procs["recall"].pid, cluster.procs["recall.1"].pid}
-    seen: set[str] = set()
-    for _ in range(40):  # every new connection is handed to one worker by the kernel (SO_REUSEPORT)
-        with grpc.insecure_channel(cluster.addr("recall"), options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            _, call = recall_grpc.RecallServiceStub(ch).Recall.with_call(recall_pb2.RecallRequest(user_id="1", n=10),
-                                                                     timeout=10)
-        seen |= {value for key, value in call.trailing_metadata() if key == "x-worker-pid"}
-        if len(seen) == 2:
-            break
-    assert seen == {str(pid) for pid in pids}
+def test_recall_replicas_each_answer_on_their_own_port(cluster):
+    """No SO_REUSEPORT: each replica's address reaches that replica and no other (the readiness check of
+    replica i probes replica i)."""
+    addrs = cluster.addrs("recall")
+    assert len(set(addrs)) == 2
+    for key, addr in zip(("recall", "recall.1"), addrs):
+        for _ in range(5):
+            with grpc.insecure_channel(addr) as ch:
+                _, call = recall_grpc.RecallServiceStub(ch).Recall.with_call(
+                    recall_pb2.RecallRequest(user_id="1", n=10), timeout=10)
+            assert {v for k, v in call.trailing_metadata() if k == "x-worker-pid"} == {str(cluster.procs[key].pid)}
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -100,14 +100,14 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def test_gateway_spreads_calls_over_both_recall_workers(cluster, stub):
+def test_gateway_spreads_calls_over_both_recall_replicas(cluster, stub):
     pids = [cluster.procs[name].pid for name in ("recall", "recall.1")]
     before = [_cpu_ticks(pid) for pid in pids]
     for i in range(300):
         recommend(stub, str(1 + i % 900))
     gained = [_cpu_ticks(pid) - b for pid, b in zip(pids, before)]
-    # ~1 ms of recall work per request: an idle worker gains ~0 ticks, a busy one well over 3
-    assert min(gained) >= 3, f"CPU ticks gained per recall worker: {gained}"
+    # ~1 ms of recall work per request: an idle replica gains ~0 ticks, a busy one well over 3
+    assert min(gained) >= 3, f"CPU ticks gained per recall replica: {gained}"
 
 
 def test_killed_stage_is_restarted_and_gateway_recovers(cluster, stub, capsys):

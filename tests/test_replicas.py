@@ -3,7 +3,8 @@
 Every stage runs two replica processes, each on its own OS-picked port; the gateway dials each stage as
 one ``ipv4:`` address list with gRPC's ``round_robin`` policy and client-side health checking, as it dials
 ``dns:///recall.<ns>.svc.cluster.local`` behind a headless Service. Under a bounded load (about 20 s at
-about 50 requests/s, 127.0.0.1 only) one recall replica is SIGKILLed (the launcher restarts it), one rank
+about 50 requests/s, 127.0.0.1 only) one replica of each stage is SIGKILLed (the launcher restarts them;
+the gateway's retry on UNAVAILABLE sends the calls they held to the other replica), one rank
 replica is drained like a terminating pod (SIGTERM: NOT_SERVING for ``server.drain_s``, then stop), every
 stage recycles its connections every 2 s (``server.max_connection_age_s``), and a new snapshot version is
 published the way the export Job publishes it (copy, then flip CURRENT); no
@@ -42,6 +43,7 @@ def test_address_list_becomes_a_round_robin_ipv4_target():
     config = json.loads(SERVICE_CONFIG)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["healthCheckConfig"] == {"serviceName": ""}
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert stage_target("[::1]:5001,[::1]:5002")[0] == "ipv6:[::1]:5001,[::1]:5002"
     assert stage_target("dns:///recall.recsys.svc.cluster.local:50051") == (
         "dns:///recall.recsys.svc.cluster.local:50051", [("grpc.service_config", SERVICE_CONFIG)])
@@ -67,8 +69,8 @@ def test_replicas_config_is_checked():
         ClusterConfig(replicas={"rank": 0}).validate()
     with pytest.raises(ValueError, match="'gateway' is not a stage"):
         ClusterConfig(replicas={"gateway": 2}).validate()
-    with pytest.raises(ValueError, match="both workers and replicas"):
-        ClusterConfig(replicas={"recall": 2}, workers={"recall": 2}).validate()
+    with pytest.raises(TypeError):  # SO_REUSEPORT workers are gone: replicas on their own ports replace them
+        ClusterConfig(workers={"recall": 2})
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_gateway_spreads_calls_over_every_replica(cluster):
 
 
 def test_kill_drain_and_rollout_under_load_fail_no_request(cluster, root):
-    """The rehearsal: SIGKILL a recall replica, drain a rank replica, publish a version, all under load."""
+    """The rehearsal: SIGKILL a replica of each stage, drain a rank replica, publish a version, all under load."""
     v1 = current_version(root)
     v2 = v1 + "-r2"
     replies: list[tuple[int, str, tuple[str, ...]]] = []  # (phase, version, degraded)
@@ -156,15 +158,25 @@ def test_kill_drain_and_rollout_under_load_fail_no_request(cluster, root):
                 stop.wait(max(0.0, next_at - time.monotonic()))
 
     threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in (1, 2)]
-    killed = cluster.procs["recall.1"]
+    killed = {key: cluster.procs[key] for key in ("recall.1", "rank", "rerank.1")}
     start = time.monotonic()
     for thread in threads:
         thread.start()
     try:
         stop.wait(LOAD_S * 0.15)
         phase[0] = 1
-        os.kill(killed.pid, signal.SIGKILL)  # a crashed pod: the launcher restarts it on its port
+        for proc in killed.values():  # crashed pods: the launcher restarts each on its port
+            os.kill(proc.pid, signal.SIGKILL)
         stop.wait(LOAD_S * 0.2)
+        # before draining rank.1, its peer (killed above) must be back: a bounded wait, not a speed assertion
+        back = time.monotonic() + 60
+        while cluster.health_at(cluster.addr("rank")) != "SERVING":
+            assert time.monotonic() < back, "the killed rank replica did not come back"
+            time.sleep(0.1)
+        ticks = _cpu_ticks(cluster.procs["rank"].pid)  # ... and back in the gateway's rotation (it reconnects)
+        while _cpu_ticks(cluster.procs["rank"].pid) - ticks < 3:
+            assert time.monotonic() < back, "the gateway did not take the restarted rank replica back"
+            time.sleep(0.1)
         phase[0] = 2
         cluster.stop_process("rank.1")  # a terminating pod: NOT_SERVING, drain_s, then drain in-flight calls
         stop.wait(LOAD_S * 0.25)
@@ -186,13 +198,15 @@ def test_kill_drain_and_rollout_under_load_fail_no_request(cluster, root):
             degraded[stage] = degraded.get(stage, 0) + 1
     counts = {"seconds": round(elapsed, 1), "requests": len(replies) + len(errors), "failed": len(errors),
               "degraded_requests": sum(1 for r in replies if r[2]), "degraded_by_stage": degraded,
+              "degraded_while_killing": sum(1 for r in replies if r[0] == 1 and r[2]),
               "versions": sorted({v for _, v, _ in replies})}
     print("rehearsal", json.dumps(counts))
     assert errors == [], errors[:5]
     assert counts["requests"] >= RATE * LOAD_S * 0.5  # the load really ran
     assert not [r for r in replies if r[0] == 2 and "rank" in r[2]], "the drained rank replica degraded requests"
     assert {v for _, v, _ in replies} <= {v1, v2}
-    assert cluster.procs["recall.1"].pid != killed.pid, "the launcher did not restart the killed replica"
+    for key, proc in killed.items():
+        assert cluster.procs[key].pid != proc.pid, f"the launcher did not restart the killed replica {key}"
     running = [k for k, p in cluster.procs.items() if p.poll() is None and k != "gateway"]
     assert "rank.1" not in running and len(running) == 5
     deadline = time.monotonic() + 60  # bounded wait, not a speed assertion: every replica reloads v2

@@ -84,7 +84,9 @@ def test_idle_streams_cannot_take_the_unary_handlers(gateway):
                 codes.append("OK")
             except grpc.RpcError as exc:
                 codes.append(exc.code().name)
-        assert codes.count("OK") == 4 and set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes  # server.max_streams
+        # the gateway runs on grpc.aio: an open stream is a coroutine and holds no handler thread, so none is
+        # refused (the synchronous stage servers cap them at server.max_streams, common.call_pools)
+        assert codes == ["OK"] * len(channels), codes
         # Health/Watch streams are gRPC's non-blocking kind: open ones hold no thread either
         watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
                    for channel in channels]
