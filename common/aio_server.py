@@ -19,9 +19,9 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from common.log import Logger
+from common.reflection import enable_reflection
 from common.metrics import AioServerInterceptor, serve_metrics, track_snapshot
 from common.server import ServerOptions, load_server, server_channel_options, write_port_file
 from common.tls import server_credentials
@@ -57,8 +57,7 @@ class AioGrpcServer:
 
     async def start(self, port_file: str | None = None) -> int:
         """Bind, start, enable reflection; write the bound port to ``port_file``; return the port."""
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        enable_reflection([*self.service_names, health.SERVICE_NAME], self.server)  # v1 and v1alpha
         o = self.options
         address = f"{o.host}:{o.port}"
         try:

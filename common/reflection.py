@@ -12,6 +12,7 @@ import functools
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc.experimental import aio as grpc_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 V1ALPHA_SERVICE_NAME = reflection.SERVICE_NAME  # grpc.reflection.v1alpha.ServerReflection
@@ -45,9 +46,12 @@ def register_v1_descriptor() -> None:
 
 
 def enable_reflection(service_names: list[str], server: grpc.Server) -> None:
-    """Serve reflection v1 and v1alpha on ``server``, listing ``service_names`` plus both reflection services."""
+    """Serve reflection v1 and v1alpha on ``server`` (a ``grpc.Server`` or a ``grpc.aio.Server``: the aio one
+    gets grpcio-reflection's asynchronous servicer), listing ``service_names`` plus both reflection services."""
     register_v1_descriptor()
-    servicer = reflection.ReflectionServicer([*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME])
+    names = [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
+    is_aio = isinstance(server, grpc_aio.Server)
+    servicer = reflection.aio.ReflectionServicer(names) if is_aio else reflection.ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
