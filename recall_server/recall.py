@@ -56,7 +56,7 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
            quotas: dict[str, int] | None = None) -> RecallResult:
     """Run every configured channel for ``user_id`` and merge up to ``n`` candidates."""
     query, cold = build_query(state, config, user_id, history_override, list(exclude_ids))
-    quota = {**config.quotas, **(quotas or {})}
+    quota = {**(state.quotas or config.quotas), **(quotas or {})}
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
     for c, name in enumerate(names):

@@ -33,7 +33,8 @@ def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     and knn_query runs without the GIL, so a per-request set_ef would race with other searches."""
     if k <= 0:
         return empty()
-    k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.n_items)  # filtering still leaves k
+    # filtering still leaves k; the index may hold fewer items than the catalogue (export.ann_index)
+    k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.ann_items or state.n_items)
     vector = user_vector(state, query)
     labels, distances = state.index.knn_query(vector.reshape(1, -1), k=k)
     # hnswlib's "ip" distance is 1 - <u, v>
