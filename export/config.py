@@ -99,7 +99,7 @@ class ExportConfig:
             raise ValueError("segment_edges must be ascending")
         if not self.eval_k or min(self.eval_k) < 1:
             raise ValueError("eval_k must list positive cut-offs")
-        if self.eval_users < 0 or self.max_train_rows < 0 or self.content_top_m < 1:
+        if self.eval_users < 0 or self.max_train_rows < 0 or self.two_tower.max_train_rows < 0 or self.content_top_m < 1:
             raise ValueError("eval_users and max_train_rows must be >= 0, content_top_m >= 1")
         if not 0.0 <= self.valid_frac < 1.0 or self.holdout_frac + self.valid_frac >= 1.0:
             raise ValueError(f"valid_frac must be in [0, 1) with holdout_frac + valid_frac < 1, got {self.valid_frac}")

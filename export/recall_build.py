@@ -123,7 +123,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
                  towers: tuple[UserTower, ItemTower, dict] | None = None, lap=None, hnsw_M: int = 0) -> RecallBuild:
     """Write every recall artifact of ``known`` (the log slice this build may see) into ``path``.
 
-    Two-tower (trained on a ``max_train_rows`` user sample of ``known`` unless ``towers`` are given),
+    Two-tower (trained on a ``two_tower.max_train_rows`` (else ``max_train_rows``) user sample of ``known``
+    unless ``towers`` are given),
     its ONNX user tower, item vectors and the HNSW index over the informative ones (``export.ann_index``; ``M``
     = ``hnsw_M`` or ``config.hnsw.M``); ItemCF, Swing and next-item tables; popular lists
     (global and per segment); content neighbours of cold items; the blocklist; item statistics; the LMDB
@@ -135,7 +136,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     (path / "models").mkdir(parents=True, exist_ok=True)
     tt = config.two_tower
     if towers is None:
-        towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=config.max_train_rows, seed=1), tt)
+        rows = tt.max_train_rows or config.max_train_rows
+        towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=rows, seed=1), tt)
     user_tower, item_tower, tt_log = towers
     item_emb = item_embeddings(item_tower, ds)
     content_emb = item_embeddings(item_tower, ds, drop_ids=True)  # features only: new items' view

@@ -39,6 +39,9 @@ class TwoTowerConfig:
     temperature: float = 0.05
     weight_decay: float = 0.0
     sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
+    # rows of the user sample the towers train on; 0: ExportConfig.max_train_rows. At 10^6 items most items
+    # have one or two rows in all, so the towers need more of the log than the rankers (issue 16)
+    max_train_rows: int = 0
     id_dropout: float = 0.1       # probability of replacing an id by the unknown code 0
     logq_correction: bool = True  # subtract log(item sampling prob) from in-batch logits
     seed: int = 0
