@@ -10,7 +10,8 @@ first, then the average.
 
 Search: coordinate ascent from the configured values. For each channel in turn its weight is multiplied by
 each of :data:`WEIGHT_STEPS`, then its quota set to each of half, double (at most ``n``) and 0 (off; an off
-channel tries :data:`QUOTA_RESTART`); a change is kept when it raises the objective; ``rounds`` passes.
+channel tries :data:`QUOTA_RESTART`); a change is kept when it raises the objective; at most ``rounds``
+passes, stopping after one that changed nothing.
 
 Each validation user's channel lists are computed once, through the channel modules of the serving code at
 quota ``n`` (a channel's top-q is a prefix of its top-n), and every point is scored by the serving merge
@@ -124,6 +125,7 @@ def fit_merge(snapshot_dir: Path, ds: Dataset, labels: Interactions, n: int, ks:
         start = row(quotas, weights, value, r)
         curve = [start]
         for _ in range(rounds):
+            accepted = len(curve)
             for name in channels:
                 trials = [({**weights, name: weights[name] * s}, quotas) for s in WEIGHT_STEPS]
                 q = quotas[name]
@@ -138,6 +140,8 @@ def fit_merge(snapshot_dir: Path, ds: Dataset, labels: Interactions, n: int, ks:
                     if got > value:
                         weights, quotas, value = trial_w, trial_q, got
                         curve.append(row(quotas, weights, value, r))
+            if len(curve) == accepted:
+                break   # a whole pass changed nothing: a later one would not either
         cfg = dataclasses.replace(base, weights=weights, quotas=quotas)
         state.weights, state.quotas = weights, quotas
         pred = np.full((len(ids), n), -1, np.int64)
