@@ -114,10 +114,36 @@ def load_hnsw(path: Path, dim: int, n_items: int) -> hnswlib.Index:
     return index
 
 
-def select_on_validation(build, ds, valid, config, seed: int = 0) -> tuple[dict, hnswlib.Index]:
-    """:func:`choose_hnsw` for a recall build of the validation cut (``export.recall_build.RecallBuild``):
+def choose_min_count(emb: np.ndarray, train_counts: np.ndarray | None, queries: np.ndarray, min_counts: list[int],
+                     M_grid: list[int], ef_grid: list[int], ef_construction: int, target_recall: float, threads: int,
+                     built: dict[tuple[int, int], hnswlib.Index] | None = None) -> tuple[dict, hnswlib.Index, np.ndarray]:
+    """The largest index that stays faithful to exact search: for each ``min_count`` in ascending order,
+    :func:`choose_hnsw` over :func:`informative_items`; the first whose chosen point reaches ``target_recall``
+    wins (the last one when none does). Returns ``(choice with "min_count" and "by_min_count", index, ids)``.
+    ``built`` maps ``(min_count, M)`` to an index already built. No training counts: every item, once."""
+    n_items = emb.shape[0]
+    tried, last = [], None
+    for mc in sorted(min_counts) if train_counts is not None else [0]:
+        ids = informative_items(train_counts, mc) if train_counts is not None else np.arange(n_items, dtype=np.int32)
+        if ids.size == 0:
+            break
+        reuse = {M: idx for (m, M), idx in (built or {}).items() if m == mc}
+        choice, index = choose_hnsw(emb, ids, queries, M_grid, ef_grid, ef_construction, target_recall, threads,
+                                    built=reuse)
+        key = f"recall@{choice['k']}_vs_exact"
+        tried.append({"min_count": mc, "items": int(ids.size), **choice["chosen"]})
+        last = (choice, index, ids, mc)
+        if choice["chosen"][key] >= target_recall:
+            break
+    choice, index, ids, mc = last
+    return {**choice, "min_count": mc, "items": int(ids.size), "by_min_count": tried}, index, ids
+
+
+def select_on_validation(build, ds, valid, config, seed: int = 0) -> tuple[dict, hnswlib.Index, np.ndarray]:
+    """:func:`choose_min_count` for a recall build of the validation cut (``export.recall_build.RecallBuild``):
     the queries are the vectors of up to ``hnsw.select_users`` users with validation rows (seeded sample),
-    the index the build already holds is reused for ``hnsw.M``. Empty grids keep ``hnsw.M`` / ``ef_eval``."""
+    the index the build already holds is reused for (``hnsw.min_count``, ``hnsw.M``). Empty grids keep
+    ``hnsw.min_count`` / ``hnsw.M`` / ``ef_eval``. Returns ``(choice, index, indexed ids)``."""
     from export.recall_build import user_vectors
 
     h = config.hnsw
@@ -126,5 +152,7 @@ def select_on_validation(build, ds, valid, config, seed: int = 0) -> tuple[dict,
         users = np.sort(np.random.default_rng(seed).choice(users, h.select_users, replace=False))
     queries = user_vectors(build, ds)[users]
     current = load_hnsw(build.path / "items.hnsw", build.item_emb.shape[1], ds.n_items)
-    return choose_hnsw(build.item_emb, build.ann_ids, queries, list(h.M_grid) or [h.M], list(h.ef_grid) or [h.ef_eval],
-                       h.ef_construction, h.target_recall, config.threads, built={h.M: current})
+    return choose_min_count(build.item_emb, build.item_tower.train_counts, queries,
+                            sorted({h.min_count, *h.min_count_grid}), list(h.M_grid) or [h.M],
+                            list(h.ef_grid) or [h.ef_eval], h.ef_construction, h.target_recall, config.threads,
+                            built={(h.min_count, h.M): current})

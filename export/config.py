@@ -21,7 +21,10 @@ class HnswConfig:
     M: int = 16                            # built when M_grid is empty; the validation cut's index uses it too
     ef_construction: int = 200
     ef_eval: int = 200                     # query ef when ef_grid is empty
-    min_count: int = 1                     # items with fewer two-tower training rows stay out of the index
+    min_count: int = 1                     # items with fewer two-tower training rows stay out of the index; the
+    # validation cut tries min_count and then each larger value here, and keeps the first (largest) index
+    # whose chosen point reaches target_recall (export.ann_index.choose_min_count)
+    min_count_grid: list[int] = field(default_factory=lambda: [2, 3, 5])
     M_grid: list[int] = field(default_factory=lambda: [16, 32])
     ef_grid: list[int] = field(default_factory=lambda: [50, 100, 200, 400])
     target_recall: float = 0.95            # recall@100 vs exact the chosen point must reach (fastest such point)
@@ -30,8 +33,8 @@ class HnswConfig:
     def validate(self) -> None:
         if self.M < 2 or self.ef_construction < 1 or self.ef_eval < 1 or self.min_count < 0:
             raise ValueError("hnsw: M must be >= 2, ef_construction and ef_eval >= 1, min_count >= 0")
-        if any(m < 2 for m in self.M_grid) or any(e < 1 for e in self.ef_grid):
-            raise ValueError("hnsw: M_grid entries must be >= 2 and ef_grid entries >= 1")
+        if any(m < 2 for m in self.M_grid) or any(e < 1 for e in self.ef_grid) or any(c < 0 for c in self.min_count_grid):
+            raise ValueError("hnsw: M_grid entries must be >= 2, ef_grid entries >= 1, min_count_grid entries >= 0")
         if not 0.0 < self.target_recall <= 1.0 or self.select_users < 1:
             raise ValueError("hnsw: target_recall must be in (0, 1] and select_users >= 1")
 

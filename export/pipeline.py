@@ -53,8 +53,15 @@ from export.ranker import (
     task_probs,
     train_family,
 )
-from export.ann_index import exact_topk, load_hnsw, search_profile, select_on_validation
-from export.recall_build import add_to_manifest, build_recall, sample_users, user_vectors, write_manifest
+from export.ann_index import ANN_IDS_FILE, exact_topk, load_hnsw, search_profile, select_on_validation
+from export.recall_build import (
+    add_to_manifest,
+    build_recall,
+    rebuild_ann,
+    sample_users,
+    user_vectors,
+    write_manifest,
+)
 from export.recall_fit import fit_merge
 from export.split import Split, make_split, temporal_parts
 from export.two_tower import user_inputs
@@ -123,12 +130,17 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
     # HNSW M / ef on validation; the validation cut then serves the chosen index, as the published one will
-    ann, index = select_on_validation(build_b, ds, split.valid, config, seed=rr.seed)
+    ann, index, ids = select_on_validation(build_b, ds, split.valid, config, seed=rr.seed)
     index.save_index(str(build_b.path / "items.hnsw"))
+    np.save(build_b.path / ANN_IDS_FILE, ids, allow_pickle=False)
+    build_b.ann_ids = ids
     ann = {**json.loads((build_b.path / "manifest.json").read_text())["ann_index"], **ann}
+    if ann["min_count"] != config.hnsw.min_count or ann["M"] != config.hnsw.M:   # the training cut serves it too
+        build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)
     for build in (build_a, build_b):
         add_to_manifest(build.path, {"ann_index": {**ann, "items": int(build.ann_ids.size)}})
-    log.info("ann_index_chosen", M=ann["M"], ef=ann["ef"], chosen=ann["chosen"], items=int(build_b.ann_ids.size))
+    log.info("ann_index_chosen", M=ann["M"], ef=ann["ef"], min_count=ann["min_count"], chosen=ann["chosen"],
+             items=int(build_b.ann_ids.size))
     lap("hnsw_select")
     merge = None
     if config.recall_fit_users:   # merge weights and quotas on validation, then both replays recall with them
@@ -210,8 +222,9 @@ def run_export(config: ExportConfig) -> Path:
         lap("validation_funnel")
 
         # ---- the published snapshot: everything before the test part
-        build = build_recall(ds, split.known, config, builder.path, lap=lambda s: lap(f"publish_{s}"),
-                             hnsw_M=ann["M"])
+        build = build_recall(ds, split.known, dataclasses.replace(
+            config, hnsw=dataclasses.replace(config.hnsw, min_count=ann["min_count"])), builder.path,
+            lap=lambda s: lap(f"publish_{s}"), hnsw_M=ann["M"])
         if config.ranker.retrain_on_validation:
             best_t, best_s = best_epochs(fam["curves"]["teacher"]), best_epochs(fam["curves"]["student"])
             ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))

@@ -98,6 +98,15 @@ def ann_items(item_tower: ItemTower, n_items: int, config: ExportConfig) -> np.n
     return informative_items(counts, config.hnsw.min_count)
 
 
+def rebuild_ann(build: "RecallBuild", n_items: int, min_count: int, M: int, config: ExportConfig) -> np.ndarray:
+    """Rewrite ``build``'s index (and ``ann_items.npy``) for another ``min_count`` / ``M``; returns the ids."""
+    counts = build.item_tower.train_counts
+    ids = informative_items(counts, min_count) if counts is not None else np.arange(n_items, dtype=np.int32)
+    np.save(build.path / ANN_IDS_FILE, ids, allow_pickle=False)
+    build_hnsw(build.item_emb, ids, M, config.hnsw.ef_construction, config.threads, build.path / "items.hnsw")
+    return ids
+
+
 def feature_records(ds: Dataset, known: Interactions, history: np.ndarray) -> dict[str, bytes]:
     """Packed LMDB records of every user: profile, last-N history codes, seen items."""
     order = np.lexsort((known.item, known.user))

@@ -38,7 +38,7 @@ from recall_server.config import RecallConfig
 from recall_server.recall import build_query, recall
 from recall_server.state import load_state
 
-WEIGHT_STEPS = (0.5, 2.0)
+WEIGHT_STEPS = (0.5, 0.7, 1.4, 2.0)
 QUOTA_RESTART = 50
 
 
@@ -87,7 +87,7 @@ def merged_predictions(lists: ChannelLists, channels: list[str], quotas: dict[st
 
 
 def fit_merge(snapshot_dir: Path, ds: Dataset, labels: Interactions, n: int, ks: list[int] = (50, 200, 1000),
-              max_users: int = 400, rounds: int = 2, seed: int = 0) -> dict:
+              max_users: int = 400, rounds: int = 4, seed: int = 0) -> dict:
     """``{"weights", "quotas", "objective", "start", "validation", "channels", "curve", "users", "seconds"}``;
     see the module docstring. ``ks`` above ``n`` are dropped."""
     t0 = time.perf_counter()

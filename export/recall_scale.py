@@ -32,15 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, metavar="N_ITEMS", help="the synthetic catalogue it was built from")
     parser.add_argument("--synthetic-users", type=int, metavar="U", help="as for python -m export")
     parser.add_argument("--users", type=int, default=400, help="validation users (seeded sample)")
+    parser.add_argument("--cut", choices=["train", "valid"], default="train",
+                        help="which cut DIR was built from (cut-train or cut-valid): the two-tower's training "
+                             "sample, whose item counts the ANN index choice needs, is drawn from it")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
 
     from common.config import load_config
     from common.snapshot import Snapshot
     from export.__main__ import synthetic_overrides
-    from export.ann_index import ANN_IDS_FILE, choose_hnsw, load_hnsw
+    from export.ann_index import choose_min_count, load_hnsw
+    from export.recall_build import sample_users
     from export.config import ExportConfig
-    from export.pipeline import load_dataset
+    from export.pipeline import load_dataset, training_cut
     from export.recall_fit import fit_merge
     from export.split import make_split
     from recall_server.channels.ann import user_vector
@@ -68,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         queries = np.stack([user_vector(state, build_query(state, rcfg, str(ds.user_ids[u]), None, [])[0])
                             for u in users.tolist()]).astype(np.float32)
         emb = snapshot.load_array("item_emb.npy")
-        ids = np.load(build / ANN_IDS_FILE) if (build / ANN_IDS_FILE).exists() else np.arange(ds.n_items)
         ann = snapshot.manifest.get("ann_index", {})
-        M = int(ann.get("M", config.hnsw.M))
+        M, built_mc = int(ann.get("M", config.hnsw.M)), int(ann.get("min_count", config.hnsw.min_count))
+        known = training_cut(split, config.rank_replay.label_frac)[0] if args.cut == "train" else split.train
+        sample = sample_users(known, ds.n_users, max_rows=config.two_tower.max_train_rows or config.max_train_rows,
+                              seed=1)
+        counts = np.bincount(sample.item, minlength=ds.n_items)
         index = load_hnsw(build / "items.hnsw", emb.shape[1], ds.n_items)
-        report["ann_index"], _ = choose_hnsw(emb, ids.astype(np.int32), queries, [M], list(config.hnsw.ef_grid),
-                                             config.hnsw.ef_construction, config.hnsw.target_recall, 1,
-                                             built={M: index})
-        report["ann_index"]["items"] = int(ids.size)
+        h = config.hnsw
+        report["ann_index"], _, _ = choose_min_count(
+            emb, counts, queries, sorted({h.min_count, *h.min_count_grid}), [M], list(h.ef_grid), h.ef_construction,
+            h.target_recall, config.threads, built={(built_mc, M): index})
     finally:
         snapshot.close()
     report["merge"] = fit_merge(build, ds, split.valid, config.recall_n, ks=config.eval_k, max_users=args.users)
@@ -86,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         report["oracle"] = oracle_metrics(config.synthetic, sample, split.train, ds.n_users, config.eval_k)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     ann = report["ann_index"]
-    print(f"ann index ({ann['items']} items, M {ann['M']}): " + "; ".join(
-        f"ef {r['ef']}: recall@100 vs exact {r['recall@100_vs_exact']}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
-        for r in ann["curve"]))
+    for r in ann["by_min_count"]:
+        print(f"ann index min_count {r['min_count']} ({r['items']} items), chosen M {r['M']} ef {r['ef']}: "
+              f"recall@100 vs exact {r['recall@100_vs_exact']}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
+    print("chosen min_count " + str(ann["min_count"]) + ", its curve: " + "; ".join(
+        f"ef {r['ef']}: {r['recall@100_vs_exact']} / p50 {r['p50_ms']} ms" for r in ann["curve"]))
     merge = report["merge"]
     rows = {**merge["channels"], "merged (start)": merge["start"], "merged (fitted)": merge["validation"]}
     if "oracle" in report:

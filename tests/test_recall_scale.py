@@ -95,3 +95,21 @@ def test_merge_quotas_and_ann_params_from_the_manifest():
         merge_quotas(_snap({"recall_merge": {"quotas": {"ann": -1}}}), config)
     with pytest.raises(SnapshotError, match="ann_index"):
         ann_params(_snap({"ann_index": {"items": 101}}), config)
+
+
+def test_choose_min_count_keeps_the_largest_faithful_index():
+    from export.ann_index import choose_min_count
+
+    rng = np.random.default_rng(2)
+    emb, queries = _unit(rng.standard_normal((2000, 16))), _unit(rng.standard_normal((30, 16)))
+    counts = rng.integers(0, 4, 2000)
+    choice, index, ids = choose_min_count(emb, counts, queries, [1, 2, 3], [16], [200], 100, 0.9, threads=1)
+    assert choice["min_count"] == 1 and len(choice["by_min_count"]) == 1
+    assert ids.tolist() == np.flatnonzero(counts >= 1).tolist() and index.get_current_count() == ids.size
+    # an unreachable target: every min_count is tried and the last (smallest) index is kept
+    choice, _, ids = choose_min_count(emb, counts, queries, [1, 3], [16], [20], 100, 1.01 - 1e-9, threads=1)
+    assert [r["min_count"] for r in choice["by_min_count"]] == [1, 3] and choice["min_count"] == 3
+    assert ids.tolist() == np.flatnonzero(counts >= 3).tolist()
+    # no training counts: every item
+    choice, _, ids = choose_min_count(emb, None, queries, [1, 3], [16], [200], 100, 0.9, threads=1)
+    assert ids.size == 2000 and choice["min_count"] == 0
