@@ -59,6 +59,7 @@ def summary(manifest: dict) -> str:
 
     m = manifest["metrics"]
     sel = m["selection"]
+    merge, ann = manifest.get("recall_merge", {}), manifest.get("ann_index", {})
     funnel = m["funnel"]
     lines = [f"validation part ({funnel['validation']['users']} users; models trained on the training cut):",
              format_funnel(funnel["validation"]), "",
@@ -66,10 +67,13 @@ def summary(manifest: dict) -> str:
              format_funnel(funnel["test"], m["peers"].get("rows")), "",
              f"choices on validation: epochs {sel['epochs']}, fusion {sel['fusion']['form']} "
              f"{sel['fusion']['weights']}, int8 {sel['int8']['choice']}, rerank {sel['rerank']['choice']}",
-             f"recall merge weights fitted on validation: {json.dumps(manifest.get('recall_merge', {}).get('weights'))} "
-             f"({manifest.get('recall_merge', {}).get('objective')} "
-             f"{manifest.get('recall_merge', {}).get('start')} -> {manifest.get('recall_merge', {}).get('validation')})",
-             f"merged recall (test): {json.dumps(m['recall'].get('merged', {}))}",
+             f"recall merge fitted on validation: weights {json.dumps(merge.get('weights'))}, quotas "
+             f"{json.dumps(merge.get('quotas'))}; merged {json.dumps(merge.get('validation'))} vs channels "
+             f"{json.dumps(merge.get('channels'))}",
+             f"ann index: {json.dumps({k: ann.get(k) for k in ('items', 'M', 'ef', 'min_count')})}, "
+             f"test query {json.dumps(m.get('ann_query'))}",
+             "recall (test): " + "; ".join(f"{name} {json.dumps({k: v for k, v in row.items() if k.startswith('recall@')})}"
+                                           for name, row in m["recall"].items() if name != "users"),
              f"hnsw recall@100 vs exact: {m['hnsw_recall@100_vs_exact']}; export {manifest['timings_s']['total']:.0f} s"]
     return "\n".join(lines)
 
@@ -83,8 +87,9 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
     """Config overrides of ``--synthetic N_ITEMS``: the generator's sizes, and training scaled to what a
     2-core machine exports in minutes (later ``--set`` overrides win). Offline metrics always use 500
     held-out users; from 50,000 items every model trains one epoch on at most 300,000 rows (sampled users)
-    with larger batches. Id tables of 10^5 rows or more train with sparse gradients (``export.fit``), so a
-    10^6-item export takes about 4 minutes on a quiet 2-core machine (two-tower 22 s, HNSW 40 s)."""
+    with larger batches (``two_tower.max_train_rows`` trains the towers on more: 10^6 rows took over 20 minutes
+    of a loaded 2-core machine at 10^6 items). The ANN index holds the items the two-tower saw
+    (``export.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.fit``)."""
     out = ["dataset=synthetic", f"synthetic.n_items={n_items}", "eval_users=500"]
     if users:
         out.append(f"synthetic.n_users={users}")

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
     schema = rank_schema(ds)
     with tempfile.TemporaryDirectory() as work:
-        _, _, rep_a, rep_b, _ = replay_cuts(ds, split, config, schema, Path(work))
+        _, _, rep_a, rep_b, _, _ = replay_cuts(ds, split, config, schema, Path(work))
     (sparse, bag, labels), dense = examples(rep_a, rep_a.sample(config.rank_replay, config.rank_replay.seed))
     names = schema.dense_names
 

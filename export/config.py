@@ -15,11 +15,29 @@ from export.two_tower import TwoTowerConfig
 
 @dataclass
 class HnswConfig:
-    """hnswlib build parameters (query-time ef lives in the recall server's config)."""
+    """The served ANN index (``export.ann_index``): which items it holds and the HNSW grid searched on the
+    validation cut. The chosen ``ef`` goes to the manifest (``ann_index``); the recall server searches with it
+    unless its own ``hnsw_ef`` is set."""
 
-    M: int = 16
+    M: int = 16                            # built when M_grid is empty; the validation cut's index uses it too
     ef_construction: int = 200
-    ef_eval: int = 200
+    ef_eval: int = 200                     # query ef when ef_grid is empty
+    min_count: int = 1                     # items with fewer two-tower training rows stay out of the index; the
+    # validation cut tries min_count and then each larger value here, and keeps the first (largest) index
+    # whose chosen point reaches target_recall (export.ann_index.choose_min_count)
+    min_count_grid: list[int] = field(default_factory=lambda: [2, 3, 5])
+    M_grid: list[int] = field(default_factory=lambda: [16, 32])
+    ef_grid: list[int] = field(default_factory=lambda: [50, 100, 200, 400])
+    target_recall: float = 0.95            # recall@100 vs exact the chosen point must reach (fastest such point)
+    select_users: int = 500                # validation users whose vectors are the queries of the choice
+
+    def validate(self) -> None:
+        if self.M < 2 or self.ef_construction < 1 or self.ef_eval < 1 or self.min_count < 0:
+            raise ValueError("hnsw: M must be >= 2, ef_construction and ef_eval >= 1, min_count >= 0")
+        if any(m < 2 for m in self.M_grid) or any(e < 1 for e in self.ef_grid) or any(c < 0 for c in self.min_count_grid):
+            raise ValueError("hnsw: M_grid entries must be >= 2, ef_grid entries >= 1, min_count_grid entries >= 0")
+        if not 0.0 < self.target_recall <= 1.0 or self.select_users < 1:
+            raise ValueError("hnsw: target_recall must be in (0, 1] and select_users >= 1")
 
 
 @dataclass
@@ -86,7 +104,7 @@ class ExportConfig:
             raise ValueError("segment_edges must be ascending")
         if not self.eval_k or min(self.eval_k) < 1:
             raise ValueError("eval_k must list positive cut-offs")
-        if self.eval_users < 0 or self.max_train_rows < 0 or self.content_top_m < 1:
+        if self.eval_users < 0 or self.max_train_rows < 0 or self.two_tower.max_train_rows < 0 or self.content_top_m < 1:
             raise ValueError("eval_users and max_train_rows must be >= 0, content_top_m >= 1")
         if not 0.0 <= self.valid_frac < 1.0 or self.holdout_frac + self.valid_frac >= 1.0:
             raise ValueError(f"valid_frac must be in [0, 1) with holdout_frac + valid_frac < 1, got {self.valid_frac}")
@@ -102,6 +120,7 @@ class ExportConfig:
             raise ValueError("next_top_m must be >= 1 and recent_days > 0")
         self.rank_replay.validate()
         self.ranker.validate()
+        self.hnsw.validate()
         if self.dataset == "synthetic":
             self.synthetic.validate()
         for name in ("two_tower", "deepfm", "mmoe", "mmoe_teacher", "prerank"):

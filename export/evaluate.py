@@ -54,11 +54,11 @@ def evaluate_recall(snapshot: Snapshot, ds: Dataset, test: Interactions, ks: lis
     indptr, items, users, _ = truth_users(test, ds.n_users)
     sub_indptr, sub_items = truth_subset(indptr, items, users)
     kmax = max(ks)
-    variants = {name: {c: (config.quotas.get(c, 0) if c == name else 0) for c in config.channels}
-                for name in config.channels}
+    quotas_in_force = state.quotas or config.quotas   # the snapshot's fitted quotas (recall_merge) when set
+    variants = {name: {c: 0 for c in config.channels} for name in config.channels}
     for name in variants:  # a single channel may fill the whole list on its own
-        variants[name][name] = max(kmax, config.quotas.get(name, 0))
-    variants["merged"] = dict(config.quotas)
+        variants[name][name] = max(kmax, quotas_in_force.get(name, 0))
+    variants["merged"] = dict(quotas_in_force)
     out: dict = {"users": int(users.size)}
     for name, quotas in variants.items():
         pred = np.full((users.size, kmax), -1, np.int64)

@@ -54,8 +54,16 @@ from export.ranker import (
     task_probs,
     train_family,
 )
-from export.recall_build import add_to_manifest, build_recall, hnsw_recall, sample_users, user_vectors, write_manifest
-from export.recall_fit import fit_merge_weights
+from export.ann_index import ANN_IDS_FILE, exact_topk, load_hnsw, search_profile, select_on_validation
+from export.recall_build import (
+    add_to_manifest,
+    build_recall,
+    rebuild_ann,
+    sample_users,
+    user_vectors,
+    write_manifest,
+)
+from export.recall_fit import fit_merge
 from export.split import Split, make_split, temporal_parts
 from export.two_tower import user_inputs
 from recall_server.config import RecallConfig
@@ -111,9 +119,10 @@ def training_cut(split: Split, label_frac: float) -> tuple[Interactions, Interac
 
 def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSchema, work: Path,
                 lap=lambda step: None):
-    """Recall artifacts of the training and validation cuts under ``work``, the recall merge weights fitted on
-    validation (``export.recall_fit``; None when ``recall_fit_users`` is 0), and serving replayed at each cut
-    with them: ``(build_a, build_b, replay_a, replay_b, merge)``. Reads only ``split.train`` and
+    """Recall artifacts of the training and validation cuts under ``work``, the ANN index parameters chosen on
+    validation (``export.ann_index``), the recall merge weights and quotas fitted on validation
+    (``export.recall_fit``; None when ``recall_fit_users`` is 0), and serving replayed at each cut with them:
+    ``(build_a, build_b, replay_a, replay_b, merge, ann)``. Reads only ``split.train`` and
     ``split.valid`` (the leak test holds it to that)."""
     rr = config.rank_replay
     cut_train, cut_labels = training_cut(split, rr.label_frac)
@@ -121,10 +130,23 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     towers = None if rr.retrain_two_tower else (build_a.user_tower, build_a.item_tower, build_a.two_tower_log)
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
+    # HNSW M / ef on validation; the validation cut then serves the chosen index, as the published one will
+    ann, index, ids = select_on_validation(build_b, ds, split.valid, config, seed=rr.seed)
+    index.save_index(str(build_b.path / "items.hnsw"))
+    np.save(build_b.path / ANN_IDS_FILE, ids, allow_pickle=False)
+    build_b.ann_ids = ids
+    ann = {**json.loads((build_b.path / "manifest.json").read_text())["ann_index"], **ann}
+    if ann["min_count"] != config.hnsw.min_count or ann["M"] != config.hnsw.M:   # the training cut serves it too
+        build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)
+    for build in (build_a, build_b):
+        add_to_manifest(build.path, {"ann_index": {**ann, "items": int(build.ann_ids.size)}})
+    log.info("ann_index_chosen", M=ann["M"], ef=ann["ef"], min_count=ann["min_count"], chosen=ann["chosen"],
+             items=int(build_b.ann_ids.size))
+    lap("hnsw_select")
     merge = None
-    if config.recall_fit_users:   # merge weights on validation, then both replays recall with them
-        merge = fit_merge_weights(build_b.path, ds, split.valid, config.recall_n,
-                                  max_users=config.recall_fit_users, seed=rr.seed)
+    if config.recall_fit_users:   # merge weights and quotas on validation, then both replays recall with them
+        merge = fit_merge(build_b.path, ds, split.valid, config.recall_n, ks=config.eval_k,
+                          max_users=config.recall_fit_users, seed=rr.seed)
         for build in (build_a, build_b):
             add_to_manifest(build.path, {"recall_merge": merge})
         lap("recall_fit")
@@ -132,7 +154,7 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     rep_b = replay(build_b.path, ds, split.valid, schema, config.recall_n, rr, seed=rr.seed + 1,
                    max_users=config.eval_users)
     lap("replay")
-    return build_a, build_b, rep_a, rep_b, merge
+    return build_a, build_b, rep_a, rep_b, merge, ann
 
 
 def run_export(config: ExportConfig) -> Path:
@@ -166,7 +188,7 @@ def run_export(config: ExportConfig) -> Path:
     work = Path(config.out).resolve() / f".replay-{builder.version}"   # absolute: model paths below name it
     try:
         # ---- the two cuts: recall artifacts from the log before each cut, then serving replayed
-        build_a, build_b, rep_a, rep_b, merge = replay_cuts(ds, split, config, schema, work, lap)
+        build_a, build_b, rep_a, rep_b, merge, ann = replay_cuts(ds, split, config, schema, work, lap)
 
         # ---- choices on validation: epochs, fusion, int8 mode, rerank defaults
         ex_a = examples(rep_a, rep_a.sample(rr, rr.seed))
@@ -205,7 +227,9 @@ def run_export(config: ExportConfig) -> Path:
         lap("validation_funnel")
 
         # ---- the published snapshot: everything before the test part
-        build = build_recall(ds, split.known, config, builder.path, lap=lambda s: lap(f"publish_{s}"))
+        build = build_recall(ds, split.known, dataclasses.replace(
+            config, hnsw=dataclasses.replace(config.hnsw, min_count=ann["min_count"])), builder.path,
+            lap=lambda s: lap(f"publish_{s}"), hnsw_M=ann["M"])
         if config.ranker.retrain_on_validation:
             best_t, best_s = best_epochs(fam["curves"]["teacher"]), best_epochs(fam["curves"]["student"])
             ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))
@@ -246,6 +270,7 @@ def run_export(config: ExportConfig) -> Path:
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
             **rank_manifest(schema, fusion, rerank_params, serving),
             **({"recall_merge": merge} if merge else {}),
+            "ann_index": {**ann, "items": int(build.ann_ids.size)},
             "config": as_dict(config),
         }
         write_manifest(builder.path, manifest)
@@ -265,13 +290,20 @@ def run_export(config: ExportConfig) -> Path:
             recall_metrics = evaluate_recall(preview, ds, eval_test, config.eval_k)
         finally:
             preview.close()
+        if config.dataset == "synthetic":   # the ceiling: the generator's own P(item | user) (export.synthetic)
+            from export.synthetic import oracle_metrics
+
+            recall_metrics["oracle"] = oracle_metrics(config.synthetic, eval_test, split.known, ds.n_users,
+                                                      config.eval_k)
         lap("test_funnel")
         peers = evaluate_peers(split.known, eval_test, ds.n_users, ds.n_items,
                                np.load(builder.path / "popular.npy"), split.train, split.valid)
         lap("peers")
         eval_users = np.unique(eval_test.user)
-        ann_recall = hnsw_recall(builder.path / "items.hnsw", build.item_emb, torch_users[eval_users], 100,
-                                 config.hnsw.ef_eval)
+        served = load_hnsw(builder.path / "items.hnsw", build.item_emb.shape[1], ds.n_items)
+        ann_test = search_profile(served, torch_users[eval_users],
+                                  exact_topk(build.item_emb, build.ann_ids, torch_users[eval_users], 100), 100, ann["ef"])
+        ann_recall = ann_test["recall@100_vs_exact"]
         sparse, bag, label = make_rank_examples(ds, eval_test, schema, dcfg.neg_per_pos, dcfg.seed + 1,
                                                 dcfg.min_positive_rating, known=split.known)
         onnx_prob = ort.InferenceSession(str(rank_path), providers=["CPUExecutionProvider"]).run(
@@ -284,6 +316,7 @@ def run_export(config: ExportConfig) -> Path:
             "peers": peers,
             "recall": recall_metrics,
             "hnsw_recall@100_vs_exact": round(ann_recall, 4),
+            "ann_query": {**ann_test, "M": ann["M"], "items": int(build.ann_ids.size), "part": "test users' vectors"},
             "selection": {"curves": fam["curves"], "curve_users": fam.get("curve_users"),
                           "epochs": final.get("epochs"), "fusion": fusion,
                           "int8": int8, "rerank": {"choice": chosen, "max_cost": config.rerank_max_cost}},

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 import torch
 
@@ -22,6 +21,7 @@ from export.feedback_fold import user_last_ts
 from common.snapshot import FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.dataset import Dataset, Interactions
+from export.ann_index import ANN_IDS_FILE, build_hnsw, informative_items
 from export.history import last_n
 from export.recall_tables import (
     blocklist_ids,
@@ -52,6 +52,7 @@ class RecallBuild:
     user_tower: UserTower
     item_tower: ItemTower
     item_emb: np.ndarray          # float32 [n_items, dim]
+    ann_ids: np.ndarray           # int32 dense ids held by items.hnsw, ascending
     history: np.ndarray           # int32 [n_users, history_len] codes
     two_tower_log: dict
 
@@ -89,30 +90,22 @@ def itemcf_table(train: Interactions, n_users: int, n_items: int, top_m: int) ->
     return {"indptr": indptr, "indices": indices, "scores": scores}
 
 
-def build_hnsw(emb: np.ndarray, config: ExportConfig, path: Path) -> None:
-    """An inner-product HNSW index over the item vectors, labels = dense ids."""
-    index = hnswlib.Index(space="ip", dim=emb.shape[1])
-    index.init_index(max_elements=emb.shape[0], M=config.hnsw.M, ef_construction=config.hnsw.ef_construction,
-                     random_seed=0)
-    index.set_num_threads(config.threads)
-    index.add_items(emb, np.arange(emb.shape[0]))
-    index.save_index(str(path))
+def ann_items(item_tower: ItemTower, n_items: int, config: ExportConfig) -> np.ndarray:
+    """The dense ids the ANN index holds: items the two-tower trained on at least ``hnsw.min_count`` times
+    (every item when the tower carries no training counts)."""
+    counts = item_tower.train_counts
+    if counts is None:
+        return np.arange(n_items, dtype=np.int32)
+    return informative_items(counts, config.hnsw.min_count)
 
 
-def hnsw_recall(path: Path, emb: np.ndarray, queries: np.ndarray, k: int, ef: int) -> float:
-    """Mean overlap of the index's top-k with exact inner-product search, over ``queries``."""
-    index = hnswlib.Index(space="ip", dim=emb.shape[1])
-    index.load_index(str(path), max_elements=emb.shape[0])
-    k = min(k, emb.shape[0])
-    index.set_ef(max(ef, k))
-    got, _ = index.knn_query(queries, k=k)
-    overlap = []
-    block = max(1, (1 << 26) // max(emb.shape[0], 1))  # ~256 MB of float32 scores per block
-    for s in range(0, queries.shape[0], block):
-        scores = queries[s:s + block] @ emb.T
-        exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        overlap += [np.intersect1d(g, e).size / k for g, e in zip(got[s:s + block], exact)]
-    return float(np.mean(overlap)) if overlap else 0.0
+def rebuild_ann(build: "RecallBuild", n_items: int, min_count: int, M: int, config: ExportConfig) -> np.ndarray:
+    """Rewrite ``build``'s index (and ``ann_items.npy``) for another ``min_count`` / ``M``; returns the ids."""
+    counts = build.item_tower.train_counts
+    ids = informative_items(counts, min_count) if counts is not None else np.arange(n_items, dtype=np.int32)
+    np.save(build.path / ANN_IDS_FILE, ids, allow_pickle=False)
+    build_hnsw(build.item_emb, ids, M, config.hnsw.ef_construction, config.threads, build.path / "items.hnsw")
+    return ids
 
 
 def feature_records(ds: Dataset, known: Interactions, history: np.ndarray) -> dict[str, bytes]:
@@ -139,11 +132,13 @@ def base_schema(ds: Dataset, config: ExportConfig, dim: int) -> dict:
 
 
 def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: Path,
-                 towers: tuple[UserTower, ItemTower, dict] | None = None, lap=None) -> RecallBuild:
+                 towers: tuple[UserTower, ItemTower, dict] | None = None, lap=None, hnsw_M: int = 0) -> RecallBuild:
     """Write every recall artifact of ``known`` (the log slice this build may see) into ``path``.
 
-    Two-tower (trained on a ``max_train_rows`` user sample of ``known`` unless ``towers`` are given),
-    its ONNX user tower, item vectors and HNSW index; ItemCF, Swing and next-item tables; popular lists
+    Two-tower (trained on a ``two_tower.max_train_rows`` (else ``max_train_rows``) user sample of ``known``
+    unless ``towers`` are given),
+    its ONNX user tower, item vectors and the HNSW index over the informative ones (``export.ann_index``; ``M``
+    = ``hnsw_M`` or ``config.hnsw.M``); ItemCF, Swing and next-item tables; popular lists
     (global and per segment); content neighbours of cold items; the blocklist; item statistics; the LMDB
     features (every user's last-N history and seen set from ``known``); and a manifest with the schema, so
     the directory opens as a snapshot. ``lap(step)`` is called after each step (timings).
@@ -153,7 +148,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     (path / "models").mkdir(parents=True, exist_ok=True)
     tt = config.two_tower
     if towers is None:
-        towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=config.max_train_rows, seed=1), tt)
+        rows = tt.max_train_rows or config.max_train_rows
+        towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=rows, seed=1), tt)
     user_tower, item_tower, tt_log = towers
     item_emb = item_embeddings(item_tower, ds)
     content_emb = item_embeddings(item_tower, ds, drop_ids=True)  # features only: new items' view
@@ -161,7 +157,10 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     export_user_tower_onnx(user_tower, str(path / "models/user_tower.onnx"), ds.user_cat.shape[1], tt.history_len)
     np.save(path / "item_emb.npy", item_emb, allow_pickle=False)
     lap("two_tower")
-    build_hnsw(item_emb, config, path / "items.hnsw")
+    ann_ids = ann_items(item_tower, ds.n_items, config)
+    np.save(path / ANN_IDS_FILE, ann_ids, allow_pickle=False)
+    build_hnsw(item_emb, ann_ids, hnsw_M if hnsw_M else config.hnsw.M, config.hnsw.ef_construction, config.threads,
+               path / "items.hnsw")
     lap("hnsw")
 
     def npz(name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -184,9 +183,12 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
         "item_cat": ds.item_cat.astype(np.int32), "item_bag": ds.item_bag.astype(np.uint8),
         "user_ids": ds.user_ids.astype(str), "user_last_ts": user_last_ts(known, ds.n_users)},
         feature_records(ds, known, history))
-    write_manifest(path, {"schema": base_schema(ds, config, int(item_emb.shape[1]))})
+    write_manifest(path, {"schema": base_schema(ds, config, int(item_emb.shape[1])),
+                          "ann_index": {"items": int(ann_ids.size), "M": hnsw_M or config.hnsw.M,
+                                        "ef_construction": config.hnsw.ef_construction,
+                                        "ef": config.hnsw.ef_eval, "min_count": config.hnsw.min_count}})
     lap("features")
-    return RecallBuild(path, user_tower, item_tower, item_emb, history, tt_log)
+    return RecallBuild(path, user_tower, item_tower, item_emb, ann_ids, history, tt_log)
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

@@ -9,6 +9,22 @@
   the global popularity distribution. (user, item) pairs are unique; timestamps increase with the row.
 
 Everything is vectorised numpy: 10^7 interactions take a few seconds and ~1 GB.
+
+How the generator decides what a user does (the ceiling of the synthetic benchmark, issue 16)
+-----------------------------------------------------------------------------------------------
+Each draw of user ``u`` (``make_log``) is independent of time and of the user's earlier draws:
+
+* with probability ``p_home`` an item of ``u``'s home cluster ``h`` (ids ``lo .. lo + s - 1``), at position
+  ``floor(s * U ** head_skew)`` for uniform ``U``: position ``j`` has probability
+  ``((j + 1) / s) ** (1 / head_skew) - (j / s) ** (1 / head_skew)``;
+* otherwise an item from the global popularity distribution ``popularity[i]``.
+
+So ``P(i | u) = p_home * [cluster(i) = h] * P_pos(i - lo) + (1 - p_home) * popularity[i]``, and repeated
+(user, item) draws are dropped. Users' profiles matter only through the home cluster (segments prefer some
+clusters, ``make_dataset``), ratings and timestamps do not change which items are drawn. Since the test part
+is a random subset of a user's draws (timestamps follow a random permutation), the best any recommender can do
+is rank the items the user has not interacted with yet by ``P(i | u)``: :func:`oracle_topk`, the oracle row
+of the recall table.
 """
 from __future__ import annotations
 
@@ -69,8 +85,11 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     return x[np.concatenate([[True], x[1:] != x[:-1]])] if x.size else x
 
 
+HEAD_SKEW = 2.0   # make_log's default skew towards a cluster's head (the oracle's P_pos uses it)
+
+
 def make_log(catalog: SyntheticCatalog, n_users: int, n_interactions: int, p_home: float = 0.7,
-             activity_zipf: float = 0.8, head_skew: float = 2.0, seed: int = 2,
+             activity_zipf: float = 0.8, head_skew: float = HEAD_SKEW, seed: int = 2,
              home: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(user int32, item int32, timestamp int64)`` of about ``n_interactions`` unique (user, item) rows.
 
@@ -151,6 +170,83 @@ N_REGIONS = 20
 PRICE_BANDS = 5
 
 
+@dataclass
+class SyntheticWorld:
+    """What the generator decides before drawing the log: the catalogue and each user's profile and home
+    cluster (``rng`` continues with the ratings and features in :func:`make_dataset`)."""
+
+    config: SyntheticConfig      # resolved
+    catalog: SyntheticCatalog
+    age: np.ndarray
+    gender: np.ndarray
+    region: np.ndarray
+    home: np.ndarray             # int64 [n_users] home cluster
+    rng: np.random.Generator
+
+
+def make_world(config: SyntheticConfig) -> SyntheticWorld:
+    """The catalogue, user profiles and home clusters of ``config`` (seeded; :func:`make_dataset` uses it)."""
+    cfg = config.resolved()
+    rng = np.random.default_rng(cfg.seed + 7)
+    cat = make_catalog(cfg.n_items, dim=16, n_clusters=cfg.n_clusters, n_categories=cfg.n_categories,
+                       zipf=cfg.zipf, seed=cfg.seed)
+    n_clusters = cat.centers.shape[0]
+    age = rng.choice(len(AGES), cfg.n_users, p=[0.1, 0.3, 0.25, 0.15, 0.1, 0.1])
+    gender = rng.integers(0, len(GENDERS), cfg.n_users)
+    region = rng.integers(0, N_REGIONS, cfg.n_users)
+    segment = age * len(GENDERS) + gender
+    n_segments = len(AGES) * len(GENDERS)
+    liked = rng.integers(0, n_clusters, (n_segments, max(1, n_clusters // 20)))
+    home = np.where(rng.random(cfg.n_users) < cfg.p_segment_taste,
+                    liked[segment, rng.integers(0, liked.shape[1], cfg.n_users)],
+                    rng.integers(0, n_clusters, cfg.n_users))
+    return SyntheticWorld(cfg, cat, age, gender, region, home, rng)
+
+
+def oracle_topk(world: SyntheticWorld, users: np.ndarray, seen_indptr: np.ndarray, seen_items: np.ndarray,
+                k: int) -> np.ndarray:
+    """The generator's own ranking: for each user the ``k`` unseen items of highest ``P(i | u)`` (module
+    docstring), int64 [len(users), k], -1 padded. ``seen_indptr`` / ``seen_items``: CSR over dense user ids
+    of what the user already did (excluded, as the served recall excludes it)."""
+    cat, p_home = world.catalog, world.config.p_home
+    n_items = cat.cluster.shape[0]
+    bounds = np.searchsorted(cat.cluster, np.arange(cat.centers.shape[0] + 1))
+    max_seen = int(np.diff(seen_indptr)[users].max()) if len(users) else 0
+    top_pop = np.argsort(-cat.popularity, kind="stable")[:min(n_items, k + max_seen)]
+    out = np.full((len(users), k), -1, np.int64)
+    inv = 1.0 / HEAD_SKEW
+    for row, u in enumerate(np.asarray(users).tolist()):   # a few hundred users, vectorised per user
+        lo, hi = bounds[world.home[u]], bounds[world.home[u] + 1]
+        size = hi - lo
+        cand = np.unique(np.concatenate([np.arange(lo, hi), top_pop]))
+        j = cand - lo
+        in_home = (j >= 0) & (j < size)
+        jj = np.where(in_home, j, 0).astype(np.float64)
+        p_pos = np.where(in_home, ((jj + 1) / max(size, 1)) ** inv - (jj / max(size, 1)) ** inv, 0.0)
+        p = p_home * p_pos + (1.0 - p_home) * cat.popularity[cand]
+        keep = ~np.isin(cand, seen_items[seen_indptr[u]:seen_indptr[u + 1]])
+        cand, p = cand[keep], p[keep]
+        order = np.lexsort((cand, -p))[:k]
+        out[row, :order.size] = cand[order]
+    return out
+
+
+def oracle_metrics(config: SyntheticConfig, truth, known, n_users: int, ks: list[int]) -> dict:
+    """recall@K and hit-rate@K of :func:`oracle_topk` over the users with rows in ``truth``
+    (``export.dataset.Interactions``), excluding what they did in ``known``: the ceiling row of the recall
+    table, computed as ``export.evaluate.evaluate_recall`` computes the channels'."""
+    from export.evaluate import truth_csr, truth_subset, truth_users
+    from export.metrics import hit_rate_at_k, recall_at_k
+
+    indptr, items, users, _ = truth_users(truth, n_users)
+    sub_indptr, sub_items = truth_subset(indptr, items, users)
+    seen_indptr, seen_items = truth_csr(known, n_users)
+    pred = oracle_topk(make_world(config), users, seen_indptr, seen_items, max(ks))
+    out = {f"recall@{k}": round(recall_at_k(pred, sub_indptr, sub_items, k), 4) for k in ks}
+    out.update({f"hit_rate@{k}": round(hit_rate_at_k(pred, sub_indptr, sub_items, k), 4) for k in ks})
+    return out
+
+
 def make_dataset(config: SyntheticConfig):
     """A full :class:`export.dataset.Dataset` from the generator, ready for ``export.pipeline``.
 
@@ -166,20 +262,10 @@ def make_dataset(config: SyntheticConfig):
 
     cfg = config.resolved()
     cfg.validate()
-    rng = np.random.default_rng(cfg.seed + 7)
-    cat = make_catalog(cfg.n_items, dim=16, n_clusters=cfg.n_clusters, n_categories=cfg.n_categories,
-                       zipf=cfg.zipf, seed=cfg.seed)
+    world = make_world(cfg)
+    cat, rng, home = world.catalog, world.rng, world.home
+    age, gender, region = world.age, world.gender, world.region
     n_clusters = cat.centers.shape[0]
-
-    age = rng.choice(len(AGES), cfg.n_users, p=[0.1, 0.3, 0.25, 0.15, 0.1, 0.1])
-    gender = rng.integers(0, len(GENDERS), cfg.n_users)
-    region = rng.integers(0, N_REGIONS, cfg.n_users)
-    segment = age * len(GENDERS) + gender
-    n_segments = len(AGES) * len(GENDERS)
-    liked = rng.integers(0, n_clusters, (n_segments, max(1, n_clusters // 20)))
-    home = np.where(rng.random(cfg.n_users) < cfg.p_segment_taste,
-                    liked[segment, rng.integers(0, liked.shape[1], cfg.n_users)],
-                    rng.integers(0, n_clusters, cfg.n_users))
     user, item, _ = make_log(cat, cfg.n_users, cfg.n_interactions, p_home=cfg.p_home, seed=cfg.seed + 2,
                              home=home)
     in_home = cat.cluster[item] == home[user]

@@ -39,6 +39,9 @@ class TwoTowerConfig:
     temperature: float = 0.05
     weight_decay: float = 0.0
     sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)  # large id tables
+    # rows of the user sample the towers train on; 0: ExportConfig.max_train_rows. At 10^6 items most items
+    # have one or two rows in all, so the towers need more of the log than the rankers (issue 16)
+    max_train_rows: int = 0
     id_dropout: float = 0.1       # probability of replacing an id by the unknown code 0
     logq_correction: bool = True  # subtract log(item sampling prob) from in-batch logits
     seed: int = 0
@@ -98,10 +101,14 @@ class UserTower(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """Item id, item categorical fields and multi-hot bag → unit vector."""
+    """Item id, item categorical fields and multi-hot bag → unit vector.
+
+    After :func:`train_two_tower`, ``train_counts`` (int64 [n_items]) holds each item's rows in the training
+    sample: an item with none kept its random id embedding."""
 
     def __init__(self, n_items: int, item_cat_vocab: list[int], n_bag: int, cfg: TwoTowerConfig) -> None:
         super().__init__()
+        self.train_counts: np.ndarray | None = None   # set by train_two_tower
         self.n_items = int(n_items)
         self.item_cat_vocab = [int(v) for v in item_cat_vocab]
         self.n_bag = int(n_bag)
@@ -188,6 +195,8 @@ def train_two_tower(
     log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, batch_loss)
     user_tower.eval()
     item_tower.eval()
+    # which items' id embeddings were trained at all (export.ann_index keeps the others out of the index)
+    item_tower.train_counts = counts.astype(np.int64)
     log["seconds"] = time.perf_counter() - t0
     return user_tower, item_tower, log
 

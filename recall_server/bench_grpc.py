@@ -64,6 +64,25 @@ def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup
     return percentiles(ms)
 
 
+def quality_table(manifest: dict) -> str:
+    """The snapshot's recall table (export's test part: each channel alone, the merged list, and on synthetic
+    data the generator's oracle ceiling), the fitted merge and the ANN index's recall / latency, as text."""
+    m = manifest.get("metrics", {})
+    rows = {k: v for k, v in m.get("recall", {}).items() if k != "users"}
+    cols = sorted({c for row in rows.values() for c in row if c.startswith("recall@")}, key=lambda c: int(c[7:]))
+    lines = [f"recall on the test part ({m.get('recall', {}).get('users', '?')} users), from the snapshot's manifest:",
+             f"{'source':18}" + "".join(f"{c:>13}" for c in cols)]
+    lines += [f"{name:18}" + "".join(f"{row.get(c, float('nan')):>13.4f}" for c in cols) for name, row in rows.items()]
+    merge, ann = manifest.get("recall_merge", {}), manifest.get("ann_index", {})
+    if merge:
+        lines.append(f"merge fitted on validation: weights {json.dumps(merge.get('weights'))} "
+                     f"quotas {json.dumps(merge.get('quotas'))}")
+    if ann:
+        lines.append(f"ann index: {ann.get('items')} items, M {ann.get('M')}, ef {ann.get('ef')}; "
+                     f"test queries {json.dumps(m.get('ann_query', {}))}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recall_server.bench_grpc", description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", help="snapshot root or version directory (default: snapshots, or "
@@ -132,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if "in_process_ms" in report:
         p = report["in_process_ms"]
         print(f"recall() in process, same requests:  p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f}  p99 {p['p99']:.2f}")
+    report["quality"] = quality_table(snapshot.manifest)
+    print(report["quality"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -80,7 +80,7 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
     query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view)
     if eligible is not None:
         query = replace(query, eligible=eligible)
-    quota = {**config.quotas, **(quotas or {})}
+    quota = {**(state.quotas or config.quotas), **(quotas or {})}
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
     for c, name in enumerate(names):

@@ -39,6 +39,9 @@ class RecallState:
     ann_exact_max: int = 0
     filter_overfetch: float = 1.5
     eligible_cache: EligibleCache = field(default_factory=lambda: EligibleCache(0))
+    quotas: dict[str, int] = field(default_factory=dict)     # default quotas in force (merge_quotas)
+    ann_items: int = 0                                   # items the index holds (manifest ann_index.items)
+    hnsw_ef: int = 0                                     # query ef in force (ann_params)
 
     @property
     def n_items(self) -> int:
@@ -71,6 +74,34 @@ def merge_weights(snapshot: Snapshot, config: RecallConfig) -> dict[str, float]:
     return {**config.weights, **{k: float(v) for k, v in fitted.items()}}
 
 
+def merge_quotas(snapshot: Snapshot, config: RecallConfig) -> dict[str, int]:
+    """The default per-channel quotas for ``snapshot``, chosen like :func:`merge_weights`: the config's when
+    set (differ from the defaults) or ``use_fitted`` is off, else export's fitted ones (manifest
+    ``recall_merge.quotas``), else the defaults. SnapshotError when the fitted ones are malformed."""
+    fitted = (snapshot.manifest.get("recall_merge") or {}).get("quotas")
+    if not fitted or not config.use_fitted or config.quotas != RecallConfig().quotas:
+        return dict(config.quotas)
+    if not isinstance(fitted, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and 0 <= v <= config.max_quota for k, v in fitted.items()):
+        raise SnapshotError(f"{snapshot.path}: manifest recall_merge.quotas must map channel names to integers in "
+                            f"0..{config.max_quota} (max_quota); re-run export")
+    return {**config.quotas, **fitted}
+
+
+def ann_params(snapshot: Snapshot, config: RecallConfig) -> tuple[int, int]:
+    """``(items in the index, query ef)``: the manifest's ``ann_index`` (export.ann_index; snapshots before
+    it index every item), and its validated ef unless the config sets ``hnsw_ef`` or ``use_fitted`` is off."""
+    ann = snapshot.manifest.get("ann_index") or {}
+    n_items = int(snapshot.schema["n_items"])
+    items, ef = ann.get("items", n_items), ann.get("ef")
+    if not isinstance(items, int) or not 1 <= items <= n_items or (ef is not None and (
+            not isinstance(ef, int) or ef < 1)):
+        raise SnapshotError(f"{snapshot.path}: manifest ann_index must give items in 1..{n_items} and ef >= 1; "
+                            f"re-run export")
+    use_ef = ef is not None and config.use_fitted and config.hnsw_ef == RecallConfig().hnsw_ef
+    return items, (ef if use_ef else config.hnsw_ef)
+
+
 def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     """Load the HNSW index, the user tower, the popular list and blocklist, and every configured channel's
     tables (its ``load``) from ``snapshot``."""
@@ -82,10 +113,11 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         index.load_index(str(path), max_elements=int(schema["n_items"]))
     except RuntimeError as exc:
         raise SnapshotError(f"HNSW index {path} cannot be loaded: {exc}") from None
-    if index.get_current_count() != int(schema["n_items"]):
+    ann_items, ef = ann_params(snapshot, config)
+    if index.get_current_count() != ann_items:
         raise SnapshotError(f"HNSW index {path} holds {index.get_current_count()} items, "
-                            f"the manifest says {schema['n_items']}; re-run export")
-    index.set_ef(config.hnsw_ef)
+                            f"the manifest says {ann_items}; re-run export")
+    index.set_ef(ef)
     index.set_num_threads(1)
     n_items = int(schema["n_items"])
     popular = snapshot.load_array("popular.npy").astype(np.int32)
@@ -110,6 +142,9 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
         ann_exact_max=config.ann_exact_max,
         filter_overfetch=config.filter_overfetch,
         eligible_cache=EligibleCache(config.filter_cache),
+        quotas=merge_quotas(snapshot, config),
+        ann_items=ann_items,
+        hnsw_ef=ef,
     )
     if state.item_emb.shape != (n_items, dim):
         raise SnapshotError(f"snapshot file {snapshot.path / 'item_emb.npy'} has shape {state.item_emb.shape}, "

@@ -50,7 +50,7 @@ def test_no_test_row_shapes_the_rankers_training_data(small_synthetic, tmp_path)
     assert len(split.test) > 0
     out = []
     for name, data in (("full", ds), ("stripped", _strip_test_rows(ds, split))):
-        _, _, rep_a, rep_b, _ = replay_cuts(data, split, config, rank_schema(data), tmp_path / name)
+        _, _, rep_a, rep_b, _, _ = replay_cuts(data, split, config, rank_schema(data), tmp_path / name)
         rows = rep_a.sample(config.rank_replay, 0)
         out.append((rep_a, rep_b, rows))
     (a1, b1, r1), (a2, b2, r2) = out

@@ -216,7 +216,7 @@ def test_ann_search_never_changes_the_shared_index(state, config, users, snapsho
     many = [str(i) for i in snapshot.item_ids[: config.max_exclude].tolist()]
     recall(state, config, users[0], 50, exclude_ids=many)
     recall(state, config, users[1], 50, quotas={"ann": config.max_quota})
-    assert state.index.ef == ef == config.hnsw_ef
+    assert state.index.ef == ef == state.hnsw_ef
 
 
 def test_ann_over_fetch_is_bounded(state, config, users, monkeypatch):

@@ -38,12 +38,13 @@ def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     per-request set_ef would race with other searches."""
     if k <= 0:
         return empty()
-    k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.n_items)  # filtering still leaves k
+    # filtering still leaves k; the index may hold fewer items than the catalogue (export.ann_index)
+    k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.ann_items or state.n_items)
     vector = user_vector(state, query)
     eligible = query.eligible
     if eligible is not None and eligible.count <= state.ann_exact_max:
         return exact_top(eligible.item_vectors(state.item_emb), eligible.ids, vector, k)
-    fetch = min(state.n_items, fetch_size(k, eligible, state.filter_overfetch, state.n_items))
+    fetch = min(state.ann_items or state.n_items, fetch_size(k, eligible, state.filter_overfetch, state.n_items))
     try:
         labels, distances = state.index.knn_query(vector.reshape(1, -1), k=fetch)
     except RuntimeError:  # hnswlib found fewer than `fetch` neighbours (a very large over-fetch): search exactly
