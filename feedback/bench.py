@@ -7,6 +7,7 @@
   them; reports events/s stored and Recommend's latency, errors and degraded replies in that window.
 * **Repeated exposures**: ``--exposure-users`` users x ``--exposure-rounds`` requests (k=10), each list's
   items fed back as impressions; counts items shown to a user again within the window (the target is 0).
+  ``--ingest-rate`` paces the writers to a fixed total instead.
 * **Click to visible**: a user's top item is clicked through Feedback, then Recommend is called until the
   item is gone from the list (clicked items count as seen); the time from sending the click to the first list
   without it, over ``--trials`` trials spread round-robin over the recall and rank replicas.
@@ -30,8 +31,9 @@ from gateway.loadgen import percentiles, run_rate
 
 
 def ingest_under_load(addr: str, items: list[str], users: list[str], rate: float, seconds: float, batch: int,
-                      writers: int) -> dict:
-    """Feedback batches from ``writers`` threads while ``rate`` Recommend/s are offered."""
+                      writers: int, ingest_rate: float = 0.0) -> dict:
+    """Feedback batches from ``writers`` threads while ``rate`` Recommend/s are offered; ``ingest_rate``
+    events/s in all (0: as fast as the gateway takes them)."""
     stop = threading.Event()
     stored = [0] * writers
     calls_ms: list[float] = []
@@ -39,9 +41,15 @@ def ingest_under_load(addr: str, items: list[str], users: list[str], rate: float
 
     def write(w: int) -> None:
         rng = np.random.default_rng(w)
+        period = batch * writers / ingest_rate if ingest_rate else 0.0  # seconds between one writer's batches
+        next_at = time.perf_counter()
         with RecommendClient(addr, timeout_s=10.0) as client:
             n = 0
             while not stop.is_set():
+                if period:
+                    next_at += period
+                    if stop.wait(max(next_at - time.perf_counter(), 0.0)):
+                        break
                 u, i = rng.integers(0, len(users), batch), rng.integers(0, len(items), batch)
                 kinds = np.where(rng.random(batch) < 0.8, EventType.IMPRESSION, EventType.CLICK)
                 events = [Event(f"bench-{users[a]}", items[b], int(c), event_id=f"w{w}-{n + j}")
@@ -61,7 +69,7 @@ def ingest_under_load(addr: str, items: list[str], users: list[str], rate: float
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    return {"events_stored": sum(stored), "seconds": round(elapsed, 1),
+    return {"events_stored": sum(stored), "seconds": round(elapsed, 1), "ingest_rate_target": ingest_rate or "max",
             "events_per_s": round(sum(stored) / elapsed), "batch": batch, "writers": writers,
             "feedback_call_ms": {k: round(v, 2) for k, v in percentiles(calls_ms).items()},
             "recommend": {"offered_rate": rate, "ok": load["ok"], "errors": load["errors"],
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--ingest-rate", type=float, default=0.0, help="events/s offered (0: as fast as taken)")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=2, help="recall and rank replicas (readers of the store)")
     parser.add_argument("--exposure-users", type=int, default=500)
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             visible = click_to_visible(addr, users, args.trials)
             exposures = (repeated_exposures(addr, users[:args.exposure_users],
                                             args.exposure_rounds) if args.exposure_rounds else None)
-            ingest = ingest_under_load(addr, items, users, args.rate, args.seconds, args.batch, args.writers)
+            ingest = ingest_under_load(addr, items, users, args.rate, args.seconds, args.batch, args.writers,
+                                       args.ingest_rate)
             disk = (Path(tmp) / "feedback" / "data.mdb").stat().st_blocks * 512
     report = {"click_to_visible": visible, "repeated_exposures": exposures, "ingest_under_load": ingest,
               "store_disk_bytes": disk, "replicas": {"recall": args.replicas, "rank": args.replicas}}
