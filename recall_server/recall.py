@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.feature_store import UserRecord
 from feedback.realtime import Realtime, UserView, history_codes
 from kernels.i2i_score import recency_weights
 from kernels.merge import merge_quota
@@ -28,11 +29,13 @@ class RecallResult:
 
 def build_query(state: RecallState, config: RecallConfig, user_id: str,
                 history_override: list[str] | None, exclude_ids: list[str],
-                view: UserView | None = None) -> tuple[RecallQuery, bool]:
+                view: UserView | None = None, record: UserRecord | None | bool = False) -> tuple[RecallQuery, bool]:
     """Resolve a request against the snapshot; returns the query and whether the user is cold (unknown to
-    the snapshot and without real-time history). ``view``: the user's real-time state (``user_view``)."""
+    the snapshot and without real-time history). ``view``: the user's real-time state (``user_view``);
+    ``record``: the user's snapshot record when the caller already read it (False: read it here)."""
     snapshot = state.snapshot
-    record = snapshot.features.user(user_id)
+    if record is False:
+        record = snapshot.features.user(user_id)
     if history_override is not None:
         hist = snapshot.item_dense(history_override) + 1
     else:
@@ -58,11 +61,12 @@ def build_query(state: RecallState, config: RecallConfig, user_id: str,
     return query, record is None and hist.size == 0
 
 
-def user_view(state: RecallState, realtime: Realtime | None, user_id: str) -> UserView | None:
-    """The user's real-time state from the feedback store, or None when feedback is off."""
+def user_view(state: RecallState, realtime: Realtime | None, user_id: str,
+              record: UserRecord | None) -> UserView | None:
+    """The user's real-time state from the feedback store (``record``: the user's snapshot record, None for
+    a user the snapshot does not know), or None when feedback is off."""
     if realtime is None or realtime.store is None or state.keys is None:
         return None
-    record = state.snapshot.features.user(user_id)
     return realtime.view(state.snapshot, state.keys, user_id, record.dense_id if record is not None else None)
 
 
@@ -76,8 +80,9 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
     ``realtime``: the worker's reader of the feedback store (None or off: the snapshot alone); with it the
     user's recent clicks join the history, and items impressed within the window are dropped before the
     quotas are filled (``exposure_filter`` False: kept, e.g. for a "watch again" row)."""
-    view = user_view(state, realtime, user_id)
-    query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view)
+    record = state.snapshot.features.user(user_id)  # read once: the real-time view and the query both use it
+    view = user_view(state, realtime, user_id, record)
+    query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view, record)
     if eligible is not None:
         query = replace(query, eligible=eligible)
     quota = {**(state.quotas or config.quotas), **(quotas or {})}
