@@ -139,14 +139,15 @@ def hit_rate_at_k(
     return float((hits[has] > 0).mean())
 
 
-def ndcg_at_k(
+def ndcg_per_user(
     pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
-) -> float:
-    """Mean over users with >= 1 truth item of binary-relevance NDCG@k.
+) -> np.ndarray:
+    """Binary-relevance NDCG@k of every user: float64 [U], NaN for a user without truth items.
 
     DCG = sum over the first k predictions that are truth items of 1 / log2(position + 2) (a repeated
     prediction counts once, at its first position); the ideal DCG puts min(k, |truth|) hits first.
-    ``pred`` is int [U, K'] padded with -1. Returns NaN when no user has truth.
+    ``pred`` is int [U, K'] padded with -1. Per-user values let callers compare two orderings user by
+    user (paired differences and their standard error, as the ranker's choices do).
     """
     pred = np.asarray(pred)
     indptr = np.asarray(truth_indptr, dtype=np.int64)
@@ -175,7 +176,19 @@ def ndcg_at_k(
     dcg = hit @ discount
     ideal_cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
     idcg = ideal_cum[np.minimum(n_truth, k)]
+    out = np.full(n_users, np.nan)
     has = n_truth > 0
-    if not has.any():
-        return float("nan")
-    return float((dcg[has] / idcg[has]).mean())
+    out[has] = dcg[has] / idcg[has]
+    return out
+
+
+def ndcg_at_k(
+    pred: np.ndarray, truth_indptr: np.ndarray, truth_items: np.ndarray, k: int
+) -> float:
+    """Mean over users with >= 1 truth item of binary-relevance NDCG@k (see :func:`ndcg_per_user`).
+
+    ``pred`` is int [U, K'] padded with -1. Returns NaN when no user has truth.
+    """
+    per_user = ndcg_per_user(pred, truth_indptr, truth_items, k)
+    has = ~np.isnan(per_user)
+    return float(per_user[has].mean()) if has.any() else float("nan")

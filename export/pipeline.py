@@ -46,7 +46,6 @@ from export.ranker import (
     INT8_FILE,
     PRERANK_FILE,
     STUDENT_FILE,
-    best_epochs,
     choose_int8_mode,
     export_models,
     fusion_search,
@@ -194,8 +193,10 @@ def run_export(config: ExportConfig) -> Path:
         ex_a = examples(rep_a, rep_a.sample(rr, rr.seed))
         rep_b_small = rep_b.subset(config.ranker.curve_users, rr.seed)   # per-epoch curves, int8 scoring
         fam = train_family(schema, config.mmoe_teacher, config.mmoe, config.prerank, config.distill, *ex_a,
-                           valid=rep_b_small)
-        fusion = fusion_search(task_probs(fam["teacher"], rep_b), rep_b, config.ranker.fusion_forms)
+                           valid=rep_b_small, seeds=config.ranker.curve_seeds,
+                           min_gain_se=config.ranker.min_gain_se)
+        fusion = fusion_search(task_probs(fam["student"], rep_b), rep_b, config.ranker.fusion_forms,
+                               config.ranker.min_gain_se)
         lap("ranker_validation")
         rng = np.random.default_rng(rr.seed)
         calib_rows = rng.choice(ex_a[0][0].shape[0], min(config.ranker.calibration_rows, ex_a[0][0].shape[0]),
@@ -231,7 +232,7 @@ def run_export(config: ExportConfig) -> Path:
             config, hnsw=dataclasses.replace(config.hnsw, min_count=ann["min_count"])), builder.path,
             lap=lambda s: lap(f"publish_{s}"), hnsw_M=ann["M"])
         if config.ranker.retrain_on_validation:
-            best_t, best_s = best_epochs(fam["curves"]["teacher"]), best_epochs(fam["curves"]["student"])
+            best_t, best_s = fam["epochs"]["teacher"], fam["epochs"]["student"]
             ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))
             final = train_family(schema, dataclasses.replace(config.mmoe_teacher, epochs=best_t),
                                  dataclasses.replace(config.mmoe, epochs=best_s), config.prerank, config.distill,
@@ -318,7 +319,7 @@ def run_export(config: ExportConfig) -> Path:
             "hnsw_recall@100_vs_exact": round(ann_recall, 4),
             "ann_query": {**ann_test, "M": ann["M"], "items": int(build.ann_ids.size), "part": "test users' vectors"},
             "selection": {"curves": fam["curves"], "curve_users": fam.get("curve_users"),
-                          "epochs": final.get("epochs"), "fusion": fusion,
+                          "epochs": fam["epochs"], "fusion": fusion,
                           "int8": int8, "rerank": {"choice": chosen, "max_cost": config.rerank_max_cost}},
             "rank": {"deepfm": {"like": {"auc": round(auc(label, onnx_prob), 4),
                                          "gauc": round(gauc(label, onnx_prob, sparse[:, 0]), 4),

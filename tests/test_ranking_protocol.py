@@ -243,3 +243,82 @@ def test_rerank_config_takes_the_snapshots_fitted_defaults():
     bad = type("S", (), {"manifest": {"rerank_params": {"mmr_lambda": 7}}})()
     with pytest.raises(ValueError, match="mmr_lambda"):
         RerankConfig().for_snapshot(bad)
+
+
+# ---------------------------------------------------------------- steadier choices on validation
+
+def _toy_replay(n_users: int, per_user: int, seed: int = 0):
+    """A Replay whose users each have ``per_user`` recalled candidates; truth = the user's candidate 0."""
+    from export.rank_replay import Replay
+
+    rng = np.random.default_rng(seed)
+    rows = n_users * per_user
+    offsets = np.arange(0, rows + 1, per_user, dtype=np.int64)
+    item = np.tile(np.arange(per_user, dtype=np.int32), n_users)
+    zeros = np.zeros(rows, np.float32)
+    return Replay(np.arange(n_users, dtype=np.int64), offsets, item, np.ones(rows, bool),
+                  np.zeros((rows, 1), np.int64), np.zeros((rows, 1), np.float32), rng.random((rows, 1), np.float32),
+                  {"click": zeros, "like": zeros, "rating": zeros, "mask": zeros},
+                  np.arange(n_users + 1, dtype=np.int64), np.zeros(n_users, np.int64), np.zeros(n_users, np.int64))
+
+
+def test_ndcg_per_user_is_what_the_mean_averages():
+    from export.metrics import ndcg_per_user
+
+    pred = np.array([[1, 2, 3], [5, 5, -1], [7, 8, 9]])
+    indptr, items = np.array([0, 2, 3, 3]), np.array([1, 3, 5])
+    per_user = ndcg_per_user(pred, indptr, items, 3)
+    assert math.isnan(per_user[2]) and per_user[1] == pytest.approx(1.0)
+    assert np.nanmean(per_user) == pytest.approx(ndcg_at_k(pred, indptr, items, 3))
+
+
+def test_rank_fusion_ranks_within_each_request():
+    """The rank form's ranks are per request (per user), as the rank server computes them."""
+    from export.ranker import fuse_per_user
+
+    rep = _toy_replay(3, 5)
+    probs = np.random.default_rng(2).random((15, 3)).astype(np.float32)
+    w = {"click": 1.0, "like": 0.5, "rating": 0.25}
+    got = fuse_per_user(probs, rep, w, "rank")
+    for u in range(3):
+        rows = slice(u * 5, u * 5 + 5)
+        np.testing.assert_allclose(got[rows], fuse(probs[rows], ["click", "like", "rating"], w, "rank"), rtol=1e-6)
+    np.testing.assert_allclose(fuse_per_user(probs, rep, w, "sum"), fuse(probs, ["click", "like", "rating"], w, "sum"))
+
+
+def test_fusion_keeps_the_click_head_unless_the_gain_is_clear():
+    from export.ranker import fusion_search
+
+    rep = _toy_replay(400, 6)
+    rng = np.random.default_rng(3)
+    probs = rng.random((rep.n_rows, 3)).astype(np.float32)
+    truth = rep.offsets[:-1]                       # candidate 0 of every user is the one they took
+    # noise heads: the best grid point beats click only by chance -> click only is served
+    chosen = fusion_search(probs, rep, ["product", "sum"], min_gain_se=2.0)
+    assert chosen["weights"] == {"click": 1.0, "like": 0.0, "rating": 0.0}
+    assert chosen["best_grid_point"]["gain"] <= 2.0 * chosen["best_grid_point"]["se"]
+    # a like head that knows the answer: the gain is many standard errors -> the fused form is served
+    probs[:, 1] = 0.1
+    probs[truth, 1] = 0.9
+    chosen = fusion_search(probs, rep, ["product", "sum"], min_gain_se=2.0)
+    assert chosen["weights"]["like"] > 0 and chosen["validation_ndcg@10"] > chosen["click_only_ndcg@10"]
+
+
+def test_epochs_stay_at_the_configured_count_unless_an_earlier_one_is_clearly_better():
+    from export.ranker import choose_epochs, paired_gain
+
+    rng = np.random.default_rng(4)
+    users = 900
+    base = rng.random(users)
+    # a flat curve: epoch 1 leads the last by noise alone -> the configured count (the last epoch) stays
+    flat = np.stack([base + rng.normal(0, 0.05, users) for _ in range(4)])
+    flat[0] += 0.002
+    got = choose_epochs(flat, 2.0)
+    assert got["epochs"] == 4 and got["best_epoch"] == 1 and got["gain_over_last"] <= 2.0 * got["se"]
+    # over-fitting: every user is clearly worse at the last epochs -> the early epoch is chosen
+    overfit = np.stack([base + 0.05, base + 0.06, base, base - 0.02]) + rng.normal(0, 0.01, (4, users))
+    overfit[:, 0] = np.nan                          # a user without truth counts nowhere
+    got = choose_epochs(overfit, 2.0)
+    assert got["epochs"] == 2 and got["curve"][1] == max(got["curve"])
+    gain, se = paired_gain(np.array([1.0, 2.0, np.nan, 4.0]), np.array([0.0, 1.0, 5.0, 2.0]))
+    assert gain == pytest.approx(4 / 3) and se == pytest.approx(np.std([1, 1, 2], ddof=1) / np.sqrt(3))
