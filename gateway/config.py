@@ -10,6 +10,9 @@ from common.tls import check_pair
 from gateway.admission import AdmissionConfig
 from gateway.experiments import Experiments
 from gateway.stage_target import stage_target
+from rank_server.config import RankConfig
+from recall_server.config import RecallConfig
+from rerank_server.config import RerankConfig
 
 
 @dataclass
@@ -31,6 +34,37 @@ class Budget:
 
 
 @dataclass
+class StagePlacement:
+    """Where each stage runs (``gateway.local_stages``): "remote", dialled at its ``*_addr`` (stage servers,
+    replicas behind round_robin), or "local", in the gateway's own process (the co-located topology: two gRPC
+    endpoints fewer per request and stage; replicate the gateway to scale the funnel)."""
+
+    recall: str = "remote"
+    rank: str = "remote"
+    rerank: str = "remote"
+
+    def validate(self) -> None:
+        for name in ("recall", "rank", "rerank"):
+            if getattr(self, name) not in ("remote", "local"):
+                raise ValueError(f"stages.{name} must be remote or local, got {getattr(self, name)!r}")
+
+    def local(self) -> list[str]:
+        """The stages that run in the gateway's process, in funnel order."""
+        return [name for name in ("recall", "rank", "rerank") if getattr(self, name) == "local"]
+
+
+@dataclass
+class LocalStages:
+    """The configs of the stages run in the gateway's process (``stages.<stage>=local``), as the stage
+    servers read them (e.g. ``local.rank.onnx_threads=1``). Their ``snapshot`` and ``feedback`` are the
+    gateway's own: one process serves one snapshot root and shares one feedback store handle."""
+
+    recall: RecallConfig = field(default_factory=RecallConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+
+@dataclass
 class GatewayConfig:
     """Everything the gateway reads at start-up."""
 
@@ -41,6 +75,8 @@ class GatewayConfig:
     recall_addr: str = "127.0.0.1:50051"
     rank_addr: str = "127.0.0.1:50052"
     rerank_addr: str = "127.0.0.1:50053"
+    stages: StagePlacement = field(default_factory=StagePlacement)   # remote (the *_addr above) or local
+    local: LocalStages = field(default_factory=LocalStages)          # configs of the local stages
     # TLS to the stages (common.tls): CA that signed their certificates; cert + key: mutual TLS
     stage_tls_ca: str = ""
     stage_tls_cert: str = ""
@@ -72,6 +108,9 @@ class GatewayConfig:
     def validate(self) -> None:
         self.server.validate()
         self.budget.validate()
+        self.stages.validate()
+        for stage in self.stages.local():
+            getattr(self.local, stage).validate()
         self.feedback.validate()
         self.admission.validate()
         self.experiments.validate()

@@ -67,8 +67,9 @@ def test_bad_address_lists_name_the_key(addr, message):
 def test_replicas_config_is_checked():
     with pytest.raises(ValueError, match="replicas.rank must be >= 1"):
         ClusterConfig(replicas={"rank": 0}).validate()
-    with pytest.raises(ValueError, match="'gateway' is not a stage"):
-        ClusterConfig(replicas={"gateway": 2}).validate()
+    with pytest.raises(ValueError, match="'ranker' is not a server"):
+        ClusterConfig(replicas={"ranker": 2}).validate()
+    ClusterConfig(replicas={"gateway": 2}).validate()  # gateways scale too (each on its own port)
     with pytest.raises(TypeError):  # SO_REUSEPORT workers are gone: replicas on their own ports replace them
         ClusterConfig(workers={"recall": 2})
 

@@ -1,0 +1,103 @@
+"""The co-located topology: stages run inside the gateway process (``stages.<stage>=local``).
+
+The local stage call keeps the remote call's contract (a status instead of an exception, a reply that
+comes back after its budget is DEADLINE_EXCEEDED and dropped, a caller with no time left is not served);
+a co-located cluster (two gateway replicas, no stage servers, dialled as one round_robin list) serves the
+very lists the remote topology serves, user for user.
+"""
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from gateway.cluster import Cluster, ClusterConfig
+from gateway.local_stages import LocalAbort, local_call
+from recsys.v2 import recommend_service_pb2 as pb2
+from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
+from gateway.stage_target import stage_target
+
+N_USERS = 40
+TS = 1_700_000_000
+
+
+def test_local_call_returns_the_reply_within_budget():
+    call = local_call("rank", lambda request, context: ("reply", request, context.time_remaining() > 0))
+    assert call("req", timeout=1.0, metadata=()) == ("reply", "req", True)
+
+
+def test_local_call_over_budget_is_deadline_exceeded_and_dropped():
+    def slow(request, context):
+        time.sleep(0.02)
+        return "late reply"
+
+    with pytest.raises(grpc.RpcError) as info:
+        local_call("rank", slow)("req", timeout=0.005)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "rank" in info.value.details() and "dropped" in info.value.details()
+
+
+def test_local_call_refuses_a_caller_without_time_left():
+    ran = []
+    call = local_call("recall", lambda request, context: ran.append(1), min_remaining_s=0.01)
+    with pytest.raises(LocalAbort) as info:
+        call("req", timeout=0.001)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not ran
+
+
+def test_local_abort_keeps_the_status():
+    def bad(request, context):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "k must be in 1..100")
+
+    with pytest.raises(grpc.RpcError) as info:
+        local_call("rerank", bad)("req", timeout=1.0)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k must be" in info.value.details()
+
+
+def test_placement_and_local_stages_config_are_checked():
+    from common.config import load_config
+    from gateway.config import GatewayConfig
+
+    with pytest.raises(ValueError, match="stages.rank must be remote or local"):
+        load_config(GatewayConfig, None, ["stages.rank=inside"])
+    with pytest.raises(ValueError, match="local_stages: 'ranker' is not a stage"):
+        ClusterConfig(local_stages=["ranker"]).validate()
+    with pytest.raises(ValueError, match="replicate the gateway"):
+        ClusterConfig(local_stages=["rank"], replicas={"rank": 2}).validate()
+
+
+def _lists(target: str, users: list[str]) -> dict[str, list]:
+    name, options = stage_target(target)
+    with grpc.insecure_channel(name, options) as channel:
+        stub = recommend_grpc.RecommendServiceStub(channel)
+        out = {}
+        for user in users:
+            # a fixed timestamp: the rank features read the hour and weekday of "now" otherwise
+            reply = stub.Recommend(pb2.RecommendRequest(user_id=user, k=20, context=pb2.Context(timestamp=TS)),
+                                   timeout=30)
+            assert not reply.degraded_stages, (user, reply.degraded_stages)
+            out[user] = [(it.item_id, round(it.score, 5), tuple(it.channels)) for it in reply.items]
+    return out
+
+
+@pytest.mark.parametrize("topology", ["colocated"])
+def test_colocated_cluster_serves_the_remote_topologys_lists(snapshot, snapshot_root, tmp_path_factory, topology):
+    users = [str(u) for u in snapshot.features.array("user_ids")[:N_USERS]] + ["no-such-user"]
+    common = {"gateway": ["deadline_ms=5000", "reload_poll_s=0"], "recall": ["reload_poll_s=0"],
+              "rank": ["reload_poll_s=0"], "rerank": ["reload_poll_s=0"]}
+    remote = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, overrides=common,
+                           run_dir=str(tmp_path_factory.mktemp("remote")))
+    with Cluster(remote) as cluster:
+        assert set(cluster.procs) == {"recall", "rank", "rerank", "gateway"}
+        expected = _lists(cluster.gateway_addr, users)
+    local = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, overrides=common,
+                          local_stages=["recall", "rank", "rerank"], replicas={"gateway": 2},
+                          run_dir=str(tmp_path_factory.mktemp(topology)))
+    with Cluster(local) as cluster:
+        assert set(cluster.procs) == {"gateway", "gateway.1"}  # no stage servers
+        assert "," in cluster.gateway_target
+        got = _lists(cluster.gateway_target, users)
+    for proc in cluster.procs.values():
+        assert proc.poll() is not None, "a gateway outlived the cluster"
+    assert got == expected
