@@ -75,6 +75,9 @@ def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, dead
     return out
 
 
+TIMESTAMP = 1_700_000_000
+
+
 def replies(snapshot_path: str, users: list[str], k: int, deadline_ms: int,
             overrides: dict[str, list[str]] | None = None) -> dict[str, list]:
     """Each user's final list through ``build_funnel`` (item ids and scores rounded to 1e-5): what must not
@@ -84,9 +87,10 @@ def replies(snapshot_path: str, users: list[str], k: int, deadline_ms: int,
     async def run() -> dict[str, list]:
         out = {}
         for user_id in users:
-            reply = await gateway.Recommend(recommend_pb2.RecommendRequest(user_id=user_id, k=k,
-                                                                           deadline_ms=deadline_ms),
-                                            LocalAioContext())
+            # a fixed timestamp: the rank features read the hour and weekday of "now" otherwise
+            reply = await gateway.Recommend(recommend_pb2.RecommendRequest(
+                user_id=user_id, k=k, deadline_ms=deadline_ms, context=recommend_pb2.Context(timestamp=TIMESTAMP)),
+                LocalAioContext())
             out[user_id] = [[it.item_id, round(it.score, 5), sorted(it.channels)] for it in reply.items] + \
                 [list(reply.degraded_stages)]
         return out

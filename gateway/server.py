@@ -328,9 +328,16 @@ class LegacyGatewayServicer(recsys_pb2_grpc.GatewayServicer):
 
 
 def channel_lists(names: list[str], masks: np.ndarray) -> list[list[str]]:
-    """Per item, the names of the channels whose bit is set in its mask."""
-    bits = (masks.astype(np.uint64)[:, None] >> np.arange(len(names), dtype=np.uint64)) & np.uint64(1)
-    return [[names[c] for c in np.flatnonzero(row)] for row in bits]
+    """Per item, the names of the channels whose bit is set in its mask (each distinct mask decoded once: a
+    list of 20 holds a handful of them)."""
+    decoded: dict[int, list[str]] = {}
+    out = []
+    for mask in masks.tolist():
+        names_of = decoded.get(mask)
+        if names_of is None:
+            names_of = decoded[mask] = [name for c, name in enumerate(names) if mask >> c & 1]
+        out.append(names_of)
+    return out
 
 
 def v2_reply(served: Served, k: int, debug: bool) -> recommend_pb2.RecommendResponse:
