@@ -62,6 +62,13 @@ class LocalStages:
     recall: RecallConfig = field(default_factory=RecallConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    # threads running the local stage calls (off the event loop, gateway.local_stages); the work holds the
+    # GIL, so more threads add no throughput: scale with gateway replicas instead
+    threads: int = 1
+
+    def validate(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"local.threads must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -109,6 +116,7 @@ class GatewayConfig:
         self.server.validate()
         self.budget.validate()
         self.stages.validate()
+        self.local.validate()
         for stage in self.stages.local():
             getattr(self.local, stage).validate()
         self.feedback.validate()

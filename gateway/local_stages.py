@@ -15,12 +15,19 @@ The call keeps the remote call's contract, so ``gateway.funnel`` treats both ali
   exactly as it would have when the remote stage's gRPC deadline fired (the work cannot be interrupted
   midway on the gateway's own thread, so the overrun is bounded by one stage's run time).
 
-A local call runs on the event loop's thread: the stage's work is CPU-bound Python and numpy under one GIL,
-so a thread hand-off would add latency without adding parallelism.
+The gateway runs its local calls on a small thread pool of their own (``local.threads``, default 1), awaited
+with the budget as the timeout, not on the event loop's thread. The work is CPU-bound under one GIL, so this
+adds no parallelism; it keeps the event loop free to take calls as they arrive, which is what the deadline and
+admission control need: a request's clock starts on arrival rather than after the requests queued ahead of it
+have run, the requests waiting for the pool count as in flight (so ``gateway.admission`` sees the queue), a
+call times out at its budget rather than after it, health checks are answered at once, and a stage call that
+waited in the pool past its caller's deadline is not started (as the stage server's deadline guard does).
 """
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import Executor
 from typing import Callable
 
 import grpc
@@ -53,6 +60,7 @@ class LocalContext:
     def __init__(self, timeout_s: float | None = None, metadata=()):
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._metadata = tuple(metadata or ())
+        self.cancelled = False  # the caller stopped waiting (its budget ran out while the call was queued)
 
     def invocation_metadata(self):
         return self._metadata
@@ -61,7 +69,7 @@ class LocalContext:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def is_active(self) -> bool:
-        return True
+        return not self.cancelled
 
     def set_trailing_metadata(self, _metadata) -> None:
         pass
@@ -77,22 +85,45 @@ class LocalAioContext(LocalContext):
         raise LocalAbort(code, details)
 
 
-def local_call(stage: str, method: Callable, min_remaining_s: float = 0.0) -> Callable:
+def _run(stage: str, method: Callable, request, context: LocalContext, timeout: float | None,
+         min_remaining_s: float):
+    """One local call on ``context`` (created when the call was made, so time spent queued counts)."""
+    gone = caller_gone(context, min_remaining_s)
+    if gone is not None:
+        raise LocalAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{stage} not started: {gone}")
+    start = time.monotonic()
+    reply = method(request, context)
+    if timeout is not None and time.monotonic() - start > timeout:
+        raise LocalAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"local {stage} took {(time.monotonic() - start) * 1000:.1f} ms of a "
+                         f"{timeout * 1000:.1f} ms budget; its reply was dropped")
+    return reply
+
+
+def local_call(stage: str, method: Callable, min_remaining_s: float = 0.0,
+               executor: Executor | None = None) -> Callable:
     """``method`` (a stage servicer's unary method) as the funnel's stage call
-    ``call(request, timeout=seconds, metadata=...)``, with the remote call's deadline contract."""
-    def call(request, timeout=None, metadata=()):
+    ``call(request, timeout=seconds, metadata=...)``, with the remote call's deadline contract.
+
+    With ``executor`` the call returns an awaitable: the work runs on the executor's threads, and the caller
+    stops waiting at ``timeout`` (DEADLINE_EXCEEDED; a call still queued then is not started). Without it,
+    the call runs at once on the caller's thread."""
+    if executor is None:
+        def call(request, timeout=None, metadata=()):
+            return _run(stage, method, request, LocalContext(timeout, metadata), timeout, min_remaining_s)
+        return call
+
+    async def call_async(request, timeout=None, metadata=()):
         context = LocalContext(timeout, metadata)
-        gone = caller_gone(context, min_remaining_s)
-        if gone is not None:
-            raise LocalAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{stage} not started: {gone}")
-        start = time.monotonic()
-        reply = method(request, context)
-        if timeout is not None and time.monotonic() - start > timeout:
+        future = asyncio.get_running_loop().run_in_executor(executor, _run, stage, method, request, context,
+                                                            timeout, min_remaining_s)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            context.cancelled = True  # a call still queued is not started; a running one's reply is dropped
             raise LocalAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"local {stage} took {(time.monotonic() - start) * 1000:.1f} ms of a "
-                             f"{timeout * 1000:.1f} ms budget; its reply was dropped")
-        return reply
-    return call
+                             f"local {stage} did not answer within its {timeout * 1000:.1f} ms budget") from None
+    return call_async
 
 
 def build_local(stage: str, config, log):

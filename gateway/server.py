@@ -82,6 +82,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         # root and feedback store; loaded (and self-tested) before the gateway's own snapshot
         self.local: dict[str, object] = {stage: build_local(stage, local_config(config, stage), log)
                                          for stage in config.stages.local()}
+        self._local_pool = (ThreadPoolExecutor(config.local.threads, thread_name_prefix="local-stage")
+                            if self.local else None)
         self.admission = Admission(config.admission)
         self._health_channels: dict[str, grpc.Channel] = {}   # replica address → sync channel (stages_hold)
         self._lag_probe: asyncio.Task | None = None
@@ -118,7 +120,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
     def local_stage_call(self, stage: str):
         """The funnel's call of the local ``stage`` (``gateway.local_stages.local_call`` over its servicer)."""
         servicer = self.local[stage]
-        return local_call(stage, getattr(servicer, METHODS[stage]), servicer.config.server.min_remaining_ms / 1000.0)
+        return local_call(stage, getattr(servicer, METHODS[stage]), servicer.config.server.min_remaining_ms / 1000.0,
+                          self._local_pool)
 
     async def close(self) -> None:
         """Close the stage channels (after the server stopped) and the feedback writer."""
@@ -130,6 +133,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             channel.close()
         for servicer in self.local.values():
             servicer.reloader.stop()
+        if self._local_pool is not None:
+            self._local_pool.shutdown(wait=True)
         if self._feedback_writer is not None:
             self._feedback_writer.shutdown(wait=True)  # an acknowledged batch is committed; let a running one end
             self.feedback.close()

@@ -7,7 +7,10 @@ very lists the remote topology serves, user for user.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -55,6 +58,38 @@ def test_local_abort_keeps_the_status():
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k must be" in info.value.details()
 
 
+def test_pooled_local_call_times_out_and_a_call_queued_past_its_deadline_never_runs():
+    """On the gateway's stage pool: the caller stops waiting at the budget (DEADLINE_EXCEEDED), and the call
+    that was still queued behind a busy one is not started once its caller has gone."""
+    pool = ThreadPoolExecutor(1)
+    started, release = threading.Event(), threading.Event()
+    ran = []
+
+    def work(request, context):
+        if request == "busy":
+            started.set()
+            release.wait(10)
+        ran.append(request)
+        return request
+
+    call = local_call("rank", work, executor=pool)
+
+    async def scenario():
+        busy = asyncio.ensure_future(call("busy", timeout=30.0))
+        while not started.is_set():  # the pool's one thread is taken
+            await asyncio.sleep(0.001)
+        with pytest.raises(grpc.RpcError) as info:
+            await call("queued", timeout=0.05)  # waits behind "busy" past its budget
+        release.set()
+        assert await busy == "busy"
+        return info.value
+
+    error = asyncio.run(scenario())
+    pool.shutdown(wait=True)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "budget" in error.details()
+    assert ran == ["busy"]
+
+
 def test_placement_and_local_stages_config_are_checked():
     from common.config import load_config
     from gateway.config import GatewayConfig
@@ -63,6 +98,8 @@ def test_placement_and_local_stages_config_are_checked():
         load_config(GatewayConfig, None, ["stages.rank=inside"])
     with pytest.raises(ValueError, match="local_stages: 'ranker' is not a stage"):
         ClusterConfig(local_stages=["ranker"]).validate()
+    with pytest.raises(ValueError, match="local.threads must be >= 1"):
+        load_config(GatewayConfig, None, ["local.threads=0"])
     with pytest.raises(ValueError, match="replicate the gateway"):
         ClusterConfig(local_stages=["rank"], replicas={"rank": 2}).validate()
 
