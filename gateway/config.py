@@ -65,10 +65,15 @@ class LocalStages:
     # threads running the local stage calls (off the event loop, gateway.local_stages); the work holds the
     # GIL, so more threads add no throughput: scale with gateway replicas instead
     threads: int = 1
+    # how often (ms) Python hands the GIL between the stage thread and the event loop (sys.setswitchinterval,
+    # Python's default 5): the loop needs it to take calls, answer health checks and fire timeouts on time
+    gil_switch_ms: float = 5.0
 
     def validate(self) -> None:
         if self.threads < 1:
             raise ValueError(f"local.threads must be >= 1, got {self.threads}")
+        if not 0.1 <= self.gil_switch_ms <= 100.0:
+            raise ValueError(f"local.gil_switch_ms must be in 0.1..100, got {self.gil_switch_ms}")
 
 
 @dataclass

@@ -84,6 +84,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                                          for stage in config.stages.local()}
         self._local_pool = (ThreadPoolExecutor(config.local.threads, thread_name_prefix="local-stage")
                             if self.local else None)
+        if self.local:
+            sys.setswitchinterval(config.local.gil_switch_ms / 1000.0)  # the loop and the stage thread share the GIL
         self.admission = Admission(config.admission)
         self._health_channels: dict[str, grpc.Channel] = {}   # replica address → sync channel (stages_hold)
         self._lag_probe: asyncio.Task | None = None
