@@ -77,8 +77,10 @@ def run(args) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    replicas = json.loads(args.replicas) if args.replicas else {}
-    local_stages = [s for s in args.local_stages.split(",") if s]
+    defaults = ClusterConfig()
+    replicas = json.loads(args.replicas) if args.replicas else defaults.replicas
+    local_stages = ([] if args.local_stages == "none" else [s for s in args.local_stages.split(",") if s]
+                    if args.local_stages is not None else defaults.local_stages)
     report = {"machine": machine_info(), "snapshot_version": snapshot.version, "snapshot": str(root),
               "dataset": snapshot.manifest.get("dataset", {}),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -176,11 +178,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=200, help="warm-up requests")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--deadline-ms", type=int, default=50)
-    parser.add_argument("--replicas", help=f"JSON stage → replica processes, e.g. '{{\"rank\": 2}}' "
-                                           f"(stages: {', '.join(STAGES)}; default one each)")
-    parser.add_argument("--local-stages", default="", metavar="STAGES",
-                        help="comma-separated stages run inside the gateway process (the co-located topology, "
-                             "e.g. recall,rank,rerank with --replicas '{\"gateway\": 2}'); default: none")
+    parser.add_argument("--replicas", help=f"JSON server → replica processes, e.g. '{{\"rank\": 2}}' "
+                                           f"(gateway, {', '.join(STAGES)}; default: the launcher's)")
+    parser.add_argument("--local-stages", metavar="STAGES",
+                        help="comma-separated stages run inside the gateway process, or 'none': every stage a "
+                             "server of its own (the remote topology, with e.g. --replicas '{}'); default: the "
+                             "launcher's (ClusterConfig: all three, two gateways)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                         help="a server config override, e.g. gateway:admission.shed_fraction=0.5 (repeatable)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the Numba kernels vs numpy table")

@@ -65,9 +65,11 @@ class LocalStages:
     # threads running the local stage calls (off the event loop, gateway.local_stages); the work holds the
     # GIL, so more threads add no throughput: scale with gateway replicas instead
     threads: int = 1
-    # how often (ms) Python hands the GIL between the stage thread and the event loop (sys.setswitchinterval,
-    # Python's default 5): the loop needs it to take calls, answer health checks and fire timeouts on time
-    gil_switch_ms: float = 5.0
+    # how often (ms) Python hands the GIL between the stage thread and the event loop (sys.setswitchinterval;
+    # Python's default is 5): the loop needs it to take calls, answer health checks and fire timeouts on time.
+    # Measured (co-located, 2 gateways, busy 2-core box, back to back): 1 ms against 5 ms gave goodput 96 vs 87/s
+    # at 100 req/s and 164 vs 131/s at 200, CPU-ms/request 7.6 vs 9.2, Health p99 at 2x overload 27 vs 45 ms
+    gil_switch_ms: float = 1.0
 
     def validate(self) -> None:
         if self.threads < 1:

@@ -123,7 +123,7 @@ def test_colocated_cluster_serves_the_remote_topologys_lists(snapshot, snapshot_
     users = [str(u) for u in snapshot.features.array("user_ids")[:N_USERS]] + ["no-such-user"]
     common = {"gateway": ["deadline_ms=5000", "reload_poll_s=0"], "recall": ["reload_poll_s=0"],
               "rank": ["reload_poll_s=0"], "rerank": ["reload_poll_s=0"]}
-    remote = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, overrides=common,
+    remote = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={}, overrides=common,
                            run_dir=str(tmp_path_factory.mktemp("remote")))
     with Cluster(remote) as cluster:
         assert set(cluster.procs) == {"recall", "rank", "rerank", "gateway"}

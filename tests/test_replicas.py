@@ -84,7 +84,7 @@ def cluster(root, tmp_path_factory):
     # as the manifests set: drain before refusing calls; recycled connections (here every 2 s, so the
     # rehearsal crosses many GOAWAYs under load) so dns:/// clients re-resolve
     stage = ["server.drain_s=1.0", "server.max_connection_age_s=2", *POLL]
-    config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
+    config = ClusterConfig(snapshot=str(root), gateway_port=0, local_stages=[], run_dir=str(tmp_path_factory.mktemp("cluster")),
                            replicas={s: 2 for s in STAGES},
                            overrides={"gateway": ["deadline_ms=3000", *POLL],
                                       "recall": stage,
