@@ -138,3 +138,36 @@ def test_colocated_cluster_serves_the_remote_topologys_lists(snapshot, snapshot_
     for proc in cluster.procs.values():
         assert proc.poll() is not None, "a gateway outlived the cluster"
     assert got == expected
+
+
+def test_colocated_gateway_switches_to_a_new_version_once_its_local_stages_hold_it(snapshot_root, tmp_path_factory):
+    """Hot reload with every stage in the gateway: the local stages load the new version from CURRENT, the
+    gateway waits until they hold it (its readiness check asks their reloaders), then serves it whole."""
+    from tests.conftest import private_root
+    from tests.test_hot_reload import publish_copy
+    from common.snapshot import current_version
+    from gateway.bench_funnel import build_funnel
+    from gateway.local_stages import LocalAioContext
+
+    root = private_root(snapshot_root, tmp_path_factory, "colocated-reload")
+    old = current_version(root)
+    gateway = build_funnel(str(root), {"gateway": ["deadline_ms=5000", "reload_poll_s=0"]})
+
+    def serve() -> pb2.RecommendResponse:
+        request = pb2.RecommendRequest(user_id="1", k=10, context=pb2.Context(timestamp=TS))
+        return asyncio.run(gateway.Recommend(request, LocalAioContext()))
+
+    assert serve().snapshot_version == old
+    publish_copy(root, old, "v2-colocated")
+    assert not gateway.stages_hold("v2-colocated")  # the local stages have not loaded it yet
+    switching = threading.Thread(target=gateway.reloader.check)  # loads it, then waits for the stages
+    switching.start()
+    switching.join(1.0)
+    assert switching.is_alive() and gateway.reloader.current.snapshot.version == old
+    for servicer in gateway.local.values():
+        servicer.reloader.check()
+    assert gateway.stages_hold("v2-colocated")
+    switching.join(60)
+    assert gateway.reloader.current.snapshot.version == "v2-colocated"
+    reply = serve()
+    assert reply.snapshot_version == "v2-colocated" and not reply.degraded_stages and len(reply.items) == 10
