@@ -77,12 +77,16 @@ def run(args) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     out = Path(args.out or f"reports/bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    replicas = json.loads(args.replicas) if args.replicas else {}
+    defaults = ClusterConfig()
+    replicas = json.loads(args.replicas) if args.replicas else defaults.replicas
+    local_stages = ([] if args.local_stages == "none" else [s for s in args.local_stages.split(",") if s]
+                    if args.local_stages is not None else defaults.local_stages)
     report = {"machine": machine_info(), "snapshot_version": snapshot.version, "snapshot": str(root),
               "dataset": snapshot.manifest.get("dataset", {}),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "config": {"rates": rates, "duration_s": args.duration, "k": args.k, "deadline_ms": args.deadline_ms,
-                         "warmup": args.warmup, "quick": args.quick, "replicas": replicas}, "rates": []}
+                         "warmup": args.warmup, "quick": args.quick, "replicas": replicas,
+                         "local_stages": local_stages}, "rates": []}
     report["echo_floor"] = [echo_floor(kind, out.parent, calls=300 if args.quick else 2000) for kind in ("aio", "sync")]
     overrides: dict[str, list[str]] = {"gateway": [f"deadline_ms={args.deadline_ms}"]}
     for item in args.set:  # STAGE:key=value, e.g. gateway:admission.shed_fraction=0.5
@@ -93,9 +97,9 @@ def run(args) -> int:
         overrides.setdefault(stage, []).append(setting)
     report["config"]["overrides"] = overrides
     with Cluster(ClusterConfig(snapshot=str(root), gateway_port=0, overrides=overrides,
-                               replicas=replicas)) as cluster:
+                               replicas=replicas, local_stages=local_stages)) as cluster:
         pids = {name: proc.pid for name, proc in cluster.procs.items()}
-        run_rate(cluster.gateway_addr, users, min(rates[0], 100.0), args.warmup / min(rates[0], 100.0), args.k,
+        run_rate(cluster.gateway_target, users, min(rates[0], 100.0), args.warmup / min(rates[0], 100.0), args.k,
                  args.deadline_ms)
         # what the idle cluster burns (health watches, reload polls, the gateway's lag probe): subtracted from
         # each rate's CPU to give the CPU-ms a request itself costs
@@ -110,7 +114,7 @@ def run(args) -> int:
             meter = CpuMeter(pids)
             meter.start()
             t0 = time.monotonic()
-            result = run_rate(cluster.gateway_addr, users, rate, args.duration, args.k, args.deadline_ms,
+            result = run_rate(cluster.gateway_target, users, rate, args.duration, args.k, args.deadline_ms,
                               progress=progress_bar(f"{rate:>5.0f}/s"))
             cpu = meter.stop()
             result.cpu_ms = cpu["total"]
@@ -127,11 +131,11 @@ def run(args) -> int:
             base = next((r for r in report["rates"] if r["offered_rate"] == 100), report["rates"][0])
             report["saturation_rate"] = sat
             report["overload"] = overload_and_recovery(
-                cluster.gateway_addr, users, sat, base["latency_ms"].get("p99", args.deadline_ms), args.k,
+                cluster.gateway_target, users, sat, base["latency_ms"].get("p99", args.deadline_ms), args.k,
                 args.deadline_ms, pids, overload_s=2.0 if args.quick else 5.0,
                 recovery_len_s=2.0 if args.quick else 4.0)
             time.sleep(1.0)  # let the recovery phase's last replies drain
-            report["burst"] = burst(cluster.gateway_addr, users, 300 if args.quick else 3000, args.k,
+            report["burst"] = burst(cluster.gateway_target, users, 300 if args.quick else 3000, args.k,
                                     args.deadline_ms)
     report["in_process_funnel"] = in_process_funnel(str(root), users, 100 if args.quick else 500, args.k,
                                                     args.deadline_ms, overrides)
@@ -174,8 +178,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=200, help="warm-up requests")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--deadline-ms", type=int, default=50)
-    parser.add_argument("--replicas", help=f"JSON stage → replica processes, e.g. '{{\"rank\": 2}}' "
-                                           f"(stages: {', '.join(STAGES)}; default one each)")
+    parser.add_argument("--replicas", help=f"JSON server → replica processes, e.g. '{{\"rank\": 2}}' "
+                                           f"(gateway, {', '.join(STAGES)}; default: the launcher's)")
+    parser.add_argument("--local-stages", metavar="STAGES",
+                        help="comma-separated stages run inside the gateway process, or 'none': every stage a "
+                             "server of its own (the remote topology, with e.g. --replicas '{}'); default: the "
+                             "launcher's (ClusterConfig: all three, two gateways)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                         help="a server config override, e.g. gateway:admission.shed_fraction=0.5 (repeatable)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the Numba kernels vs numpy table")

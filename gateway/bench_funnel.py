@@ -13,75 +13,26 @@ import io
 import time
 
 from common.log import Logger
+from gateway.local_stages import STAGES, LocalAioContext
 from gateway.loadgen import percentiles
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 
 
-class LocalAbort(Exception):
-    """``context.abort`` of an in-process call."""
-
-
-class LocalContext:
-    """The part of ``grpc.ServicerContext`` the servicers use, for a call made in process."""
-
-    def __init__(self, timeout_s: float | None = None, metadata=()):
-        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self._metadata = tuple(metadata or ())
-
-    def invocation_metadata(self):
-        return self._metadata
-
-    def time_remaining(self):
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def is_active(self) -> bool:
-        return True
-
-    def set_trailing_metadata(self, _metadata) -> None:
-        pass
-
-    def abort(self, code, details):
-        raise LocalAbort(f"{code.name}: {details}")
-
-
-class LocalAioContext(LocalContext):
-    """``LocalContext`` for the gateway's ``async`` servicer."""
-
-    async def abort(self, code, details):
-        raise LocalAbort(f"{code.name}: {details}")
-
-
-def _local(method):
-    """A stage servicer method as the funnel's stage call (``call(request, timeout=, metadata=)``)."""
-    def call(request, timeout=None, metadata=()):
-        return method(request, LocalContext(timeout, metadata))
-    return call
-
-
 def build_funnel(snapshot_path: str, overrides: dict[str, list[str]] | None = None):
-    """The gateway servicer wired to in-process stage servicers, all on ``snapshot_path``."""
+    """The gateway servicer with all three stages local (``stages.*=local``, ``gateway.local_stages``), on
+    ``snapshot_path``: the co-located gateway without its gRPC server. ``overrides`` per process name
+    ("gateway", "recall", ...) as the cluster takes them; a stage's go to ``local.<stage>.*``."""
     from common.config import load_config
     from gateway.config import GatewayConfig
     from gateway.funnel import Stages
     from gateway.server import GatewayServicer
-    from rank_server.config import RankConfig
-    from rank_server.server import RankServicer
-    from recall_server.config import RecallConfig
-    from recall_server.server import RecallServicer
-    from rerank_server.config import RerankConfig
-    from rerank_server.server import RerankServicer
 
     overrides = overrides or {}
     quiet = Logger("bench", stream=io.StringIO())
-
-    def config(cls, stage):
-        return load_config(cls, None, [f"snapshot={snapshot_path}", *overrides.get(stage, [])])
-
-    recall = RecallServicer(config(RecallConfig, "recall"), quiet)
-    rank = RankServicer(config(RankConfig, "rank"), quiet)
-    rerank = RerankServicer(config(RerankConfig, "rerank"), quiet)
-    gateway = GatewayServicer(config(GatewayConfig, "gateway"), quiet)
-    gateway.stages = Stages(_local(recall.Recall), _local(rank.Rank), _local(rerank.Rerank))
+    items = [f"snapshot={snapshot_path}", *(f"stages.{s}=local" for s in STAGES), *overrides.get("gateway", [])]
+    items += [f"local.{s}.{item}" for s in STAGES for item in overrides.get(s, [])]
+    gateway = GatewayServicer(load_config(GatewayConfig, None, items), quiet)
+    gateway.stages = Stages(*(gateway.local_stage_call(s) for s in STAGES))
     return gateway
 
 
@@ -122,3 +73,61 @@ def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, dead
     out["cpu_ms_per_request"] = cpu_s * 1000.0 / n
     out["requests"] = n
     return out
+
+
+TIMESTAMP = 1_700_000_000
+
+
+def replies(snapshot_path: str, users: list[str], k: int, deadline_ms: int,
+            overrides: dict[str, list[str]] | None = None) -> dict[str, list]:
+    """Each user's final list through ``build_funnel`` (item ids and scores rounded to 1e-5): what must not
+    change when the serving code is made cheaper. A generous deadline keeps a slow call from degrading."""
+    gateway = build_funnel(snapshot_path, overrides)
+
+    async def run() -> dict[str, list]:
+        out = {}
+        for user_id in users:
+            # a fixed timestamp: the rank features read the hour and weekday of "now" otherwise
+            reply = await gateway.Recommend(recommend_pb2.RecommendRequest(
+                user_id=user_id, k=k, deadline_ms=deadline_ms, context=recommend_pb2.Context(timestamp=TIMESTAMP)),
+                LocalAioContext())
+            out[user_id] = [[it.item_id, round(it.score, 5), sorted(it.channels)] for it in reply.items] + \
+                [list(reply.degraded_stages)]
+        return out
+
+    return asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.bench_funnel SNAPSHOT``: the in-process funnel alone (a driver to profile, e.g.
+    under ``py-spy record``), or with ``--dump FILE`` every listed user's final list as JSON (to compare the
+    lists of two commits)."""
+    import argparse
+    import json
+
+    from common.snapshot import Snapshot
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.bench_funnel", description=main.__doc__)
+    parser.add_argument("snapshot")
+    parser.add_argument("--n", type=int, default=1000, help="timed requests")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--deadline-ms", type=int, default=50)
+    parser.add_argument("--dump", default="", help="write the final lists of --users users here instead")
+    parser.add_argument("--users", type=int, default=300)
+    args = parser.parse_args(argv)
+    users = Snapshot.open(args.snapshot, verify=False).features.array("user_ids").tolist()
+    overrides = {"gateway": [f"deadline_ms={args.deadline_ms}"]}
+    if args.dump:
+        chosen = [str(u) for u in users[: args.users]] + ["\x00unknown-user"]
+        with open(args.dump, "w") as fh:
+            json.dump(replies(args.snapshot, chosen, args.k, 5000, overrides), fh)
+        return 0
+    print(json.dumps(in_process_funnel(args.snapshot, [str(u) for u in users], args.n, args.k, args.deadline_ms,
+                                       overrides), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

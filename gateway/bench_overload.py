@@ -18,13 +18,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.bench_cpu import CpuMeter
 from gateway.loadgen import percentiles, run_schedule
+from gateway.stage_target import stage_target
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 
 def _health_probe(addr: str, stop: threading.Event, every_s: float, out: list[float], errors: list[str]) -> None:
     request = health_pb2.HealthCheckRequest(service="")
-    with grpc.insecure_channel(addr) as channel:
+    target, balancing = stage_target(addr)
+    with grpc.insecure_channel(target, balancing) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -95,7 +97,8 @@ def burst(addr: str, users: list[str], n: int, k: int, deadline_ms: int) -> dict
     each ended, by status (with the degraded ones apart), and the latency of the OK ones. Before admission
     control a burst of 2,000-4,000 came back partly CANCELLED (gRPC's pending-call limit), uncounted."""
     rng = np.random.default_rng(7)
-    with grpc.insecure_channel(addr) as channel:
+    target, balancing = stage_target(addr)  # several gateways: round_robin over them
+    with grpc.insecure_channel(target, balancing) as channel:
         stub = recommend_grpc.RecommendServiceStub(channel)
         t0 = time.perf_counter()
         futures = [stub.Recommend.future(recommend_pb2.RecommendRequest(user_id=str(u), k=k, deadline_ms=deadline_ms),

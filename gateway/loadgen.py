@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from gateway.stage_target import stage_target
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
@@ -86,6 +87,7 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
                  seed: int = 0, progress=None, client_timeout_s: float | None = None,
                  filters=()) -> list[RateResult]:
     """Offer each ``(rate, seconds)`` phase in turn, back to back on one channel; one result per phase.
+    ``addr``: one gateway, or several as an address list (``gateway.stage_target``).
     ``filters`` (``recsys.v2.AttributeFilter``) go on every request.
 
     Waits for every reply (or the client timeout: the deadline + 1 s unless given, so late replies are
@@ -103,7 +105,8 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
         offset += duration
     chosen = rng.choice(users, len(schedule))
     pending = threading.Semaphore(0)
-    with grpc.insecure_channel(addr) as channel:
+    target, balancing = stage_target(addr)  # several gateways (a list): round_robin over them
+    with grpc.insecure_channel(target, balancing) as channel:
         stub = recommend_grpc.RecommendServiceStub(channel)
 
         def done(future, phase: int, at: float, scheduled: float):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import time
 
 import grpc
@@ -33,6 +33,7 @@ from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
 from gateway.funnel import Stages, run_funnel
+from gateway.local_stages import METHODS, build_local, local_call
 from gateway.stage_target import replica_addrs, stage_target
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
@@ -77,10 +78,19 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                                 ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
         self.channels: dict[str, object] = {}     # stage → its grpc.aio channel (``open``)
         self.stages: Stages | None = None
+        # stages.<stage>=local: that stage's servicer in this process (gateway.local_stages), on this snapshot
+        # root and feedback store; loaded (and self-tested) before the gateway's own snapshot
+        self.local: dict[str, object] = {stage: build_local(stage, local_config(config, stage), log)
+                                         for stage in config.stages.local()}
+        self._local_pool = (ThreadPoolExecutor(config.local.threads, thread_name_prefix="local-stage")
+                            if self.local else None)
+        if self.local:
+            sys.setswitchinterval(config.local.gil_switch_ms / 1000.0)  # the loop and the stage thread share the GIL
         self.admission = Admission(config.admission)
         self._health_channels: dict[str, grpc.Channel] = {}   # replica address → sync channel (stages_hold)
         self._lag_probe: asyncio.Task | None = None
-        log.info("stages", recall=config.recall_addr, rank=config.rank_addr, rerank=config.rerank_addr)
+        log.info("stages", **{stage: "local" if stage in self.local else getattr(config, f"{stage}_addr")
+                              for stage in ("recall", "rank", "rerank")})
         # the one write path of the feedback store (the recall and rank servers read it). Writes run on one
         # thread of their own: a batch's Python work and its fsync never stall the event loop, and LMDB
         # serialises write transactions anyway
@@ -93,15 +103,27 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
     async def open(self) -> None:
         """Dial the stages (inside the event loop: ``grpc.aio`` channels belong to it), start the lag probe."""
         cfg = self.config
+        stubs = {"recall": recall_grpc.RecallServiceStub, "rank": rank_grpc.RankServiceStub,
+                 "rerank": rerank_grpc.RerankServiceStub}
+        calls = {}
         for stage in ("recall", "rank", "rerank"):
+            if stage in self.local:
+                calls[stage] = self.local_stage_call(stage)
+                self.local[stage].reloader.start()  # it follows CURRENT like a stage server; the gateway switches last
+                continue
             # an address list or dns:/// name: round_robin over the replicas, health checking, retry on UNAVAILABLE
             target, balancing = stage_target(getattr(cfg, f"{stage}_addr"), f"{stage}_addr")
             self.channels[stage] = aio_channel(target, [*self.channel_options, *balancing], cfg.stage_tls_ca,
                                                cfg.stage_tls_cert, cfg.stage_tls_key)
-        self.stages = Stages(recall_grpc.RecallServiceStub(self.channels["recall"]).Recall,
-                             rank_grpc.RankServiceStub(self.channels["rank"]).Rank,
-                             rerank_grpc.RerankServiceStub(self.channels["rerank"]).Rerank)
+            calls[stage] = getattr(stubs[stage](self.channels[stage]), METHODS[stage])
+        self.stages = Stages(calls["recall"], calls["rank"], calls["rerank"])
         self._lag_probe = asyncio.get_running_loop().create_task(self.admission.probe_loop_lag())
+
+    def local_stage_call(self, stage: str):
+        """The funnel's call of the local ``stage`` (``gateway.local_stages.local_call`` over its servicer)."""
+        servicer = self.local[stage]
+        return local_call(stage, getattr(servicer, METHODS[stage]), servicer.config.server.min_remaining_ms / 1000.0,
+                          self._local_pool)
 
     async def close(self) -> None:
         """Close the stage channels (after the server stopped) and the feedback writer."""
@@ -111,6 +133,10 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             await channel.close()
         for channel in self._health_channels.values():
             channel.close()
+        for servicer in self.local.values():
+            servicer.reloader.stop()
+        if self._local_pool is not None:
+            self._local_pool.shutdown(wait=True)
         if self._feedback_writer is not None:
             self._feedback_writer.shutdown(wait=True)  # an acknowledged batch is committed; let a running one end
             self.feedback.close()
@@ -134,6 +160,10 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         request = health_pb2.HealthCheckRequest(service=version_service(version))
         cfg = self.config
         for stage in ("recall", "rank", "rerank"):
+            if stage in self.local:  # in this process: its own reloader says
+                if self.local[stage].reloader.get(version) is None:
+                    return False
+                continue
             holding = 0
             for addr in replica_addrs(getattr(cfg, f"{stage}_addr")):
                 channel = self._health_channels.get(addr)
@@ -283,6 +313,16 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         return Served(result, state, request_id, {**result.timings_ms, "total": total_ms}, experiment.arms)
 
 
+def local_config(config: GatewayConfig, stage: str):
+    """The config of a stage run in the gateway (``config.local.<stage>``) on the gateway's snapshot root,
+    reload poll and (recall, rank) feedback store."""
+    own = getattr(config.local, stage)
+    shared = {"snapshot": config.snapshot, "reload_poll_s": config.reload_poll_s}
+    if hasattr(own, "feedback"):
+        shared["feedback"] = config.feedback
+    return replace(own, **shared)
+
+
 class LegacyGatewayServicer(recsys_pb2_grpc.GatewayServicer):
     """The deprecated ``recsys.v1.Gateway``: the v2 servicer's funnel, the v1 reply (one more release)."""
 
@@ -295,9 +335,16 @@ class LegacyGatewayServicer(recsys_pb2_grpc.GatewayServicer):
 
 
 def channel_lists(names: list[str], masks: np.ndarray) -> list[list[str]]:
-    """Per item, the names of the channels whose bit is set in its mask."""
-    bits = (masks.astype(np.uint64)[:, None] >> np.arange(len(names), dtype=np.uint64)) & np.uint64(1)
-    return [[names[c] for c in np.flatnonzero(row)] for row in bits]
+    """Per item, the names of the channels whose bit is set in its mask (each distinct mask decoded once: a
+    list of 20 holds a handful of them)."""
+    decoded: dict[int, list[str]] = {}
+    out = []
+    for mask in masks.tolist():
+        names_of = decoded.get(mask)
+        if names_of is None:
+            names_of = decoded[mask] = [name for c, name in enumerate(names) if mask >> c & 1]
+        out.append(names_of)
+    return out
 
 
 def v2_reply(served: Served, k: int, debug: bool) -> recommend_pb2.RecommendResponse:

@@ -75,6 +75,11 @@ def prerank_scores(prerank: RankModel, sparse: np.ndarray, bag: np.ndarray, fusi
 
 def prerank_top(scores: np.ndarray, keep: int) -> np.ndarray:
     """Row indices of the ``keep`` best scores in request order (ties: the earlier candidate)."""
+    if keep < scores.size:  # only rows scoring at least the keep-th best can be kept: sort just those
+        rows = np.flatnonzero(scores >= np.partition(scores, scores.size - keep)[scores.size - keep])
+        if rows.size >= keep:  # else NaN scores upset the partition: the full sort orders them last
+            order = np.lexsort((rows, -scores[rows]))[:keep]
+            return np.sort(rows[order])
     return np.sort(np.lexsort((np.arange(scores.size), -scores))[:keep])
 
 

@@ -37,7 +37,7 @@ def test_cluster_command_stops_everything(snapshot_root, tmp_path, signum):
         assert proc.wait(timeout=30) == 0
         pids = [json.loads(line)["pid"] for line in proc.stderr.read().splitlines()
                 if line.startswith("{") and '"process_started"' in line]
-        assert len(pids) == 4
+        assert len(pids) == 2  # the default topology: two gateways, each running the three stages in process
         time.sleep(0.2)
         assert not [pid for pid in pids if _alive(pid)], "orphaned server processes"
     finally:
@@ -62,7 +62,8 @@ def test_export_bad_config_is_one_line_error(tmp_path):
 
 def test_servers_exit_when_the_launcher_is_killed(snapshot_root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cluster", "--snapshot", str(snapshot_root),
-                             "--gateway-port", "0", "--set", f"run_dir={tmp_path}"],
+                             "--gateway-port", "0", "--set", f"run_dir={tmp_path}",
+                             "--set", "local_stages=[]", "--set", "replicas={}"],  # the remote topology
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "cluster ready" in proc.stdout.readline()

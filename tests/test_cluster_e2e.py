@@ -21,7 +21,7 @@ from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0,
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={},
                            run_dir=str(tmp_path_factory.mktemp("cluster")),
                            # generous deadline: CI machines are slow and the first calls JIT
                            overrides={"gateway": ["deadline_ms=2000"]})
@@ -224,8 +224,8 @@ def test_bad_stage_requests_are_invalid_argument(cluster):
 
 
 def test_rank_down_degrades_and_still_answers(snapshot_root, tmp_path):
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, run_dir=str(tmp_path),
-                           overrides={"gateway": ["deadline_ms=2000"]})
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, run_dir=str(tmp_path), local_stages=[],
+                           replicas={}, overrides={"gateway": ["deadline_ms=2000"]})
     with Cluster(config) as cluster, RecommendClient(cluster.gateway_addr, timeout_s=10.0) as client:
         user_id = "1"
         assert client.recommend(user_id, k=10).degraded == []

@@ -16,7 +16,7 @@ from recsys.v2 import recommend_service_pb2 as pb2
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("feedback-cluster")
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, run_dir=str(run),
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], run_dir=str(run),
                            feedback_path=str(run / "feedback"), replicas={"recall": 2, "rank": 2},
                            overrides={"gateway": ["deadline_ms=2000"]})
     with Cluster(config) as running:

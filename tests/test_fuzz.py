@@ -64,7 +64,7 @@ rank_context = st.builds(rank_pb2.RankContext, timestamp=st.one_of(st.integers(-
 
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0,
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={},
                            run_dir=str(tmp_path_factory.mktemp("fuzz")),
                            overrides={"gateway": ["deadline_ms=2000"]})
     with Cluster(config) as running:

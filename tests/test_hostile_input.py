@@ -24,7 +24,7 @@ DETAILS_LIMIT = 1000  # ServerOptions.max_details_chars (the default)
 
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("hostile")),
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={}, run_dir=str(tmp_path_factory.mktemp("hostile")),
                            overrides={"gateway": ["deadline_ms=3000"]})
     with Cluster(config) as running:
         yield running

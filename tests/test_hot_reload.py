@@ -48,7 +48,7 @@ def root(snapshot_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(root, tmp_path_factory):
-    config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
+    config = ClusterConfig(snapshot=str(root), gateway_port=0, local_stages=[], run_dir=str(tmp_path_factory.mktemp("cluster")),
                            replicas={"recall": 2},
                            overrides={"gateway": ["deadline_ms=3000", *POLL], "recall": POLL, "rank": POLL,
                                       "rerank": POLL})

@@ -68,7 +68,7 @@ def test_sigterm_drains_an_in_flight_request():
 def test_restart_backoff_doubles_up_to_the_cap():
     assert [restart_delay(a, 0.5, 10.0) for a in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     with pytest.raises(ValueError, match="replicas.recall"):
-        ClusterConfig(replicas={"recall": 0}).validate()
+        ClusterConfig(replicas={"recall": 0}, local_stages=[]).validate()
     with pytest.raises(ValueError, match="unknown stage"):
         ClusterConfig(overrides={"ranker": []}).validate()
 

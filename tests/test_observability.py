@@ -37,7 +37,7 @@ def cluster(snapshot_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("observed")
     overrides = {name: ["server.metrics_port=0"] for name in SERVERS}
     overrides["gateway"] += ["deadline_ms=2000", EXPERIMENTS]
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, run_dir=str(run_dir), overrides=overrides)
+    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={}, run_dir=str(run_dir), overrides=overrides)
     old = os.environ.get("RECSYS_LOG_LEVEL")
     os.environ["RECSYS_LOG_LEVEL"] = "debug"  # the servers inherit it: per-request debug lines
     try:

@@ -163,3 +163,18 @@ def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
     assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, want)
 
 
+
+
+def test_prerank_top_equals_the_full_sort():
+    """The partial sort (only rows scoring at least the keep-th best are ordered) keeps exactly the rows the
+    full stable sort keeps: ties to the earlier candidate, NaN scores last."""
+    from rank_server.rank import prerank_top
+
+    rng = np.random.default_rng(0)
+    for trial in range(2000):
+        n, keep = int(rng.integers(1, 300)), int(rng.integers(1, 350))
+        scores = (rng.integers(0, 4, n) if trial % 2 else rng.random(n)).astype(np.float32)
+        if trial % 3 == 0:
+            scores[rng.random(n) < rng.random()] = np.nan
+        reference = np.sort(np.lexsort((np.arange(n), -scores))[:keep])
+        assert np.array_equal(prerank_top(scores, keep), reference), (n, keep)

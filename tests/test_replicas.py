@@ -67,8 +67,9 @@ def test_bad_address_lists_name_the_key(addr, message):
 def test_replicas_config_is_checked():
     with pytest.raises(ValueError, match="replicas.rank must be >= 1"):
         ClusterConfig(replicas={"rank": 0}).validate()
-    with pytest.raises(ValueError, match="'gateway' is not a stage"):
-        ClusterConfig(replicas={"gateway": 2}).validate()
+    with pytest.raises(ValueError, match="'ranker' is not a server"):
+        ClusterConfig(replicas={"ranker": 2}).validate()
+    ClusterConfig(replicas={"gateway": 2}).validate()  # gateways scale too (each on its own port)
     with pytest.raises(TypeError):  # SO_REUSEPORT workers are gone: replicas on their own ports replace them
         ClusterConfig(workers={"recall": 2})
 
@@ -83,7 +84,7 @@ def cluster(root, tmp_path_factory):
     # as the manifests set: drain before refusing calls; recycled connections (here every 2 s, so the
     # rehearsal crosses many GOAWAYs under load) so dns:/// clients re-resolve
     stage = ["server.drain_s=1.0", "server.max_connection_age_s=2", *POLL]
-    config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(tmp_path_factory.mktemp("cluster")),
+    config = ClusterConfig(snapshot=str(root), gateway_port=0, local_stages=[], run_dir=str(tmp_path_factory.mktemp("cluster")),
                            replicas={s: 2 for s in STAGES},
                            overrides={"gateway": ["deadline_ms=3000", *POLL],
                                       "recall": stage,

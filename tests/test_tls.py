@@ -153,7 +153,7 @@ def test_mutual_tls_through_the_real_launcher(snapshot_root, tmp_path):
     """Issue 12: the launcher's readiness checks dialled plaintext, so a TLS cluster never became ready."""
     pki = make_pki(tmp_path)
     config = load_config(ClusterConfig, None, [
-        f"snapshot={snapshot_root}", "gateway_port=0", f"run_dir={tmp_path / 'run'}", "start_timeout_s=180",
+        f"snapshot={snapshot_root}", "gateway_port=0", "local_stages=[]", "replicas={}", f"run_dir={tmp_path / 'run'}", "start_timeout_s=180",
         f"tls_cert={pki['server.pem']}", f"tls_key={pki['server.key']}", f"tls_client_ca={pki['ca.pem']}",
         f"tls_ca={pki['ca.pem']}", f"client_tls_cert={pki['client.pem']}", f"client_tls_key={pki['client.key']}",
         'overrides={"gateway": ["deadline_ms=3000"]}'])
