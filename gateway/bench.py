@@ -183,7 +183,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-stages", metavar="STAGES",
                         help="comma-separated stages run inside the gateway process, or 'none': every stage a "
                              "server of its own (the remote topology, with e.g. --replicas '{}'); default: the "
-                             "launcher's (ClusterConfig: all three, two gateways)")
+                             "launcher's (ClusterConfig: none, the remote topology); co-located on 2 cores: "
+                             "--local-stages recall,rank,rerank --replicas '{\"gateway\": 2}'")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                         help="a server config override, e.g. gateway:admission.shed_fraction=0.5 (repeatable)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the Numba kernels vs numpy table")

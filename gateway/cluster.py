@@ -58,15 +58,16 @@ class ClusterConfig:
     # so on a dedicated machine give the stages about as many replicas in all as cores (e.g. 8 cores: recall 3,
     # rank 3, rerank 1, gateway 1), each with onnx_threads=1 (NUMBA_NUM_THREADS=1 and OMP_NUM_THREADS=1 are
     # set here) so replicas do not oversubscribe the cores.
-    # The default is the co-located topology on two gateways (below): set the gateway count to the cores.
-    replicas: dict[str, int] = field(default_factory=lambda: {"gateway": 2})
+    # With the co-located topology (below), replicate the gateway instead: about one gateway per core.
+    replicas: dict[str, int] = field(default_factory=dict)
     # stages run inside the gateway process instead of their own (the co-located topology, GatewayConfig.stages
     # and gateway.local_stages): each saves two gRPC endpoints per request. Their overrides go to the gateway
     # as local.<stage>.*; scale the funnel with replicas.gateway (each gateway on its own port). [] runs every
-    # stage as servers of its own behind round_robin (the remote topology, as deploy/k8s runs it). Default all
-    # three, by measurement (README "Co-located or remote stages"): at 100 req/s on 2 cores a third less CPU
-    # per request, a lower p50 and more goodput
-    local_stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # stage as servers of its own behind round_robin (the remote topology, as deploy/k8s runs it). Default []
+    # (README "Co-located or remote stages"): co-located costs a quarter less CPU per request at 100 req/s, but
+    # at 3x overload its replies came up to 1 s late and Health p99 reached 419 ms, where remote stayed near
+    # 100 ms: deadlines that hold under overload come first
+    local_stages: list[str] = field(default_factory=list)
     # the feedback store (feedback.path of the gateway, which writes it, and of recall and rank, which read
     # it); empty: feedback off. It lives beside the snapshots and outlives snapshot swaps and restarts
     feedback_path: str = ""

@@ -37,7 +37,7 @@ def test_cluster_command_stops_everything(snapshot_root, tmp_path, signum):
         assert proc.wait(timeout=30) == 0
         pids = [json.loads(line)["pid"] for line in proc.stderr.read().splitlines()
                 if line.startswith("{") and '"process_started"' in line]
-        assert len(pids) == 2  # the default topology: two gateways, each running the three stages in process
+        assert len(pids) == 4  # the default topology: recall, rank, rerank and the gateway, one process each
         time.sleep(0.2)
         assert not [pid for pid in pids if _alive(pid)], "orphaned server processes"
     finally:
