@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -150,7 +151,8 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
         for build in (build_a, build_b):
             add_to_manifest(build.path, {"recall_merge": merge})
         lap("recall_fit")
-    rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users)
+    rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users,
+                   training_sample=True)   # only the rows training samples: memory bounded at 10^6 items
     rep_b = replay(build_b.path, ds, split.valid, schema, config.recall_n, rr, seed=rr.seed + 1,
                    max_users=config.eval_users)
     lap("replay")
@@ -162,12 +164,14 @@ def run_export(config: ExportConfig) -> Path:
     torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    peak_rss_mb: dict[str, float] = {}
     clock = [time.perf_counter()]
 
     def lap(name: str) -> None:
         now = time.perf_counter()
         timings[name] = round(timings.get(name, 0.0) + now - clock[0], 3)
-        log.info("step_done", step=name, seconds=round(now - clock[0], 3))
+        peak_rss_mb[name] = peak_rss()   # the process's peak so far: the step that raised it is the culprit
+        log.info("step_done", step=name, seconds=round(now - clock[0], 3), peak_rss_mb=peak_rss_mb[name])
         clock[0] = now
 
     ds = load_dataset(config)
@@ -330,6 +334,7 @@ def run_export(config: ExportConfig) -> Path:
             "training": {"two_tower": build.two_tower_log, "deepfm": dfm_log, **final["training"]},
         }
         manifest["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
+        manifest["peak_rss_mb"] = {**peak_rss_mb, "total": peak_rss()}
         log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))
         final_path = builder.publish(manifest, make_current=config.make_current)
     except BaseException:
@@ -340,6 +345,11 @@ def run_export(config: ExportConfig) -> Path:
     log.info("snapshot_published", path=str(final_path), current=config.make_current,
              seconds=round(time.perf_counter() - t_start, 2))
     return final_path
+
+
+def peak_rss() -> float:
+    """This process's peak resident memory so far, in MB (``getrusage``; kilobytes on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def onnx_parity(path: Path, family: dict, rep) -> dict:

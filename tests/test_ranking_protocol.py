@@ -243,3 +243,53 @@ def test_rerank_config_takes_the_snapshots_fitted_defaults():
     bad = type("S", (), {"manifest": {"rerank_params": {"mmr_lambda": 7}}})()
     with pytest.raises(ValueError, match="mmr_lambda"):
         RerankConfig().for_snapshot(bad)
+
+
+def test_streamed_training_sample_is_a_row_subset_of_the_full_replay(small_synthetic, tmp_path):
+    """``replay(training_sample=True)`` keeps, per user, every recalled positive and ``neg_per_user`` of the
+    recalled negatives, each row identical to the full replay's row for that item, plus random unseen items
+    outside recall's list; sampling it again keeps every row (the pipeline samples both ways)."""
+    from export.pipeline import rank_schema, training_cut
+    from export.rank_replay import replay
+    from export.recall_build import build_recall
+    from export.split import make_split
+
+    ds = small_synthetic
+    config = load_config(ExportConfig, None, ["two_tower.epochs=1", "recall_n=300", "rank_n=100",
+                                              "rank_replay.neg_per_user=20"])
+    rr = config.rank_replay
+    split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
+    cut_train, cut_labels = training_cut(split, rr.label_frac)
+    build = build_recall(ds, cut_train, config, tmp_path / "cut")
+    schema = rank_schema(ds)
+    full = replay(build.path, ds, cut_labels, schema, config.recall_n, rr, seed=0)
+    part = replay(build.path, ds, cut_labels, schema, config.recall_n, rr, seed=0, training_sample=True)
+    np.testing.assert_array_equal(part.users, full.users)
+    np.testing.assert_array_equal(part.truth_items, full.truth_items)
+    assert part.n_rows < full.n_rows
+    np.testing.assert_array_equal(part.sample(rr, 0), np.arange(part.n_rows))
+    seen_any_sample, n_rand = False, 0
+    for j, u in enumerate(full.users.tolist()):
+        f = slice(full.offsets[j], full.offsets[j + 1])
+        p = slice(part.offsets[j], part.offsets[j + 1])
+        f_rec, p_rec = full.recalled[f], part.recalled[p]
+        f_items, p_items = full.item[f][f_rec], part.item[p][p_rec]
+        f_click, p_click = full.labels["click"][f][f_rec] > 0, part.labels["click"][p][p_rec] > 0
+        np.testing.assert_array_equal(np.sort(p_items[p_click]), np.sort(f_items[f_click]))
+        n_neg = int((~f_click).sum())
+        assert int((~p_click).sum()) == min(n_neg, rr.neg_per_user)
+        seen_any_sample |= n_neg > rr.neg_per_user
+        where = {int(i): r for r, i in enumerate(f_items)}
+        rows = np.array([where[int(i)] for i in p_items], np.int64)
+        assert np.all(np.diff(rows) > 0), "recall order is kept"
+        for name in ("sparse", "bag", "dense"):
+            np.testing.assert_array_equal(getattr(part, name)[p][p_rec], getattr(full, name)[f][f_rec][rows],
+                                          err_msg=name)
+        for k in full.labels:
+            np.testing.assert_array_equal(part.labels[k][p][p_rec], full.labels[k][f][f_rec][rows])
+        rand = part.item[p][~p_rec]
+        assert rand.size <= rr.random_neg_per_user
+        n_rand += rand.size
+        assert not set(rand.tolist()) & set(f_items.tolist())
+        np.testing.assert_allclose(part.dense[p][~p_rec][:, 0], np.log1p(config.recall_n))
+    assert seen_any_sample and n_rand > 0
