@@ -127,7 +127,9 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     ``split.valid`` (the leak test holds it to that)."""
     rr = config.rank_replay
     cut_train, cut_labels = training_cut(split, rr.label_frac)
-    build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"))
+    # the training cut's index waits for the parameters chosen on validation below
+    build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"),
+                           build_index=False)
     towers = None if rr.retrain_two_tower else (build_a.user_tower, build_a.item_tower, build_a.two_tower_log)
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
@@ -137,8 +139,7 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     np.save(build_b.path / ANN_IDS_FILE, ids, allow_pickle=False)
     build_b.ann_ids = ids
     ann = {**json.loads((build_b.path / "manifest.json").read_text())["ann_index"], **ann}
-    if ann["min_count"] != config.hnsw.min_count or ann["M"] != config.hnsw.M:   # the training cut serves it too
-        build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)
+    build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)   # it serves it too
     for build in (build_a, build_b):
         add_to_manifest(build.path, {"ann_index": {**ann, "items": int(build.ann_ids.size)}})
     log.info("ann_index_chosen", M=ann["M"], ef=ann["ef"], min_count=ann["min_count"], chosen=ann["chosen"],
