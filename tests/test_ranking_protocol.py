@@ -293,3 +293,17 @@ def test_streamed_training_sample_is_a_row_subset_of_the_full_replay(small_synth
         assert not set(rand.tolist()) & set(f_items.tolist())
         np.testing.assert_allclose(part.dense[p][~p_rec][:, 0], np.log1p(config.recall_n))
     assert seen_any_sample and n_rand > 0
+
+
+def test_rank_variant_with_the_served_model_scores_as_the_rank_row(snapshot):
+    """``evaluate_funnel``'s model variants share the rank state's item features and candidate tables and
+    swap only the model: the served model as a variant gives exactly the ``rank`` row."""
+    from export.evaluate_funnel import evaluate_funnel
+    from gateway.evaluate import test_truth
+
+    ds, truth = test_truth(snapshot)
+    users = np.unique(truth.user)[:40]
+    truth = truth.subset(np.isin(truth.user, users))
+    served = snapshot.manifest["rank_serving_model"]
+    rows = evaluate_funnel(snapshot, ds, truth, rank_variants={"served again": served})["rows"]
+    assert rows["served again"] == rows["rank"]
