@@ -86,10 +86,12 @@ def synthetic_root(n_items: int) -> str:
 def synthetic_overrides(n_items: int, users: int | None = None, interactions: int | None = None) -> list[str]:
     """Config overrides of ``--synthetic N_ITEMS``: the generator's sizes, and training scaled to what a
     2-core machine exports in minutes (later ``--set`` overrides win). Offline metrics always use 500
-    held-out users; from 50,000 items every model trains one epoch on at most 300,000 rows (sampled users)
-    with larger batches (``two_tower.max_train_rows`` trains the towers on more: 10^6 rows took over 20 minutes
-    of a loaded 2-core machine at 10^6 items). The ANN index holds the items the two-tower saw
-    (``export.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.fit``)."""
+    held-out users. From 50,000 items every model trains one epoch with larger batches: the two-tower and
+    DeepFM on at most 300,000 rows (sampled users; ``two_tower.max_train_rows`` trains the towers on more:
+    10^6 rows took over 20 minutes of a loaded 2-core machine at 10^6 items), the MMoE family and the pre-rank
+    on the replay of 5,000 sampled users (``rank_replay.max_users``: replaying all 10^5 users took ~7 ms each
+    and, before the replay kept only its training sample, 24 GB). The ANN index holds the items the two-tower
+    saw (``export.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.fit``)."""
     out = ["dataset=synthetic", f"synthetic.n_items={n_items}", "eval_users=500"]
     if users:
         out.append(f"synthetic.n_users={users}")
@@ -98,7 +100,8 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
     if n_items >= 50_000:
         out += ["two_tower.epochs=1", "deepfm.epochs=1", "mmoe.epochs=1", "mmoe_teacher.epochs=1",
                 "max_train_rows=300000", "two_tower.batch_size=2048", "deepfm.batch_size=8192",
-                "mmoe.batch_size=8192", "mmoe_teacher.batch_size=8192"]
+                "mmoe.batch_size=8192", "mmoe_teacher.batch_size=8192", "prerank.epochs=1", "prerank.batch_size=8192",
+                "rank_replay.max_users=5000"]
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -125,7 +126,9 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     ``split.valid`` (the leak test holds it to that)."""
     rr = config.rank_replay
     cut_train, cut_labels = training_cut(split, rr.label_frac)
-    build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"))
+    # the training cut's index waits for the parameters chosen on validation below
+    build_a = build_recall(ds, cut_train, config, work / "cut-train", lap=lambda s: lap(f"cut_train_{s}"),
+                           build_index=False)
     towers = None if rr.retrain_two_tower else (build_a.user_tower, build_a.item_tower, build_a.two_tower_log)
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
@@ -135,8 +138,7 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     np.save(build_b.path / ANN_IDS_FILE, ids, allow_pickle=False)
     build_b.ann_ids = ids
     ann = {**json.loads((build_b.path / "manifest.json").read_text())["ann_index"], **ann}
-    if ann["min_count"] != config.hnsw.min_count or ann["M"] != config.hnsw.M:   # the training cut serves it too
-        build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)
+    build_a.ann_ids = rebuild_ann(build_a, ds.n_items, ann["min_count"], ann["M"], config)   # it serves it too
     for build in (build_a, build_b):
         add_to_manifest(build.path, {"ann_index": {**ann, "items": int(build.ann_ids.size)}})
     log.info("ann_index_chosen", M=ann["M"], ef=ann["ef"], min_count=ann["min_count"], chosen=ann["chosen"],
@@ -149,7 +151,8 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
         for build in (build_a, build_b):
             add_to_manifest(build.path, {"recall_merge": merge})
         lap("recall_fit")
-    rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users)
+    rep_a = replay(build_a.path, ds, cut_labels, schema, config.recall_n, rr, seed=rr.seed, max_users=rr.max_users,
+                   training_sample=True)   # only the rows training samples: memory bounded at 10^6 items
     rep_b = replay(build_b.path, ds, split.valid, schema, config.recall_n, rr, seed=rr.seed + 1,
                    max_users=config.eval_users)
     lap("replay")
@@ -161,12 +164,14 @@ def run_export(config: ExportConfig) -> Path:
     torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    peak_rss_mb: dict[str, float] = {}
     clock = [time.perf_counter()]
 
     def lap(name: str) -> None:
         now = time.perf_counter()
         timings[name] = round(timings.get(name, 0.0) + now - clock[0], 3)
-        log.info("step_done", step=name, seconds=round(now - clock[0], 3))
+        peak_rss_mb[name] = peak_rss()   # the process's peak so far: the step that raised it is the culprit
+        log.info("step_done", step=name, seconds=round(now - clock[0], 3), peak_rss_mb=peak_rss_mb[name])
         clock[0] = now
 
     ds = load_dataset(config)
@@ -331,6 +336,7 @@ def run_export(config: ExportConfig) -> Path:
             "training": {"two_tower": build.two_tower_log, "deepfm": dfm_log, **final["training"]},
         }
         manifest["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
+        manifest["peak_rss_mb"] = {**peak_rss_mb, "total": peak_rss()}
         log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))
         final_path = builder.publish(manifest, make_current=config.make_current)
     except BaseException:
@@ -341,6 +347,11 @@ def run_export(config: ExportConfig) -> Path:
     log.info("snapshot_published", path=str(final_path), current=config.make_current,
              seconds=round(time.perf_counter() - t_start, 2))
     return final_path
+
+
+def peak_rss() -> float:
+    """This process's peak resident memory so far, in MB (``getrusage``; kilobytes on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def onnx_parity(path: Path, family: dict, rep) -> dict:

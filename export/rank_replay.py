@@ -132,11 +132,15 @@ def order_lists(offsets: np.ndarray, recalled: np.ndarray, item: np.ndarray, sco
 
 def replay(snapshot_dir: Path, ds: Dataset, labels: Interactions, schema: RankSchema, recall_n: int,
            cfg: ReplayConfig, recall_config: RecallConfig | None = None, seed: int = 0,
-           max_users: int = 0) -> Replay:
+           max_users: int = 0, training_sample: bool = False) -> Replay:
     """Run recall for every user with rows in ``labels`` against the artifacts in ``snapshot_dir`` (built
     from the log before the cut) and assemble the ranker's inputs; see the module docstring.
 
     ``max_users`` > 0 replays a seeded sample of that many users (large synthetic catalogues).
+    ``training_sample``: keep, per user as it is replayed, only the rows :meth:`Replay.sample` would keep
+    (every recalled positive, ``neg_per_user`` recalled negatives drawn uniformly, the random negatives), so
+    memory grows with the sample (~110 rows a user) and not with recall's ~1,000 candidates (a 10^6-item
+    export's training cut held 10^8 rows and was killed at 24 GB). ``sample`` of the result keeps every row.
     """
     snapshot = Snapshot.open(snapshot_dir, verify=False)
     try:
@@ -169,8 +173,18 @@ def replay(snapshot_dir: Path, ds: Dataset, labels: Interactions, schema: RankSc
             dense = candidate_features(tables, hist, n_seen, res.ids, res.channel_masks, res.channel_names,
                                        res.scores)
             ids = res.ids.astype(np.int32)
+            if training_sample:   # recall order kept: the positives and a uniform draw of the negatives
+                row_key = np.int64(u) * ds.n_items + ids
+                pos = np.minimum(np.searchsorted(lab_key, row_key), max(lab_key.size - 1, 0))
+                clicked = (lab_key[pos] == row_key) if lab_key.size else np.zeros(ids.size, bool)
+                neg = np.flatnonzero(~clicked)
+                if neg.size > cfg.neg_per_user:
+                    clicked[rng.choice(neg, cfg.neg_per_user, replace=False)] = True
+                    keep = np.flatnonzero(clicked)
+                    ids, dense = ids[keep], dense[keep]
             rand = _random_unseen(rng, ds.n_items, cfg.random_neg_per_user,
-                                  np.concatenate([ids, record.seen if record is not None else ids[:0],
+                                  np.concatenate([res.ids.astype(np.int32),
+                                                  record.seen if record is not None else ids[:0],
                                                   truth[indptr[u]:indptr[u + 1]].astype(np.int32)]))
             if rand.size:
                 extra = candidate_features(tables, hist, n_seen, rand)

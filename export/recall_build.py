@@ -132,7 +132,8 @@ def base_schema(ds: Dataset, config: ExportConfig, dim: int) -> dict:
 
 
 def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: Path,
-                 towers: tuple[UserTower, ItemTower, dict] | None = None, lap=None, hnsw_M: int = 0) -> RecallBuild:
+                 towers: tuple[UserTower, ItemTower, dict] | None = None, lap=None, hnsw_M: int = 0,
+                 build_index: bool = True) -> RecallBuild:
     """Write every recall artifact of ``known`` (the log slice this build may see) into ``path``.
 
     Two-tower (trained on a ``two_tower.max_train_rows`` (else ``max_train_rows``) user sample of ``known``
@@ -142,6 +143,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     (global and per segment); content neighbours of cold items; the blocklist; item statistics; the LMDB
     features (every user's last-N history and seen set from ``known``); and a manifest with the schema, so
     the directory opens as a snapshot. ``lap(step)`` is called after each step (timings).
+    ``build_index`` False leaves ``items.hnsw`` out, for a caller that builds it later with chosen parameters
+    (:func:`rebuild_ann`; at 10^6 items the default index over ~200k items costs a minute for nothing).
     """
     lap = lap or (lambda step: None)
     path = Path(path)
@@ -159,9 +162,10 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     lap("two_tower")
     ann_ids = ann_items(item_tower, ds.n_items, config)
     np.save(path / ANN_IDS_FILE, ann_ids, allow_pickle=False)
-    build_hnsw(item_emb, ann_ids, hnsw_M if hnsw_M else config.hnsw.M, config.hnsw.ef_construction, config.threads,
-               path / "items.hnsw")
-    lap("hnsw")
+    if build_index:
+        build_hnsw(item_emb, ann_ids, hnsw_M if hnsw_M else config.hnsw.M, config.hnsw.ef_construction,
+                   config.threads, path / "items.hnsw")
+        lap("hnsw")
 
     def npz(name: str, arrays: dict[str, np.ndarray]) -> None:
         with open(path / name, "wb") as fh:

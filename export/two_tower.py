@@ -44,6 +44,9 @@ class TwoTowerConfig:
     max_train_rows: int = 0
     id_dropout: float = 0.1       # probability of replacing an id by the unknown code 0
     logq_correction: bool = True  # subtract log(item sampling prob) from in-batch logits
+    # mixed negative sampling: this many items drawn uniformly from the catalogue per batch join the in-batch
+    # negatives, so rarely sampled items also meet users as negatives (0: in-batch negatives only)
+    uniform_negatives: int = 0
     seed: int = 0
 
 
@@ -183,12 +186,22 @@ def train_two_tower(
         u, i = users[idx], items[idx]
         u_vec = user_tower(_drop_ids(u + 1, cfg.id_dropout, gen), user_cat[u], hist[idx])
         i_vec = item_tower(_drop_ids(i + 1, cfg.id_dropout, gen), item_cat[i], item_bag[i])
+        cand = i
+        if cfg.uniform_negatives > 0:
+            extra = torch.randint(0, ds.n_items, (cfg.uniform_negatives,), generator=gen)
+            cand = torch.cat([i, extra])
+            i_vec = torch.cat([i_vec, item_tower(_drop_ids(extra + 1, cfg.id_dropout, gen), item_cat[extra],
+                                                 item_bag[extra])])
         logits = u_vec @ i_vec.T / cfg.temperature
-        if cfg.logq_correction:
+        if cfg.logq_correction and cfg.uniform_negatives > 0:
+            # log of each candidate's expected count among the batch's negatives, over both draws
+            q = torch.exp(log_q[cand]) * idx.numel() + cfg.uniform_negatives / ds.n_items
+            logits = logits - torch.log(q).unsqueeze(0)
+        elif cfg.logq_correction:
             logits = logits - log_q[i].unsqueeze(0)
-        # Another row with the same positive item is not a negative.
-        dup = i.unsqueeze(0) == i.unsqueeze(1)
-        dup.fill_diagonal_(False)
+        # Another row (or drawn negative) with the same positive item is not a negative.
+        dup = i.unsqueeze(1) == cand.unsqueeze(0)
+        dup[:, :idx.numel()].fill_diagonal_(False)
         logits = logits.masked_fill(dup, float("-inf"))
         return F.cross_entropy(logits, torch.arange(idx.numel()))
 

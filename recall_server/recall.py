@@ -85,7 +85,11 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
     query, cold = build_query(state, config, user_id, history_override, list(exclude_ids), view, record)
     if eligible is not None:
         query = replace(query, eligible=eligible)
-    quota = {**(state.quotas or config.quotas), **(quotas or {})}
+    # the merge fitted on validation (state.quotas / weights) is fitted on users with a history; a cold user
+    # keeps the configured merge, whose popular and segment channels serve him (at 10^6 items the fit turns
+    # every channel a cold user can use to 0)
+    fitted_quotas, fitted_weights = (None, None) if cold else (state.quotas, state.weights)
+    quota = {**(fitted_quotas or config.quotas), **(quotas or {})}
     names = list(config.channels)
     ids, scores, channel, offsets = [], [], [], [0]
     for c, name in enumerate(names):
@@ -108,6 +112,6 @@ def recall(state: RecallState, config: RecallConfig, user_id: str, n: int,
         all_ids, np.concatenate(scores).astype(np.float32),
         np.concatenate(channel), np.asarray(offsets, np.int64),
         np.asarray([quota.get(name, 0) for name in names], np.int32), exclude, n,
-        np.asarray([(state.weights or config.weights).get(name, 1.0) for name in names], np.float32), config.fusion,
+        np.asarray([(fitted_weights or config.weights).get(name, 1.0) for name in names], np.float32), config.fusion,
         config.rrf_k)
     return RecallResult(merged_ids, merged_scores, masks, names, cold, 0 if eligible is None else eligible.count)

@@ -322,3 +322,67 @@ def test_epochs_stay_at_the_configured_count_unless_an_earlier_one_is_clearly_be
     assert got["epochs"] == 2 and got["curve"][1] == max(got["curve"])
     gain, se = paired_gain(np.array([1.0, 2.0, np.nan, 4.0]), np.array([0.0, 1.0, 5.0, 2.0]))
     assert gain == pytest.approx(4 / 3) and se == pytest.approx(np.std([1, 1, 2], ddof=1) / np.sqrt(3))
+
+
+def test_streamed_training_sample_is_a_row_subset_of_the_full_replay(small_synthetic, tmp_path):
+    """``replay(training_sample=True)`` keeps, per user, every recalled positive and ``neg_per_user`` of the
+    recalled negatives, each row identical to the full replay's row for that item, plus random unseen items
+    outside recall's list; sampling it again keeps every row (the pipeline samples both ways)."""
+    from export.pipeline import rank_schema, training_cut
+    from export.rank_replay import replay
+    from export.recall_build import build_recall
+    from export.split import make_split
+
+    ds = small_synthetic
+    config = load_config(ExportConfig, None, ["two_tower.epochs=1", "recall_n=300", "rank_n=100",
+                                              "rank_replay.neg_per_user=20"])
+    rr = config.rank_replay
+    split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
+    cut_train, cut_labels = training_cut(split, rr.label_frac)
+    build = build_recall(ds, cut_train, config, tmp_path / "cut")
+    schema = rank_schema(ds)
+    full = replay(build.path, ds, cut_labels, schema, config.recall_n, rr, seed=0)
+    part = replay(build.path, ds, cut_labels, schema, config.recall_n, rr, seed=0, training_sample=True)
+    np.testing.assert_array_equal(part.users, full.users)
+    np.testing.assert_array_equal(part.truth_items, full.truth_items)
+    assert part.n_rows < full.n_rows
+    np.testing.assert_array_equal(part.sample(rr, 0), np.arange(part.n_rows))
+    seen_any_sample, n_rand = False, 0
+    for j, u in enumerate(full.users.tolist()):
+        f = slice(full.offsets[j], full.offsets[j + 1])
+        p = slice(part.offsets[j], part.offsets[j + 1])
+        f_rec, p_rec = full.recalled[f], part.recalled[p]
+        f_items, p_items = full.item[f][f_rec], part.item[p][p_rec]
+        f_click, p_click = full.labels["click"][f][f_rec] > 0, part.labels["click"][p][p_rec] > 0
+        np.testing.assert_array_equal(np.sort(p_items[p_click]), np.sort(f_items[f_click]))
+        n_neg = int((~f_click).sum())
+        assert int((~p_click).sum()) == min(n_neg, rr.neg_per_user)
+        seen_any_sample |= n_neg > rr.neg_per_user
+        where = {int(i): r for r, i in enumerate(f_items)}
+        rows = np.array([where[int(i)] for i in p_items], np.int64)
+        assert np.all(np.diff(rows) > 0), "recall order is kept"
+        for name in ("sparse", "bag", "dense"):
+            np.testing.assert_array_equal(getattr(part, name)[p][p_rec], getattr(full, name)[f][f_rec][rows],
+                                          err_msg=name)
+        for k in full.labels:
+            np.testing.assert_array_equal(part.labels[k][p][p_rec], full.labels[k][f][f_rec][rows])
+        rand = part.item[p][~p_rec]
+        assert rand.size <= rr.random_neg_per_user
+        n_rand += rand.size
+        assert not set(rand.tolist()) & set(f_items.tolist())
+        np.testing.assert_allclose(part.dense[p][~p_rec][:, 0], np.log1p(config.recall_n))
+    assert seen_any_sample and n_rand > 0
+
+
+def test_rank_variant_with_the_served_model_scores_as_the_rank_row(snapshot):
+    """``evaluate_funnel``'s model variants share the rank state's item features and candidate tables and
+    swap only the model: the served model as a variant gives exactly the ``rank`` row."""
+    from export.evaluate_funnel import evaluate_funnel
+    from gateway.evaluate import test_truth
+
+    ds, truth = test_truth(snapshot)
+    users = np.unique(truth.user)[:40]
+    truth = truth.subset(np.isin(truth.user, users))
+    served = snapshot.manifest["rank_serving_model"]
+    rows = evaluate_funnel(snapshot, ds, truth, rank_variants={"served again": served})["rows"]
+    assert rows["served again"] == rows["rank"]

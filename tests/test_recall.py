@@ -75,6 +75,23 @@ def test_unknown_user_is_cold_start_with_candidates(state, config):
     assert np.any(result.channel_masks & bit(result, "popular"))
 
 
+def test_fitted_merge_applies_to_users_with_a_history_only(state, config, users):
+    """A fitted merge that turns off every channel a cold user can use (as the 10^6 fit does: ann, popular and
+    segment_popular at 0) still leaves the cold user the configured merge; known users get the fitted one."""
+    n = 200
+    fitted = dataclasses.replace(state, quotas={**config.quotas, "ann": 0, "popular": 0, "segment_popular": 0,
+                                                "itemcf": n, "swing": n},
+                                 weights={**config.weights, "swing": 2.0})
+    cold = recall(fitted, config, UNKNOWN, n)
+    plain = recall(state, dataclasses.replace(config, quotas=config.quotas, weights=config.weights), UNKNOWN, n)
+    assert cold.cold_start and cold.ids.size == n
+    np.testing.assert_array_equal(cold.ids, plain.ids)
+    warm = recall(fitted, config, users[0], n)
+    assert not warm.cold_start and warm.ids.size > 0
+    off = bit(warm, "ann") | bit(warm, "popular") | bit(warm, "segment_popular")
+    assert not np.any(warm.channel_masks & np.uint32(off))   # channels at quota 0 found nothing
+
+
 def test_empty_history_override_is_ann_on_profile_only(state, config, users):
     result = recall(state, config, users[0], 200, history_override=[])
     assert not result.cold_start and result.ids.size == 200
