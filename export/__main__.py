@@ -66,7 +66,8 @@ def summary(manifest: dict) -> str:
              f"test part ({funnel['test']['users']} users; published models; read once):",
              format_funnel(funnel["test"], m["peers"].get("rows")), "",
              f"choices on validation: epochs {sel['epochs']}, fusion {sel['fusion']['form']} "
-             f"{sel['fusion']['weights']}, int8 {sel['int8']['choice']}, rerank {sel['rerank']['choice']}",
+             f"{sel['fusion']['weights']}, int8 {sel['int8']['choice']}, rerank {sel['rerank']['choice']}, "
+             f"rank order {sel.get('rank_order', {}).get('order', 'model')}",
              f"recall merge fitted on validation: weights {json.dumps(merge.get('weights'))}, quotas "
              f"{json.dumps(merge.get('quotas'))}; merged {json.dumps(merge.get('validation'))} vs channels "
              f"{json.dumps(merge.get('channels'))}",

@@ -49,6 +49,7 @@ from export.ranker import (
     STUDENT_FILE,
     choose_int8_mode,
     export_models,
+    choose_rank_order,
     fusion_search,
     quantize_mode,
     task_probs,
@@ -218,12 +219,21 @@ def run_export(config: ExportConfig) -> Path:
         variants = {"NONE": resolve_params(rerank_cfg, "NONE")}
         for lam in config.rerank_lambdas:
             variants[f"MMR lambda={lam:g}"] = resolve_params(rerank_cfg, "MMR", mmr_lambda=lam)
-        valid_snapshot = Snapshot.open(build_b.path, verify=False)
-        try:
-            grid = evaluate_funnel(valid_snapshot, ds, split.valid, gw_recall_n, gw_rank_n, config.k,
-                                   rerank_variants=variants, max_users=config.eval_users)
-        finally:
-            valid_snapshot.close()
+
+        def valid_funnel() -> dict:
+            valid_snapshot = Snapshot.open(build_b.path, verify=False)
+            try:
+                return evaluate_funnel(valid_snapshot, ds, split.valid, gw_recall_n, gw_rank_n, config.k,
+                                       rerank_variants=variants, max_users=config.eval_users)
+            finally:
+                valid_snapshot.close()
+
+        grid = valid_funnel()
+        order = choose_rank_order(grid["rows"], config.ranker.gate)
+        if order["order"] != "model":   # the rerank default is chosen on the lists the gate serves
+            add_to_manifest(build_b.path, {"rank_order": order["order"]})
+            order["model_rows"] = {k: grid["rows"][k] for k in ("rank", "full_rank")}
+            grid = valid_funnel()
         chosen, params = choose_rerank(grid, config.rerank_max_cost)
         rerank_params = {"method": params["method"], "mmr_lambda": params["mmr_lambda"]}
         validation = {"users": grid["users"], "config": {**grid["config"], "rerank": {chosen: params}},
@@ -275,6 +285,7 @@ def run_export(config: ExportConfig) -> Path:
             "schema": {**json.loads((builder.path / "manifest.json").read_text())["schema"],
                        "rank": schema.to_dict(), "rank_tasks": RANK_TASKS},
             **rank_manifest(schema, fusion, rerank_params, serving),
+            "rank_order": order["order"],
             **({"recall_merge": merge} if merge else {}),
             "ann_index": {**ann, "items": int(build.ann_ids.size)},
             "config": as_dict(config),
@@ -325,7 +336,8 @@ def run_export(config: ExportConfig) -> Path:
             "ann_query": {**ann_test, "M": ann["M"], "items": int(build.ann_ids.size), "part": "test users' vectors"},
             "selection": {"curves": fam["curves"], "curve_users": fam.get("curve_users"),
                           "epochs": fam["epochs"], "fusion": fusion,
-                          "int8": int8, "rerank": {"choice": chosen, "max_cost": config.rerank_max_cost}},
+                          "int8": int8, "rerank": {"choice": chosen, "max_cost": config.rerank_max_cost},
+                          "rank_order": order},
             "rank": {"deepfm": {"like": {"auc": round(auc(label, onnx_prob), 4),
                                          "gauc": round(gauc(label, onnx_prob, sparse[:, 0]), 4),
                                          "negatives": "uniform random unseen items", "part": "test",

@@ -7,6 +7,9 @@ from common.server import ServerOptions
 from feedback.config import FeedbackConfig
 
 
+RANK_ORDERS = ("auto", "model", "prerank")
+
+
 @dataclass
 class RankConfig:
     """Everything the rank server reads at start-up."""
@@ -32,6 +35,10 @@ class RankConfig:
     # per-task weights either way (e.g. {"like": 0.5}); rating is the model's rating / 5 in [0, 1]
     fusion_form: str = "auto"
     fusion: dict[str, float] = field(default_factory=dict)
+    # what orders the candidates that pre-rank keeps: "model" (the ranker), "prerank" (the pre-rank's own fused
+    # scores; the ranker is not run), or "auto": the manifest's rank_order, which export sets to "prerank" only
+    # where the ranker ordered worse than the pre-rank on validation (export.ranker.choose_rank_order)
+    order: str = "auto"
     # the real-time state (feedback.realtime): the candidate features read the history with the user's
     # clicks since the snapshot; feedback.path "" is off. Must name the gateway's feedback.path
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
@@ -47,6 +54,8 @@ class RankConfig:
             raise ValueError(f"onnx_threads must be >= 1, got {self.onnx_threads}")
         from rank_server.fusion import FORMS
 
+        if self.order not in RANK_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(RANK_ORDERS)}, got {self.order!r}")
         if self.fusion_form not in ("auto", *FORMS):
             raise ValueError(f"fusion_form must be auto or one of {', '.join(FORMS)}, got {self.fusion_form!r}")
         for task, weight in self.fusion.items():

@@ -100,6 +100,9 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
         if tables.names != schema.dense_names:
             raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
                                 f"this build's candidate features {tables.names}; re-run export")
+    if rank_order(snapshot, config) == "prerank" and (prerank is None or prerank.task_names != model.task_names):
+        raise SnapshotError(f"{snapshot.path}: rank order 'prerank' needs a pre-rank model with the ranker's tasks "
+                            f"({', '.join(model.task_names)}); set prerank_model, or order=model")
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
                      len(snapshot.schema["user_cat_names"]), prerank, tables,
                      SnapshotKeys.of(snapshot) if config.feedback.path else None)
@@ -112,6 +115,13 @@ def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, fl
     form = config.fusion_form if config.fusion_form != "auto" else fitted.get("form", "product")
     weights = dict(fitted.get("weights", DEFAULT_WEIGHTS)) if config.fusion_form == "auto" else {}
     return form, {**weights, **config.fusion}
+
+
+def rank_order(snapshot: Snapshot, config: RankConfig) -> str:
+    """"model" or "prerank": the config's choice where set, else the export's (manifest ``rank_order``)."""
+    if config.order != "auto":
+        return config.order
+    return snapshot.manifest.get("rank_order", "model")
 
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
@@ -145,6 +155,12 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
             hist = history_codes(hist, view, int(state.snapshot.schema["history_len"]))
             n_seen += int(view.recent_dense.size)
         dense = candidate_features(state.tables, hist, n_seen, kept, masks, recall.channel_names, scores)
+    if rank_order(state.snapshot, config) == "prerank":   # load_state checked the pre-rank has the tasks
+        p = state.prerank.predict(sparse, bag, dense)
+        pre_all = fuse(p, state.prerank.task_names, weights, form)
+        top = prerank_top(pre_all, config.prerank_keep) if kept.size > config.prerank_keep else np.arange(kept.size)
+        return RankResult(kept[top], pre_all[top], p[top], state.prerank.task_names,
+                          int(item_idx.size - kept.size), int(kept.size - top.size), pre_all[top])
     cut = 0
     pre = None
     if state.prerank is not None and kept.size > config.prerank_keep:

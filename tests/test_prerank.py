@@ -107,7 +107,7 @@ class _FakeSnapshot:
     """What rank_server.rank.load_state reads before item features: schema, manifest, files."""
 
     def __init__(self, root, schema):
-        self.root = root
+        self.root = self.path = root
         self.schema = {"rank": schema.to_dict(), "rank_tasks": TASKS, "user_cat_names": ["group", "gender"]}
         self.manifest = {"schema": self.schema, "rank_serving_model": "rank.onnx",
                          "prerank_serving_model": "prerank.onnx"}
@@ -135,6 +135,8 @@ def test_rank_server_refuses_prerank_not_matching_schema(ds, teacher, tmp_path):
     _wrong_model(tmp_path / "renamed.onnx", s.n_fields, s.n_bag, names=("codes", "bag"))
     with pytest.raises(SnapshotError, match="codes.*sparse|sparse.*codes"):
         load_state(snap, RankConfig(prerank_model="renamed.onnx"))
+    with pytest.raises(SnapshotError, match="rank order 'prerank' needs a pre-rank model"):
+        load_state(snap, RankConfig(prerank_model="", order="prerank"))
 
 
 def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
@@ -163,6 +165,58 @@ def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
     assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, want)
 
 
+
+
+def test_rank_order_prerank_serves_the_prerank_order_without_the_ranker(ds, teacher, prerank, tmp_path):
+    """order "prerank" (or the manifest's rank_order under "auto"): the kept candidates carry the pre-rank's
+    fused scores and task outputs; the ranker is not run."""
+    from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.rank import RankState, rank
+
+    s = _schema(ds)
+    export_mmoe_onnx(teacher, str(tmp_path / "rank.onnx"), s.n_fields, s.n_bag)
+    export_mmoe_onnx(prerank[0], str(tmp_path / "prerank.onnx"), s.n_fields, s.n_bag)
+    items = ItemFeatures(ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
+    pre = RankModel(tmp_path / "prerank.onnx", s, TASKS, 1)
+
+    class _NoUsers:
+        def user(self, user_id):
+            return None
+
+    class _NeverRun(RankModel):
+        def predict(self, *args):
+            raise AssertionError("the ranker ran although the order is the pre-rank's")
+
+    cand = np.arange(0, 40, dtype=np.int32)[::-1].copy()
+    sp, bg = rank_inputs(s, items, None, 2, cand, 10**9)
+    p = pre.predict(sp, bg)
+    fused = weighted_product(p, TASKS, DEFAULT_WEIGHTS)
+    keep = np.sort(np.argsort(-fused, kind="stable")[:10])
+    for manifest, cfg in (({}, RankConfig(prerank_keep=10, order="prerank")),
+                          ({"rank_order": "prerank"}, RankConfig(prerank_keep=10))):
+        snap = type("S", (), {"features": _NoUsers(), "manifest": manifest})()
+        state = RankState(snap, s, items, _NeverRun(tmp_path / "rank.onnx", s, TASKS, 1), 2, pre)
+        res = rank(state, cfg, "", cand, 10**9)
+        assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, cand[keep])
+        np.testing.assert_allclose(res.fused, fused[keep], rtol=1e-6)
+        np.testing.assert_allclose(res.task_scores, p[keep], rtol=1e-6)
+        assert res.task_names == list(TASKS)
+    # fewer candidates than prerank_keep: all of them, scored by the pre-rank
+    res = rank(state, RankConfig(prerank_keep=100), "", cand, 10**9)
+    assert res.prerank_dropped == 0 and np.array_equal(res.item_idx, cand)
+    np.testing.assert_allclose(res.fused, fused, rtol=1e-6)
+    with pytest.raises(ValueError, match="order must be one of auto, model, prerank"):
+        RankConfig(order="best").validate()
+
+
+def test_export_serves_the_ranker_only_where_it_beats_the_prerank_order():
+    from export.ranker import choose_rank_order
+
+    rows = {"rank": {"ndcg@10": 0.2053}, "prerank": {"ndcg@10": 0.1998}}
+    assert choose_rank_order(rows)["order"] == "model"
+    rows = {"rank": {"ndcg@10": 0.0467}, "prerank": {"ndcg@10": 0.0542}}
+    assert choose_rank_order(rows)["order"] == "prerank"
+    assert choose_rank_order(rows, gate=False)["order"] == "model"
 
 
 def test_prerank_top_equals_the_full_sort():
