@@ -139,20 +139,29 @@ def test_rank_server_refuses_prerank_not_matching_schema(ds, teacher, tmp_path):
         load_state(snap, RankConfig(prerank_model="", order="prerank"))
 
 
-def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
-    from rank_server.features import ItemFeatures, rank_inputs
-    from rank_server.rank import RankState, prerank_scores, rank
+class _NoUsers:
+    """Snapshot features that know no user (every request is a cold one)."""
+
+    def user(self, user_id):
+        return None
+
+
+def _ranker_and_prerank(ds, teacher, prerank, tmp_path):
+    """Schema, item features and the pre-rank model of a tiny rank state; the teacher as rank.onnx."""
+    from rank_server.features import ItemFeatures
 
     s = _schema(ds)
     export_mmoe_onnx(teacher, str(tmp_path / "rank.onnx"), s.n_fields, s.n_bag)
     export_mmoe_onnx(prerank[0], str(tmp_path / "prerank.onnx"), s.n_fields, s.n_bag)
     items = ItemFeatures(ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
-    pre = RankModel(tmp_path / "prerank.onnx", s, TASKS, 1)
+    return s, items, RankModel(tmp_path / "prerank.onnx", s, TASKS, 1)
 
-    class _NoUsers:
-        def user(self, user_id):
-            return None
 
+def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
+    from rank_server.features import rank_inputs
+    from rank_server.rank import RankState, prerank_scores, rank
+
+    s, items, pre = _ranker_and_prerank(ds, teacher, prerank, tmp_path)
     snap = type("S", (), {"features": _NoUsers(), "manifest": {}})()
     state = RankState(snap, s, items, RankModel(tmp_path / "rank.onnx", s, TASKS, 1), 2, pre)
     cand = np.arange(0, 40, dtype=np.int32)[::-1].copy()
@@ -165,23 +174,13 @@ def test_rank_uses_fused_distilled_prerank(ds, teacher, prerank, tmp_path):
     assert res.prerank_dropped == 30 and np.array_equal(res.item_idx, want)
 
 
-
-
 def test_rank_order_prerank_serves_the_prerank_order_without_the_ranker(ds, teacher, prerank, tmp_path):
     """order "prerank" (or the manifest's rank_order under "auto"): the kept candidates carry the pre-rank's
     fused scores and task outputs; the ranker is not run."""
-    from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.features import rank_inputs
     from rank_server.rank import RankState, rank
 
-    s = _schema(ds)
-    export_mmoe_onnx(teacher, str(tmp_path / "rank.onnx"), s.n_fields, s.n_bag)
-    export_mmoe_onnx(prerank[0], str(tmp_path / "prerank.onnx"), s.n_fields, s.n_bag)
-    items = ItemFeatures(ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
-    pre = RankModel(tmp_path / "prerank.onnx", s, TASKS, 1)
-
-    class _NoUsers:
-        def user(self, user_id):
-            return None
+    s, items, pre = _ranker_and_prerank(ds, teacher, prerank, tmp_path)
 
     class _NeverRun(RankModel):
         def predict(self, *args):
