@@ -313,13 +313,19 @@ def test_epochs_stay_at_the_configured_count_unless_an_earlier_one_is_clearly_be
     # a flat curve: epoch 1 leads the last by noise alone -> the configured count (the last epoch) stays
     flat = np.stack([base + rng.normal(0, 0.05, users) for _ in range(4)])
     flat[0] += 0.002
-    got = choose_epochs(flat, 2.0)
+    got = choose_epochs([flat], 2.0)
     assert got["epochs"] == 4 and got["best_epoch"] == 1 and got["gain_over_last"] <= 2.0 * got["se"]
     # over-fitting: every user is clearly worse at the last epochs -> the early epoch is chosen
     overfit = np.stack([base + 0.05, base + 0.06, base, base - 0.02]) + rng.normal(0, 0.01, (4, users))
     overfit[:, 0] = np.nan                          # a user without truth counts nowhere
-    got = choose_epochs(overfit, 2.0)
-    assert got["epochs"] == 2 and got["curve"][1] == max(got["curve"])
+    got = choose_epochs([overfit, overfit + rng.normal(0, 0.01, overfit.shape)], 2.0)
+    assert got["epochs"] == 2 and got["curve"][1] == max(got["curve"]) and got["best_in_every_seed"]
+    # one seed's lucky first epoch carries the average past 2 SE, the other seed prefers the last epoch
+    lucky = np.stack([base + 0.03, base, base, base]) + rng.normal(0, 0.005, (4, users))
+    other = np.stack([base - 0.002, base, base, base]) + rng.normal(0, 0.0005, (4, users))
+    got = choose_epochs([lucky, other], 2.0)
+    assert got["best_epoch"] == 1 and got["gain_over_last"] > 2.0 * got["se"]
+    assert not got["best_in_every_seed"] and got["epochs"] == 4
     gain, se = paired_gain(np.array([1.0, 2.0, np.nan, 4.0]), np.array([0.0, 1.0, 5.0, 2.0]))
     assert gain == pytest.approx(4 / 3) and se == pytest.approx(np.std([1, 1, 2], ddof=1) / np.sqrt(3))
 
