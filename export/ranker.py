@@ -39,7 +39,7 @@ from export.prerank import PrerankConfig, train_prerank
 from export.quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8, session
 from export.metrics import ndcg_per_user
 from export.rank_replay import Replay
-from rank_server.fusion import FORMS, RANK_BETA, fuse
+from rank_server.fusion import FORMS, fuse, fuse_ranks
 
 log = get_logger("export")
 
@@ -114,8 +114,7 @@ def fuse_per_user(probs: np.ndarray, rep: Replay, weights: dict, form: str) -> n
     for t in range(probs.shape[1]):
         order = np.lexsort((-probs[:, t], owner))            # by user, then descending task score
         ranks[order, t] = np.arange(order.size) - rep.offsets[owner[order]]
-    w = np.array([weights.get(name, 0.0) for name in TASKS], np.float64)
-    return (w / (ranks + RANK_BETA)).sum(axis=1).astype(np.float32)
+    return fuse_ranks(ranks, TASKS, weights)
 
 
 def paired_gain(candidate: np.ndarray, base: np.ndarray) -> tuple[float, float]:

@@ -43,6 +43,13 @@ def weighted_product(task_scores: np.ndarray, task_names: list[str], weights: di
     return np.exp(logp @ w).astype(np.float32)
 
 
+def fuse_ranks(ranks: np.ndarray, task_names: list[str], weights: dict[str, float]) -> np.ndarray:
+    """The ``rank`` form from each row's 0-based rank per task [n, T] (ranks taken by the caller, e.g. within
+    each request of a batch of requests): ``sum_t w_t / (rank_t + RANK_BETA)``; float32 [n]."""
+    w = np.array([weights.get(name, 0.0) for name in task_names], dtype=np.float64)
+    return (w / (np.asarray(ranks, np.float64) + RANK_BETA)).sum(axis=1).astype(np.float32)
+
+
 def fuse(task_scores: np.ndarray, task_names: list[str], weights: dict[str, float],
          form: str = "product") -> np.ndarray:
     """One score per row of ``task_scores`` [n, T] by ``form`` (see the module docstring); float32 [n]."""
@@ -58,7 +65,7 @@ def fuse(task_scores: np.ndarray, task_names: list[str], weights: dict[str, floa
         ranks = np.empty_like(p)
         order = np.argsort(-p, axis=0, kind="stable")
         np.put_along_axis(ranks, order, np.arange(p.shape[0], dtype=np.float64)[:, None].repeat(p.shape[1], 1), 0)
-        out = (w / (ranks + RANK_BETA)).sum(axis=1)
+        return fuse_ranks(ranks, task_names, weights)
     else:
         raise ValueError(f"fusion form must be one of {', '.join(FORMS)}, got {form!r}")
     return out.astype(np.float32)
