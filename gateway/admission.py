@@ -65,16 +65,19 @@ class Admission:
         self.refused = 0
         self._rng = rng or random.Random()
         self._done: collections.deque[tuple[float, bool]] = collections.deque()  # (when, answered in time)
-        self._offered: collections.deque[float] = collections.deque()
+        # refusals in the window: with the answered ones, the offered requests whose outcome is known. Requests
+        # still in flight are left out: counting them as offered made slow-but-in-time traffic (a snapshot
+        # switch under load) look like timeouts and shed requests although no stage ran out of time
+        self._refused_at: collections.deque[float] = collections.deque()
         self._in_time = 0
 
     def _trim(self, now: float) -> None:
         horizon = now - self.config.window_s
-        done, offered = self._done, self._offered
+        done, refused = self._done, self._refused_at
         while done and done[0][0] < horizon:
             self._in_time -= done.popleft()[1]
-        while offered and offered[0] < horizon:
-            offered.popleft()
+        while refused and refused[0] < horizon:
+            refused.popleft()
 
     def expected_s(self, now: float) -> float | None:
         """Seconds requests take to answer now, by Little's law (None while there is no estimate)."""
@@ -89,7 +92,7 @@ class Admission:
         cfg = self.config
         if len(self._done) < cfg.min_samples:
             return 0.0
-        n = len(self._offered)
+        n = len(self._done) + len(self._refused_at)
         return min(cfg.max_shed_probability, max(0.0, (n - cfg.throttle_k * self._in_time) / (n + 1)))
 
     def admit(self, now: float, deadline_s: float) -> str | None:
@@ -98,7 +101,6 @@ class Admission:
         if not cfg.enabled:
             self.in_flight += 1
             return None
-        self._offered.append(now)
         reason = None
         if self.in_flight >= cfg.max_in_flight:
             reason = f"{self.in_flight} requests in progress (admission.max_in_flight = {cfg.max_in_flight})"
@@ -112,6 +114,7 @@ class Admission:
                 reason = f"stages are running out of time; shedding {p:.0%} of requests"
         if reason is not None:
             self.refused += 1
+            self._refused_at.append(now)
             return reason
         self.in_flight += 1
         return None

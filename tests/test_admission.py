@@ -67,6 +67,18 @@ def test_stage_down_is_no_reason_to_shed():
     assert adm.shed_probability(0.5) == 0.0
 
 
+def test_slow_requests_still_in_flight_are_no_reason_to_shed():
+    """Requests that take long but are answered in time (a snapshot switch under load) count once answered,
+    not as offered-and-missing while they are in flight."""
+    adm = Admission(AdmissionConfig(min_in_flight=0, min_samples=4, shed_fraction=1.0, max_in_flight=10_000),
+                    random.Random(0))
+    for i in range(40):          # 40 req/s, each answered in time 0.5 s after it arrived
+        assert adm.admit(i * 0.025, 100.0) is None
+        if i >= 20:
+            adm.release(i * 0.025, timed_out=False)
+    assert adm.in_flight == 20 and adm.shed_probability(1.0) == 0.0
+
+
 @pytest.mark.parametrize("override, key", [("admission.max_in_flight=0", "admission.max_in_flight"),
                                            ("admission.shed_fraction=1.5", "admission.shed_fraction"),
                                            ("admission.throttle_k=0.5", "admission.throttle_k")])
