@@ -10,8 +10,8 @@ in O(1), from what the gateway already knows, and a refused request gets RESOURC
   joining queues where it would be answered late;
 * adaptive throttling on timed-out stages (the server-side form of the client throttling in Google's
   SRE book, ch. 21): over the window, with ``n`` requests offered and resolved (answered or refused; not
-  those still in flight) and ``t`` answered without any stage running out of time, a request is refused with probability
-  ``max(0, (n - throttle_k × t) / (n + 1))``, at most ``max_shed_probability``. Under overload the stages
+  those still in flight) and ``t`` answered without any stage running out of time, a request is refused
+  with probability ``max(0, (n - throttle_k × t) / (n + 1))``, at most ``max_shed_probability``. Under overload the stages
   queue, their budgets run out and replies degrade; refusing the excess lets the rest through whole.
   A stage that is down (UNAVAILABLE) is not a timeout and sheds nothing: its fallback is cheap;
 * none of these refuse while fewer than ``min_in_flight`` requests are in progress (a lone slow
