@@ -75,7 +75,7 @@ class ExportConfig:
     k: int = 10
     rerank_lambdas: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8, 0.7])
     rerank_max_cost: float = 0.02
-    recall_fit_users: int = 400            # recall merge weights fitted on this many validation users (0: keep
+    recall_fit_users: int = 2000           # recall merge weights fitted on this many validation users (0: keep
                                            # recall_server's configured weights); export.recall_fit
     make_current: bool = True
     threads: int = 2

@@ -155,13 +155,20 @@ def merge_quota(
         raise ValueError(f"offsets must have len(quotas) + 1 = {n_channels + 1} elements, "
                          f"got {offsets.shape[0]}")
     check_offsets("offsets", offsets, ids.shape[0])
-    if n_channels and int(quotas.min()) < 0:
-        raise ValueError(f"quotas must be >= 0, got {int(quotas.min())}")
     expected = np.repeat(np.arange(n_channels, dtype=np.int32), np.diff(offsets))
     if not np.array_equal(channel, expected):
         raise ValueError("channel must equal c on offsets[c]:offsets[c+1] for every channel c")
     check_finite("scores", scores)
     check_sorted_desc_segments("scores", scores, offsets)
+    weights, rrf_k = _check_merge_params(quotas, weights, fusion, rrf_k)
+    return _merge_quota(ids, offsets, quotas, exclude, n, weights, fusion == "rrf", rrf_k)
+
+
+def _check_merge_params(quotas: np.ndarray, weights, fusion: str, rrf_k) -> tuple[np.ndarray, float]:
+    """Check the merge parameters every request shares; ``(float64 weights, rrf_k)`` for the kernel."""
+    n_channels = quotas.shape[0]
+    if n_channels and int(quotas.min()) < 0:
+        raise ValueError(f"quotas must be >= 0, got {int(quotas.min())}")
     if weights is None:
         weights = np.ones(n_channels, np.float32)
     weights = check_array("weights", weights, np.float32)
@@ -175,5 +182,71 @@ def merge_quota(
     rrf_k = check_real("rrf_k", rrf_k, minimum=0.0)
     if fusion == "rrf" and rrf_k <= 0:
         raise ValueError(f"rrf_k must be > 0, got {rrf_k}")
-    return _merge_quota(ids, offsets, quotas, exclude, n, weights.astype(np.float64), fusion == "rrf",
-                        float(rrf_k))
+    return weights.astype(np.float64), float(rrf_k)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _merge_quota_rows(ids, offsets, quotas, exclude, exclude_ptr, n, weights, rrf, rrf_k):
+    n_rows = offsets.shape[0]
+    out = np.full((n_rows, n), -1, np.int32)
+    for r in numba.prange(n_rows):
+        start = offsets[r, 0]
+        got, _, _ = _merge_quota(ids[start:offsets[r, -1]], offsets[r] - start, quotas,
+                                 exclude[exclude_ptr[r]:exclude_ptr[r + 1]], n, weights, rrf, rrf_k)
+        out[r, :got.shape[0]] = got
+    return out
+
+
+def merge_quota_rows(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    offsets: np.ndarray,
+    quotas: np.ndarray,
+    exclude: np.ndarray,
+    exclude_ptr: np.ndarray,
+    n: int,
+    weights: np.ndarray | None = None,
+    fusion: str = "max",
+    rrf_k: float = 30.0,
+) -> np.ndarray:
+    """:func:`merge_quota` of many requests in one call: the merged ids only, ``int32[rows, n]``, -1 padded.
+
+    Offline fitting scores one (quotas, weights) point over thousands of requests (``export.recall_fit``);
+    one call validates the inputs once and merges the rows in parallel, where a call per row would spend
+    most of its time in Python and in re-checking the same lists.
+
+    Args:
+        ids: int32[T] every row's channel lists, rows one after another.
+        scores: float32[T] their channel scores (non-increasing within each channel; checked only).
+        offsets: int64[rows, C+1] absolute channel boundaries of each row: row r's channel c is
+            ``ids[offsets[r, c]:offsets[r, c+1]]``; ``offsets[0, 0] == 0``, ``offsets[r, C] ==
+            offsets[r+1, 0]`` and ``offsets[-1, C] == T``.
+        quotas, weights, n, fusion, rrf_k: as :func:`merge_quota`, shared by every row.
+        exclude: int32[E] every row's excluded ids, rows one after another.
+        exclude_ptr: int64[rows+1] row r's excluded ids are ``exclude[exclude_ptr[r]:exclude_ptr[r+1]]``.
+    """
+    ids = check_array("ids", ids, np.int32)
+    scores = check_array("scores", scores, np.float32)
+    offsets = check_array("offsets", offsets, np.int64, ndim=2)
+    quotas = check_array("quotas", quotas, np.int32)
+    exclude = check_array("exclude", exclude, np.int32)
+    exclude_ptr = check_array("exclude_ptr", exclude_ptr, np.int64)
+    n = check_int("n", n, minimum=0)
+    check_same_length("scores", scores, "ids", ids)
+    rows, width = offsets.shape
+    if width != quotas.shape[0] + 1:
+        raise ValueError(f"offsets must have len(quotas) + 1 = {quotas.shape[0] + 1} columns, got {width}")
+    if quotas.shape[0] > MAX_CHANNELS:
+        raise ValueError(f"quotas: at most {MAX_CHANNELS} channels fit the uint32 mask, got {quotas.shape[0]}")
+    if rows > 1 and not np.array_equal(offsets[1:, 0], offsets[:-1, -1]):
+        raise ValueError("offsets: each row must start where the previous one ends (offsets[r+1, 0] == "
+                         "offsets[r, -1])")
+    flat = np.concatenate([offsets[:, :-1].ravel(), offsets[-1:, -1]]) if rows else np.zeros(1, np.int64)
+    check_offsets("offsets", flat, ids.shape[0])
+    check_offsets("exclude_ptr", exclude_ptr, exclude.shape[0])
+    if exclude_ptr.shape[0] != rows + 1:
+        raise ValueError(f"exclude_ptr must have rows + 1 = {rows + 1} elements, got {exclude_ptr.shape[0]}")
+    check_finite("scores", scores)
+    check_sorted_desc_segments("scores", scores, flat)
+    weights, rrf_k = _check_merge_params(quotas, weights, fusion, rrf_k)
+    return _merge_quota_rows(ids, offsets, quotas, exclude, exclude_ptr, n, weights, fusion == "rrf", rrf_k)

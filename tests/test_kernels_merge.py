@@ -119,3 +119,37 @@ def test_merge_validation():
         merge_quota(ids, scores, channel, offsets, quotas, e, 5, None, "sum")
     with pytest.raises(ValueError, match="^rrf_k"):
         merge_quota(ids, scores, channel, offsets, quotas, e, 5, None, "rrf", 0.0)
+
+
+@pytest.mark.parametrize("fusion", ["max", "rrf"])
+def test_merge_rows_equals_one_call_per_row(fusion):
+    """merge_quota_rows: each row's ids are merge_quota's on that row alone (a -1 padded row)."""
+    from kernels.merge import merge_quota_rows
+    rng = np.random.default_rng(7)
+    n_channels, n = 4, 25
+    quotas = np.array([10, 0, 30, 5], np.int32)
+    weights = np.array([1.0, 0.5, 0.25, 2.0], np.float32)
+    rows, excl, want = [], [], []
+    for _ in range(9):
+        lists = [rng.choice(80, int(rng.integers(0, 40)), replace=False) for _ in range(n_channels)]
+        exclude = rng.integers(0, 80, int(rng.integers(0, 8))).astype(np.int32)
+        ids, scores, channel, offsets = channels(lists)
+        got = merge_quota(ids, scores, channel, offsets, quotas, exclude, n, weights, fusion, 7.0)[0]
+        want.append(np.r_[got, np.full(n - got.size, -1)])
+        rows.append((ids, scores, offsets))
+        excl.append(exclude)
+    starts = np.cumsum([0] + [r[0].size for r in rows])
+    flat_offsets = np.stack([r[2] + s for r, s in zip(rows, starts)])
+    exclude_ptr = np.cumsum([0] + [e.size for e in excl]).astype(np.int64)
+    got = merge_quota_rows(np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
+                           flat_offsets, quotas, np.concatenate(excl), exclude_ptr, n, weights, fusion, 7.0)
+    assert got.dtype == np.int32 and got.shape == (9, n)
+    np.testing.assert_array_equal(got, np.stack(want))
+    with pytest.raises(ValueError, match="previous one ends"):
+        bad = flat_offsets.copy()
+        bad[1:, 0] += 1
+        merge_quota_rows(np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]), bad,
+                         quotas, np.concatenate(excl), exclude_ptr, n, weights, fusion, 7.0)
+    with pytest.raises(ValueError, match="exclude_ptr"):
+        merge_quota_rows(np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
+                         flat_offsets, quotas, np.concatenate(excl), exclude_ptr[:-1], n, weights, fusion, 7.0)
