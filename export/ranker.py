@@ -195,8 +195,11 @@ def curve_family(schema: RankSchema, cfg: MMoEConfig, train: tuple, dense: np.nd
                  ) -> tuple[object, dict, dict]:
     """Train ``cfg`` with ``seeds`` seeds (``cfg.seed``, ``cfg.seed + 1``, ...), each scored on ``valid`` after
     every epoch; returns the first seed's model at the epoch :func:`choose_epochs` picks from the
-    seed-averaged per-user scores, its log and the choice (with every seed's curve)."""
+    seed-averaged per-user scores, its log and the choice (with every seed's curve). A one-epoch ``cfg``
+    trains one seed."""
     per_seed, first, first_log = [], [], None
+    if cfg.epochs <= 1:
+        seeds = 1   # one epoch leaves nothing to choose: more seeds would repeat the training for no decision
     for s in range(seeds):
         _, mlog, curve, per_epoch = train_with_curve(schema, dataclasses.replace(cfg, seed=cfg.seed + s), train,
                                                      dense, valid, teacher, distill, keep=(s == 0))

@@ -13,8 +13,10 @@ other; capped, its worst cut-off held at 0.987 and the average rose).
 
 Search: coordinate ascent from the configured values. For each channel in turn its weight is multiplied by
 each of :data:`WEIGHT_STEPS`, then its quota set to each of half, double (at most ``n``) and 0 (off; an off
-channel tries :data:`QUOTA_RESTART`); a change is kept when it raises the objective; at most ``rounds``
-passes, stopping after one that changed nothing.
+channel tries :data:`QUOTA_RESTART`); a change is kept when it raises the objective and the merged lists
+fill at least as many of the ``n`` slots as the configured merge does (quotas that overlap can leave a
+small catalogue's list short, and recall@K does not always see it); at most ``rounds`` passes, stopping
+after one that changed nothing.
 
 Each validation user's channel lists are computed once, through the channel modules of the serving code at
 quota ``n`` (a channel's top-q is a prefix of its top-n), and every point is scored by the serving merge
@@ -30,6 +32,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from common.snapshot import Snapshot
@@ -99,31 +102,51 @@ def merged_predictions(lists: ChannelLists, channels: list[str], quotas: dict[st
                             config.fusion, config.rrf_k).astype(np.int64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _hits_at(pred, indptr, items, ks):
+    """[users, len(ks)]: how many of each row's first ks[j] ids are in its truth (a short sorted row)."""
+    out = np.zeros((pred.shape[0], ks.shape[0]), np.int64)
+    for u in range(pred.shape[0]):
+        truth = items[indptr[u]:indptr[u + 1]]
+        found, j = 0, 0
+        for r in range(pred.shape[1]):
+            while j < ks.shape[0] and ks[j] <= r:
+                out[u, j] = found
+                j += 1
+            if j == ks.shape[0]:
+                break
+            x = pred[u, r]
+            if x >= 0 and truth.shape[0]:
+                t = np.searchsorted(truth, x)
+                if t < truth.shape[0] and truth[t] == x:
+                    found += 1
+        while j < ks.shape[0]:
+            out[u, j] = found
+            j += 1
+    return out
+
+
 class TruthHits:
     """recall@K of merged lists at several K, fast enough to score hundreds of search points.
 
     Same value as ``export.metrics.recall_at_k`` for lists without repeated ids (a merge never repeats
-    one): the truth is encoded once as sorted ``user * width + item`` keys, and each list's hits are a
-    binary search of its keys, with no sort of the lists."""
+    one; the test checks the two agree): each user's truth is deduplicated and sorted once, and a list's
+    hits are binary searches in its own user's few truth items, with no sort of the lists."""
 
     def __init__(self, indptr: np.ndarray, items: np.ndarray, ks: list[int]):
-        users = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
-        self.width = int(items.max(initial=-1)) + 2
-        self.keys = np.unique(users * self.width + items.astype(np.int64))
-        self.n_truth = np.bincount(self.keys // self.width, minlength=indptr.shape[0] - 1)
+        rows = [np.unique(items[indptr[u]:indptr[u + 1]]) for u in range(indptr.shape[0] - 1)]
+        self.n_truth = np.asarray([r.size for r in rows], np.int64)
+        self.indptr = np.r_[0, np.cumsum(self.n_truth)].astype(np.int64)
+        self.items = np.concatenate(rows + [np.zeros(0, np.int64)]).astype(np.int64)
         self.has = self.n_truth > 0
         self.ks = list(ks)
 
     def __call__(self, pred: np.ndarray) -> dict[int, float]:
         if not self.has.any():
             return {k: float("nan") for k in self.ks}
-        top = pred[:, :max(self.ks)]
-        # an id past every truth item maps to width - 1, which no truth key holds
-        keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * self.width + np.minimum(top, self.width - 1)
-        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
-        cum = np.cumsum((top >= 0) & (self.keys[at] == keys), axis=1)
-        return {k: float((cum[self.has, min(k, top.shape[1]) - 1] / self.n_truth[self.has]).mean())
-                for k in self.ks}
+        hits = _hits_at(np.ascontiguousarray(pred, np.int64), self.indptr, self.items,
+                        np.asarray(self.ks, np.int64))
+        return {k: float((hits[self.has, j] / self.n_truth[self.has]).mean()) for j, k in enumerate(self.ks)}
 
 
 def search_merge(lists: ChannelLists, truth: tuple[np.ndarray, np.ndarray], config: RecallConfig, n: int,
@@ -137,20 +160,29 @@ def search_merge(lists: ChannelLists, truth: tuple[np.ndarray, np.ndarray], conf
     alone = {c: recalls(merged_predictions(lists, channels, {c: n}, {c: 1.0}, n, config)) for c in channels}
     best = {k: max(alone[c][k] for c in channels) for k in ks}
 
+    seen: dict[tuple, tuple[tuple[float, float], dict]] = {}
+
     def score(quotas: dict[str, int], weights: dict[str, float]) -> tuple[tuple[float, float], dict]:
-        r = recalls(merged_predictions(lists, channels, quotas, weights, n, config))
-        ratio = [r[k] / best[k] if best[k] > 0 else 1.0 for k in ks]
-        return (round(min(min(ratio), TARGET_RATIO), 4), round(float(np.mean(ratio)), 4)), r
+        # an off channel's weight changes nothing: points differing only there are one point
+        key = tuple((quotas[c], weights[c] if quotas[c] else 0.0) for c in channels)
+        if key not in seen:
+            pred = merged_predictions(lists, channels, quotas, weights, n, config)
+            r = recalls(pred)
+            r["filled"] = float((pred >= 0).sum()) / pred.size if pred.size else 1.0
+            ratio = [r[k] / best[k] if best[k] > 0 else 1.0 for k in ks]
+            seen[key] = (round(min(min(ratio), TARGET_RATIO), 4), round(float(np.mean(ratio)), 4)), r
+        return seen[key]
 
     def row(quotas, weights, value, r) -> dict:
         return {"weights": {c: round(weights.get(c, 1.0), 6) for c in channels},
                 "quotas": {c: int(quotas.get(c, 0)) for c in channels},
                 "min_ratio": value[0], "mean_ratio": value[1],
-                **{f"recall@{k}": round(r[k], 4) for k in ks}}
+                "filled": round(r["filled"], 4), **{f"recall@{k}": round(r[k], 4) for k in ks}}
 
     weights = {c: float(config.weights.get(c, 1.0)) for c in channels}
     quotas = {c: int(config.quotas.get(c, 0)) for c in channels}
     value, r = score(quotas, weights)
+    filled = r["filled"]   # share of the n slots the configured merge fills; no step may leave more empty
     curve = [row(quotas, weights, value, r)]
     for _ in range(rounds):
         accepted = len(curve)
@@ -166,7 +198,7 @@ def search_merge(lists: ChannelLists, truth: tuple[np.ndarray, np.ndarray], conf
                 if sum(trial_q.values()) < n and sum(quotas.values()) >= n:
                     continue   # the merged list must still be able to fill n
                 got, r = score(trial_q, trial_w)
-                if got > value:
+                if got > value and r["filled"] >= filled:   # a shorter candidate list is not a better one
                     weights, quotas, value = trial_w, trial_q, got
                     curve.append(row(quotas, weights, value, r))
         if len(curve) == accepted:

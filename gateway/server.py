@@ -300,7 +300,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                                       include_exposed=getattr(request, "include_exposed", False))  # v2 only
             timed_out = bool(result.timed_out)
         finally:
-            self.admission.release(time.monotonic(), timed_out)
+            done = time.monotonic()
+            self.admission.release(done, timed_out, done - start + lag)
         if result.snapshot is not state.snapshot:
             state = self.reloader.get(result.snapshot.version) or GatewayState(
                 result.snapshot, state.popular, result.snapshot.features.array("item_titles"),

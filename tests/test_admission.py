@@ -31,12 +31,24 @@ def test_in_flight_cap_refuses_at_once():
 def test_littles_law_sheds_when_requests_take_most_of_the_deadline():
     adm = Admission(AdmissionConfig(min_in_flight=2, min_samples=4, window_s=1.0, throttle_k=1000.0,
                                     max_shed_probability=0.0))
-    for i in range(10):  # 10 completions in the last second: 10 req/s served
+    for i in range(10):  # 10 completions in the last second: 10 req/s served, each took 200 ms
         adm.admit(i * 0.1, 0.05)
-        adm.release(i * 0.1 + 0.001)
+        adm.release(i * 0.1 + 0.001, took_s=0.2)
     assert adm.admit(1.0, 0.05) is None and adm.admit(1.0, 0.05) is None  # 1 then 2 in flight: under min
-    reason = adm.admit(1.0, 0.05)  # 2 in flight / 10 per s = 200 ms > 0.5 × 50 ms
+    reason = adm.admit(1.0, 0.05)  # 2 in flight / 10 per s = 200 ms > 0.5 × 50 ms, and requests took ~200 ms
     assert reason is not None and "over 0.5 of the 50 ms deadline" in reason
+
+
+def test_a_momentary_queue_of_fast_requests_at_low_load_is_admitted():
+    """Little's law divides by the completion rate, which at low load is the arrival rate: three in flight
+    at 10 req/s reads as 300 ms. Requests that measurably take 1 ms are not refused for it."""
+    adm = Admission(AdmissionConfig(min_in_flight=2, min_samples=4, window_s=1.0, throttle_k=1000.0,
+                                    max_shed_probability=0.0))
+    for i in range(10):
+        adm.admit(i * 0.1, 0.05)
+        adm.release(i * 0.1 + 0.001, took_s=0.001)
+    assert [adm.admit(1.0, 0.05) for _ in range(5)] == [None] * 5
+    assert adm.expected_s(1.0) == pytest.approx(0.001, rel=0.5)
 
 
 def test_throttle_refuses_in_proportion_to_timed_out_replies():
