@@ -7,7 +7,7 @@ from common.server import ServerOptions
 from feedback.config import FeedbackConfig
 
 
-RANK_ORDERS = ("auto", "model", "prerank")
+RANK_ORDERS = ("auto", "model", "prerank", "recall")
 
 
 @dataclass
@@ -36,8 +36,9 @@ class RankConfig:
     fusion_form: str = "auto"
     fusion: dict[str, float] = field(default_factory=dict)
     # what orders the candidates that pre-rank keeps: "model" (the ranker), "prerank" (the pre-rank's own fused
-    # scores; the ranker is not run), or "auto": the manifest's rank_order, which export sets to "prerank" only
-    # where the ranker ordered worse than the pre-rank on validation (export.ranker.choose_rank_order)
+    # scores; the ranker is not run), "recall" (recall's own order, its first prerank_keep candidates scored by
+    # recall's merged score; task outputs from the pre-rank), or "auto": the manifest's rank_order, which export
+    # sets to the best of the three on validation, the later stage on ties (export.ranker.choose_rank_order)
     order: str = "auto"
     # the real-time state (feedback.realtime): the candidate features read the history with the user's
     # clicks since the snapshot; feedback.path "" is off. Must name the gateway's feedback.path

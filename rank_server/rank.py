@@ -9,7 +9,7 @@ from common.candidate_features import CandidateTables, candidate_features, chann
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot, SnapshotError
 from feedback.realtime import Realtime, SnapshotKeys, history_codes
-from rank_server.config import RankConfig
+from rank_server.config import RANK_ORDERS, RankConfig
 from rank_server.features import ItemFeatures, rank_inputs
 from rank_server.fusion import DEFAULT_WEIGHTS, fuse
 from rank_server.model import RankModel
@@ -100,6 +100,9 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
         if tables.names != schema.dense_names:
             raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
                                 f"this build's candidate features {tables.names}; re-run export")
+    if rank_order(snapshot, config) not in RANK_ORDERS[1:]:
+        raise SnapshotError(f"{snapshot.path}: manifest rank_order {rank_order(snapshot, config)!r} is none of "
+                            f"{', '.join(RANK_ORDERS[1:])}; re-run export, or set order in the rank config")
     if rank_order(snapshot, config) == "prerank" and (prerank is None or prerank.task_names != model.task_names):
         raise SnapshotError(f"{snapshot.path}: rank order 'prerank' needs a pre-rank model with the ranker's tasks "
                             f"({', '.join(model.task_names)}); set prerank_model, or order=model")
@@ -118,10 +121,25 @@ def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, fl
 
 
 def rank_order(snapshot: Snapshot, config: RankConfig) -> str:
-    """"model" or "prerank": the config's choice where set, else the export's (manifest ``rank_order``)."""
+    """"model", "prerank" or "recall": the config's choice where set, else the export's (manifest
+    ``rank_order``)."""
     if config.order != "auto":
         return config.order
     return snapshot.manifest.get("rank_order", "model")
+
+
+def _first_of_recall(recall: RecallInfo | None, known: np.ndarray, keep: int) -> tuple[RecallInfo | None, int]:
+    """Recall's arrays for the first ``keep`` known candidates (the "recall" order serves those), and how
+    many known candidates that leaves out."""
+    n_known = int(known.sum())
+    cut = max(0, n_known - keep)
+    if recall is None:
+        return None, cut
+
+    def first(a):
+        return None if a is None else np.asarray(a)[known][:keep]
+
+    return RecallInfo(first(recall.channel_masks), recall.channel_names, first(recall.scores)), cut
 
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
@@ -140,12 +158,18 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
                           int(item_idx.size))
     form, weights = fusion_of(state.snapshot, config)
     weights = {**weights, **(fusion or {})}
+    order = rank_order(state.snapshot, config)
+    recall_cut = 0
+    if order == "recall":   # recall's own order: only the candidates served need features and task outputs
+        recall, recall_cut = _first_of_recall(recall, known, config.prerank_keep)
+        kept = kept[:config.prerank_keep]
+        known = None   # the recall arrays above are aligned with kept already
     user = state.snapshot.features.user(user_id)
     sparse, bag = rank_inputs(state.schema, state.items, user, state.n_user_fields, kept, timestamp)
     dense = None
     if state.tables is not None:
         recall = recall or RecallInfo()
-        aligned = known.all()  # recall arrays follow the request; drop the unknown ids' rows with them
+        aligned = known is None or known.all()  # recall arrays follow the request; drop unknown ids' rows too
         masks = recall.channel_masks if recall.channel_masks is None or aligned else recall.channel_masks[known]
         scores = recall.scores if recall.scores is None or aligned else recall.scores[known]
         hist = user.hist if user is not None else np.empty(0, np.int32)
@@ -155,7 +179,14 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
             hist = history_codes(hist, view, int(state.snapshot.schema["history_len"]))
             n_seen += int(view.recent_dense.size)
         dense = candidate_features(state.tables, hist, n_seen, kept, masks, recall.channel_names, scores)
-    if rank_order(state.snapshot, config) == "prerank":   # load_state checked the pre-rank has the tasks
+    if order == "recall":
+        # task outputs from the pre-rank where it has the ranker's tasks (cheaper), else from the ranker
+        model = state.prerank if state.prerank is not None and state.prerank.task_names == tasks else state.model
+        p = model.predict(sparse, bag, dense)
+        fused = (np.asarray(recall.scores, np.float32) if recall is not None and recall.scores is not None
+                 else 1.0 / (1.0 + np.arange(kept.size, dtype=np.float32)))
+        return RankResult(kept, fused, p, tasks, int(item_idx.size - kept.size - recall_cut), recall_cut)
+    if order == "prerank":   # load_state checked the pre-rank has the tasks
         p = state.prerank.predict(sparse, bag, dense)
         pre_all = fuse(p, state.prerank.task_names, weights, form)
         top = prerank_top(pre_all, config.prerank_keep) if kept.size > config.prerank_keep else np.arange(kept.size)

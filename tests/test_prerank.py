@@ -216,6 +216,43 @@ def test_export_serves_the_ranker_only_where_it_beats_the_prerank_order():
     rows = {"rank": {"ndcg@10": 0.0467}, "prerank": {"ndcg@10": 0.0542}}
     assert choose_rank_order(rows)["order"] == "prerank"
     assert choose_rank_order(rows, gate=False)["order"] == "model"
+    # recall's own order where both models order worse (the 10^6 export's validation rows), later stage on ties
+    rows = {"recall": {"ndcg@10": 0.0548}, "prerank": {"ndcg@10": 0.0511}, "rank": {"ndcg@10": 0.0511}}
+    got = choose_rank_order(rows)
+    assert got["order"] == "recall" and got["validation_ndcg@10"] == {"rank": 0.0511, "prerank": 0.0511,
+                                                                     "recall": 0.0548}
+    rows["recall"]["ndcg@10"] = 0.0511
+    assert choose_rank_order(rows)["order"] == "model"
+
+
+def test_rank_order_recall_serves_recall_order_without_the_ranker(ds, teacher, prerank, tmp_path):
+    """order "recall": recall's first prerank_keep known candidates in recall's order, scored by recall's
+    merged score (by position without one), task outputs from the pre-rank; the ranker is not run."""
+    from rank_server.features import rank_inputs
+    from rank_server.rank import RankState, RecallInfo, rank
+
+    s, items, pre = _ranker_and_prerank(ds, teacher, prerank, tmp_path)
+
+    class _NeverRun(RankModel):
+        def predict(self, *args):
+            raise AssertionError("the ranker ran although the order is recall's")
+
+    cand = np.arange(0, 40, dtype=np.int32)[::-1].copy()
+    cand[3] = 10 ** 8                                     # an unknown id: dropped, its recall score with it
+    scores = np.linspace(1.0, 0.1, 40, dtype=np.float32)
+    known = np.r_[np.arange(3), np.arange(4, 40)]
+    sp, bg = rank_inputs(s, items, None, 2, cand[known][:10], 10**9)
+    for manifest, cfg in (({}, RankConfig(prerank_keep=10, order="recall")),
+                          ({"rank_order": "recall"}, RankConfig(prerank_keep=10))):
+        snap = type("S", (), {"features": _NoUsers(), "manifest": manifest})()
+        state = RankState(snap, s, items, _NeverRun(tmp_path / "rank.onnx", s, TASKS, 1), 2, pre)
+        res = rank(state, cfg, "", cand, 10**9, RecallInfo(scores=scores))
+        assert np.array_equal(res.item_idx, cand[known][:10])
+        assert (res.dropped_unknown, res.prerank_dropped) == (1, 29)
+        np.testing.assert_array_equal(res.fused, scores[known][:10])
+        np.testing.assert_allclose(res.task_scores, pre.predict(sp, bg), rtol=1e-6)
+    res = rank(state, RankConfig(prerank_keep=10), "", cand, 10**9)   # no recall scores: by position
+    np.testing.assert_allclose(res.fused, 1.0 / (1.0 + np.arange(10)))
 
 
 def test_prerank_top_equals_the_full_sort():
