@@ -232,7 +232,7 @@ def run_export(config: ExportConfig) -> Path:
         order = choose_rank_order(grid["rows"], config.ranker.gate)
         if order["order"] != "model":   # the rerank default is chosen on the lists the gate serves
             add_to_manifest(build_b.path, {"rank_order": order["order"]})
-            order["model_rows"] = {k: grid["rows"][k] for k in ("rank", "full_rank")}
+            order["model_rows"] = {k: grid["rows"][k] for k in ("prerank", "rank", "full_rank")}
             grid = valid_funnel()
         chosen, params = choose_rerank(grid, config.rerank_max_cost)
         rerank_params = {"method": params["method"], "mmr_lambda": params["mmr_lambda"]}
