@@ -61,13 +61,6 @@ class ChannelLists:
     exclude: np.ndarray      # int32[E] every user's excluded ids
     exclude_ptr: np.ndarray  # int64[users + 1]
 
-    def rows(self, lo: int, hi: int) -> "ChannelLists":
-        """Users ``lo:hi`` alone."""
-        a, b = int(self.offsets[lo, 0]) if hi > lo else 0, int(self.offsets[hi - 1, -1]) if hi > lo else 0
-        e0, e1 = int(self.exclude_ptr[lo]), int(self.exclude_ptr[hi])
-        return ChannelLists(self.ids[a:b], self.scores[a:b], self.offsets[lo:hi] - a, self.exclude[e0:e1],
-                            self.exclude_ptr[lo:hi + 1] - e0)
-
 
 def channel_lists(state, config: RecallConfig, user_ids: list[str], n: int) -> ChannelLists:
     """Run each configured channel once per user at quota ``n`` (the serving channel modules)."""

@@ -100,10 +100,11 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
         if tables.names != schema.dense_names:
             raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
                                 f"this build's candidate features {tables.names}; re-run export")
-    if rank_order(snapshot, config) not in RANK_ORDERS[1:]:
-        raise SnapshotError(f"{snapshot.path}: manifest rank_order {rank_order(snapshot, config)!r} is none of "
+    order = rank_order(snapshot, config)
+    if order not in RANK_ORDERS[1:]:
+        raise SnapshotError(f"{snapshot.path}: manifest rank_order {order!r} is none of "
                             f"{', '.join(RANK_ORDERS[1:])}; re-run export, or set order in the rank config")
-    if rank_order(snapshot, config) == "prerank" and (prerank is None or prerank.task_names != model.task_names):
+    if order == "prerank" and (prerank is None or prerank.task_names != model.task_names):
         raise SnapshotError(f"{snapshot.path}: rank order 'prerank' needs a pre-rank model with the ranker's tasks "
                             f"({', '.join(model.task_names)}); set prerank_model, or order=model")
     return RankState(snapshot, schema, ItemFeatures.load(snapshot), model,
