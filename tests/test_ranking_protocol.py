@@ -44,8 +44,11 @@ def test_no_test_row_shapes_the_rankers_training_data(small_synthetic, tmp_path)
     from export.split import make_split
 
     ds = small_synthetic
+    # one HNSW point: the export picks (M, ef) partly on measured latency, so two runs may serve different
+    # indexes; that choice is not what this test is about
     config = load_config(ExportConfig, None, ["two_tower.epochs=1", "recall_n=300", "rank_n=100",
-                                              "rank_replay.neg_per_user=20"])
+                                              "rank_replay.neg_per_user=20", "hnsw.M_grid=[16]",
+                                              "hnsw.ef_grid=[200]", "hnsw.min_count_grid=[]"])
     split = make_split(ds, config.holdout_frac, valid_frac=config.valid_frac)
     assert len(split.test) > 0
     out = []
