@@ -217,14 +217,20 @@ class GrpcServer:
 
     def wait(self) -> None:
         """Block until SIGTERM/SIGINT (then stop gracefully) or until ``stop`` is called."""
+        # The handler only records the signal: it runs on the main thread between two bytecodes, possibly
+        # inside a log write or an Event's lock, and taking that lock again there deadlocks (a recall server
+        # once hung in its exit handlers on a second SIGTERM). The loop below acts on it.
+        received: list[int] = []
+
         def on_signal(signum, _frame):
-            self.log.info("signal_received", signal=signal.Signals(signum).name)
-            threading.Thread(target=self.stop, daemon=True).start()
+            received.append(signum)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        while not self._stopped.wait(0.5):
-            pass
+        while not self._stopped.wait(0.1):
+            if received:
+                self.log.info("signal_received", signal=signal.Signals(received[0]).name)
+                self.stop()
 
 
 def server_arg_parser(description: str):

@@ -399,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(ClusterConfig, args.config, overrides)
         cluster = Cluster(config)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        # the handlers only record the signal (no lock taken inside a signal handler; see GrpcServer.wait)
+        received: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
+        signal.signal(signal.SIGINT, lambda signum, _: received.append(signum))
         cluster.start()
     except (SnapshotError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"cluster: cannot start: {exc}", file=sys.stderr)
@@ -411,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cluster ready: gateway {cluster.gateway_target} ({', '.join(stages)}); logs in {cluster.run_dir}; "
           f"Ctrl-C stops", flush=True)
     try:
-        while not stop.wait(0.5):  # the supervisor thread restarts crashed workers and logs it
-            pass
+        while not received:  # the supervisor thread restarts crashed workers and logs it
+            time.sleep(0.1)
     finally:
         cluster.stop()
     return 0
