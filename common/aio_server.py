@@ -20,6 +20,7 @@ import grpc.aio
 from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from common import heap
 from common.log import Logger
 from common.reflection import enable_reflection
 from common.metrics import AioServerInterceptor, serve_metrics, track_snapshot
@@ -161,6 +162,7 @@ async def _serve(component: str, config, services, port_file: str | None, log: L
         log.error("startup_failed", error=str(exc))
         print(f"{component}: cannot start: {exc}", file=sys.stderr)
         return 2
+    heap.freeze(log)  # the loaded state out of full GC passes (common.heap)
     await server.set_serving(True)
     log.info("serving", services=server.service_names)
     # hot reload (common.reload) runs watcher threads: their version reports hop onto the loop

@@ -33,6 +33,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from common import heap
 from common.log import Logger
 from common.snapshot import CURRENT, MANIFEST, SnapshotError, current_version
 
@@ -147,6 +148,7 @@ class Reloader:
             self.log.info("snapshot_reloaded", version=version, previous=self.version_of(old),
                           ms=round((time.perf_counter() - started) * 1000.0, 1))
             self._report_versions()
+            heap.refreeze(self.log)  # the retired version's cycles collected, the new state frozen
             return True
 
     def _await_ready(self, version: str) -> bool:

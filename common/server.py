@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common.reflection import enable_reflection
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
+from common import heap
 from common.call_pools import CallPools
 from common.deadline_guard import DeadlineGuard
 from common.tls import add_port, check_pair
@@ -316,6 +317,7 @@ def run_server(component: str, config_cls: type, argv: list[str] | None, descrip
         log.error("startup_failed", error=str(exc))
         print(f"{component}: cannot start: {exc}", file=sys.stderr)
         return 2
+    heap.freeze(log)  # the loaded state out of full GC passes (common.heap)
     server.set_serving(True)
     log.info("serving", services=server.service_names)
     # hot reload (common.reload): servicers holding a Reloader watch CURRENT; SIGHUP checks at once
