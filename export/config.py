@@ -50,6 +50,11 @@ class ExportConfig:
     holdout_frac: float = 0.2              # per user, the latest fraction of interactions is the test part
     valid_frac: float = 0.1                # per user, the fraction just before it is the validation part
     itemcf_top_m: int = 100
+    # ItemCF pairs each user's items with each other (time sum_u |I(u)|^2): only a user's latest rows enter.
+    # Chosen on validation (itemcf channel alone, 2,000 users): at 10^6 items cap 200 builds in 12 s instead
+    # of 26 s at equal recall@50/200/1000 (0.042/0.133/0.401 vs 0.043/0.131/0.403); on ML-100K it lifts
+    # recall@50 0.442 -> 0.451. One synthetic user has 15,737 rows: 1.55e9 pair steps uncapped.
+    itemcf_max_user_items: int = 200       # 0: no cap
     swing_top_m: int = 100
     swing_alpha: float = 1.0               # 1 / (alpha + |I(u) & I(v)|)
     swing_user_damping: float = 0.5        # user weight |I(u)| ** -damping
@@ -96,6 +101,8 @@ class ExportConfig:
             raise ValueError(f"holdout_frac must be in (0, 1), got {self.holdout_frac}")
         if self.itemcf_top_m < 1 or self.popular_n < 1:
             raise ValueError("itemcf_top_m and popular_n must be >= 1")
+        if self.itemcf_max_user_items < 0:
+            raise ValueError(f"itemcf_max_user_items must be >= 0 (0: no cap), got {self.itemcf_max_user_items}")
         if self.swing_top_m < 1 or self.segment_popular_n < 1:
             raise ValueError("swing_top_m and segment_popular_n must be >= 1")
         if self.swing_alpha < 0 or self.swing_user_damping < 0 or self.swing_max_users < 0:

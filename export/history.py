@@ -48,6 +48,20 @@ def history_before(inter: Interactions, n_users: int, n: int) -> np.ndarray:
     return out
 
 
+def latest_rows(inter: Interactions, n: int) -> Interactions:
+    """The log restricted to each user's latest ``n`` rows (``n`` = 0: all), in the log's row order."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0 or len(inter) == 0:
+        return inter
+    order = _user_time_order(inter)
+    users = inter.user[order]
+    # position from the end of the user's block: rows with fewer than n later rows of the same user stay
+    block_end = np.searchsorted(users, users, side="right")
+    keep = block_end - np.arange(users.size) <= n
+    return inter.subset(np.sort(order[keep]))
+
+
 def last_n(inter: Interactions, n_users: int, n: int) -> np.ndarray:
     """Each user's final history: codes of the user's last ``n`` items.
 

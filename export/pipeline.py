@@ -9,7 +9,8 @@ The honest protocol (issue 11, DESIGN §7): per user, train | validation (10 %) 
   hyper-parameters; and the validation funnel table, computed with the models trained on the training cut.
 * **Published snapshot**: every artifact from train + validation (histories, seen sets, i2i tables, two-tower
   retrained); the ranker family retrained on both cuts' examples with the chosen epochs
-  (``ranker.retrain_on_validation``).
+  (``ranker.retrain_on_validation``), unless the rank gate serves recall's own order (then no ranker model
+  orders a list and the training cut's family is published as it is).
 * **Test**: read once, at the end, for the report: the funnel table through the serving functions, the
   peers, per-channel recall and the models' AUCs.
 """
@@ -246,7 +247,9 @@ def run_export(config: ExportConfig) -> Path:
         build = build_recall(ds, split.known, dataclasses.replace(
             config, hnsw=dataclasses.replace(config.hnsw, min_count=ann["min_count"])), builder.path,
             lap=lambda s: lap(f"publish_{s}"), hnsw_M=ann["M"])
-        if config.ranker.retrain_on_validation:
+        # under the recall order no ranker model orders the lists (the pre-rank only supplies task outputs):
+        # the retrain on train + validation would cost a minute at 10^6 items for models nobody serves
+        if config.ranker.retrain_on_validation and order["order"] != "recall":
             best_t, best_s = fam["epochs"]["teacher"], fam["epochs"]["student"]
             ex_ab = concat_examples(ex_a, examples(rep_b, rep_b.sample(rr, rr.seed + 1)))
             final = train_family(schema, dataclasses.replace(config.mmoe_teacher, epochs=best_t),

@@ -22,7 +22,7 @@ from common.snapshot import FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.dataset import Dataset, Interactions
 from export.ann_index import ANN_IDS_FILE, build_hnsw, informative_items
-from export.history import last_n
+from export.history import last_n, latest_rows
 from export.recall_tables import (
     blocklist_ids,
     content_table,
@@ -82,8 +82,11 @@ def popular_items(train: Interactions, n_items: int, n: int) -> np.ndarray:
     return np.lexsort((np.arange(n_items), -counts))[:n].astype(np.int32)
 
 
-def itemcf_table(train: Interactions, n_users: int, n_items: int, top_m: int) -> dict[str, np.ndarray]:
-    """ItemCF top-M neighbours (CSR) from the interactions, via the Numba kernel."""
+def itemcf_table(train: Interactions, n_users: int, n_items: int, top_m: int,
+                 max_user_items: int = 0) -> dict[str, np.ndarray]:
+    """ItemCF top-M neighbours (CSR) from the interactions, via the Numba kernel; each user contributes
+    only his latest ``max_user_items`` rows (0: all; see ``ExportConfig.itemcf_max_user_items``)."""
+    train = latest_rows(train, max_user_items)
     u_indptr, u_items, _ = build_csr(train.user.astype(np.int32), train.item.astype(np.int32), n_users)
     i_indptr, i_users, _ = build_csr(train.item.astype(np.int32), train.user.astype(np.int32), n_items)
     indptr, indices, scores = itemcf_topm(u_indptr, u_items, i_indptr, i_users, n_items, top_m)
@@ -171,7 +174,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
         with open(path / name, "wb") as fh:
             np.savez(fh, **arrays)
 
-    npz("i2i_itemcf.npz", itemcf_table(known, ds.n_users, ds.n_items, config.itemcf_top_m))
+    npz("i2i_itemcf.npz", itemcf_table(known, ds.n_users, ds.n_items, config.itemcf_top_m,
+                                                     config.itemcf_max_user_items))
     np.save(path / "popular.npy", popular_items(known, ds.n_items, config.popular_n), allow_pickle=False)
     npz("i2i_swing.npz", swing_table(known, ds.n_users, ds.n_items, config.swing_top_m, config.swing_alpha,
                                      config.swing_user_damping, config.swing_max_users))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from export.dataset import Interactions
-from export.history import history_before, last_n
+from export.history import history_before, last_n, latest_rows
 
 
 def _log(seed: int, n_rows: int, n_users: int, n_items: int, shuffle: bool = False) -> Interactions:
@@ -66,6 +66,22 @@ def test_last_n_matches_reference(n, shuffle):
     assert got.dtype == np.int32 and got.shape == (20, n)
     np.testing.assert_array_equal(got, _ref_last_n(inter, 20, n))
     np.testing.assert_array_equal(got[15:], 0)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 3, 30])
+def test_latest_rows_matches_reference(n, shuffle):
+    inter = _log(seed=200 + n, n_rows=300, n_users=15, n_items=40, shuffle=shuffle)
+    got = latest_rows(inter, n)
+    rows: dict[int, list[int]] = {}
+    for r in _time_order(inter):
+        rows.setdefault(int(inter.user[r]), []).append(r)
+    want = sorted(r for user_rows in rows.values() for r in (user_rows[-n:] if n else user_rows))
+    np.testing.assert_array_equal(got.user, inter.user[want])   # the kept rows, in the log's order
+    np.testing.assert_array_equal(got.item, inter.item[want])
+    np.testing.assert_array_equal(got.timestamp, inter.timestamp[want])
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        latest_rows(inter, -1)
 
 
 def test_small_hand_example():

@@ -166,6 +166,26 @@ def test_transition_table_matches_counting():
     assert stats["count"].tolist() == [1, 2, 2, 2] and stats["recent_count"].tolist() == [1, 0, 2, 2]
 
 
+def test_transition_table_keeps_the_heaviest_then_smaller_ids():
+    rng = np.random.default_rng(5)
+    n_items, top_m = 12, 3
+    user = np.repeat(np.arange(40, dtype=np.int32), 6)
+    inter = Interactions(user=user, item=rng.integers(0, n_items, user.size).astype(np.int32),
+                         rating=np.ones(user.size, np.float32), timestamp=np.tile(np.arange(6, dtype=np.int64), 40))
+    table = transition_table(inter, 40, n_items, top_m=top_m, span=2)
+    weights: dict[tuple[int, int], float] = {}
+    for u in range(40):
+        seq = inter.item[inter.user == u].tolist()
+        for t in range(len(seq)):
+            for d in (1, 2):
+                if t + d < len(seq) and seq[t] != seq[t + d]:
+                    weights[seq[t], seq[t + d]] = weights.get((seq[t], seq[t + d]), 0.0) + 1.0 / d
+    for a in range(n_items):
+        want = sorted(((-w, b) for (x, b), w in weights.items() if x == a))[:top_m]
+        got = table["indices"][table["indptr"][a]:table["indptr"][a + 1]].tolist()
+        assert got == [b for _, b in want], a
+
+
 # ---------------------------------------------------------------- list metrics by hand
 
 def test_ndcg_by_hand():
