@@ -8,6 +8,7 @@ the gateway shedding load). Goodput is good replies per second of offered load.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,9 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
         offset += duration
     chosen = rng.choice(users, len(schedule))
     pending = threading.Semaphore(0)
+    # the load generator's own full GC passes would read as server latency (common.heap explains the cost)
+    gc.collect()
+    gc.freeze()
     target, balancing = stage_target(addr)  # several gateways (a list): round_robin over them
     with grpc.insecure_channel(target, balancing) as channel:
         stub = recommend_grpc.RecommendServiceStub(channel)
