@@ -42,6 +42,8 @@ class RecallState:
     quotas: dict[str, int] = field(default_factory=dict)     # default quotas in force (merge_quotas)
     ann_items: int = 0                                   # items the index holds (manifest ann_index.items)
     hnsw_ef: int = 0                                     # query ef in force (ann_params)
+    # (dense ids, their vectors, contiguous) of a small index, searched exactly (RecallConfig.ann_exact_items)
+    ann_exact: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_items(self) -> int:
@@ -102,6 +104,22 @@ def ann_params(snapshot: Snapshot, config: RecallConfig) -> tuple[int, int]:
     return items, (ef if use_ef else config.hnsw_ef)
 
 
+def exact_index(snapshot: Snapshot, item_emb: np.ndarray, ann_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ANN index's items as ``(dense ids int32, vectors float32 [ids, dim])`` for exact search; the ids
+    from ``ann_items.npy`` (snapshots without it index every item)."""
+    n_items = item_emb.shape[0]
+    if (snapshot.path / "ann_items.npy").is_file():
+        ids = snapshot.load_array("ann_items.npy")
+        if ids.ndim != 1 or ids.size != ann_items or ids.dtype.kind != "i" or (ids.size and (
+                ids.min() < 0 or ids.max() >= n_items)):
+            raise SnapshotError(f"snapshot file {snapshot.path / 'ann_items.npy'} must hold the index's "
+                                f"{ann_items} dense item ids in 0..{n_items - 1}; re-run export")
+    else:
+        ids = np.arange(n_items)
+    ids = ids.astype(np.int32)
+    return ids, np.ascontiguousarray(item_emb[ids], np.float32)
+
+
 def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     """Load the HNSW index, the user tower, the popular list and blocklist, and every configured channel's
     tables (its ``load``) from ``snapshot``."""
@@ -149,6 +167,8 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     if state.item_emb.shape != (n_items, dim):
         raise SnapshotError(f"snapshot file {snapshot.path / 'item_emb.npy'} has shape {state.item_emb.shape}, "
                             f"expected ({n_items}, {dim}); re-run export")
+    if ann_items <= config.ann_exact_items:
+        state.ann_exact = exact_index(snapshot, state.item_emb, ann_items)
     for name in config.channels:
         load = getattr(channel_module(name), "load", None)
         if load is not None:

@@ -242,12 +242,33 @@ def test_ann_search_never_changes_the_shared_index(state, config, users, snapsho
 def test_ann_over_fetch_is_bounded(state, config, users, monkeypatch):
     asked = []
     real = state.index.knn_query
+    monkeypatch.setattr(state, "ann_exact", None)  # the HNSW path (a small index is searched exactly)
     monkeypatch.setattr(state, "index", type("Spy", (), {
         "ef": state.index.ef, "knn_query": lambda self, v, k: asked.append(k) or real(v, k=k)})())
     query, _ = build_query(state, config, users[0], None, [str(i) for i in range(1, 1500)])
     assert query.exclude.size > config.ann_max_overfetch
     channel_module("ann").recall(state, query, 100)
     assert asked == [100 + config.ann_max_overfetch]
+
+
+def test_small_index_is_searched_exactly(state, config, users, monkeypatch):
+    """At most ann_exact_items indexed items: the ANN channel is a brute-force top-k over the index's items
+    (numpy reference here), and HNSW is not asked."""
+    from recall_server.channels import ann
+
+    assert state.ann_exact is not None and state.ann_exact[0].size == state.ann_items <= config.ann_exact_items
+    monkeypatch.setattr(state, "index", type("Refusing", (), {"knn_query": lambda self, v, k: 1 / 0})())
+    ids = np.load(state.snapshot.path / "ann_items.npy")
+    for user_id in users[:5]:
+        query, _ = build_query(state, config, user_id, None, [])
+        got_ids, got_scores = channel_module("ann").recall(state, query, 50)
+        scores = state.item_emb[ids].astype(np.float64) @ ann.user_vector(state, query).astype(np.float64)
+        k = min(50 + min(query.exclude.size, config.ann_max_overfetch), ids.size)
+        want = ids[np.lexsort((ids, -scores))][:k]
+        assert got_ids.size == k
+        np.testing.assert_allclose(got_scores, np.sort(scores)[::-1][:k], rtol=1e-5, atol=1e-5)
+        # the same items up to float ties at the boundary
+        assert np.intersect1d(got_ids, want).size >= k - 2
 
 
 def test_request_quotas_are_capped(config):

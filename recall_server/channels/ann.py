@@ -32,7 +32,8 @@ def user_vector(state, query: RecallQuery) -> np.ndarray:
 
 def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` items by inner product with the user vector, over-fetched by the exclude list's size up to
-    ``state.ann_max_overfetch``. Under a filter (``query.eligible``) only eligible items: scored exactly when
+    ``state.ann_max_overfetch``; from HNSW, or exactly over the index's items when it is small
+    (``state.ann_exact``, ``RecallConfig.ann_exact_items``). Under a filter (``query.eligible``) only eligible items: scored exactly when
     at most ``state.ann_exact_max`` are eligible, else over-fetched from HNSW and restricted. The shared index
     is never changed here: hnswlib searches with max(ef, k), and knn_query runs without the GIL, so a
     per-request set_ef would race with other searches."""
@@ -44,6 +45,9 @@ def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     eligible = query.eligible
     if eligible is not None and eligible.count <= state.ann_exact_max:
         return exact_top(eligible.item_vectors(state.item_emb), eligible.ids, vector, k)
+    if eligible is None and state.ann_exact is not None:  # a small index: exact is cheaper than HNSW here
+        ids, vectors = state.ann_exact
+        return exact_top(vectors, ids, vector, k)
     fetch = min(state.ann_items or state.n_items, fetch_size(k, eligible, state.filter_overfetch, state.n_items))
     try:
         labels, distances = state.index.knn_query(vector.reshape(1, -1), k=fetch)
