@@ -35,6 +35,7 @@ from common.feature_store import FeatureStore
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+ANN_IDS_FILE = "ann_items.npy"   # dense ids held by items.hnsw (its labels), ascending
 FORMAT_VERSION = 1
 
 

@@ -23,8 +23,6 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-ANN_IDS_FILE = "ann_items.npy"   # dense ids held by items.hnsw (its labels), ascending
-
 
 def informative_items(train_counts: np.ndarray, min_count: int) -> np.ndarray:
     """Dense ids (int32, ascending) of the items with at least ``min_count`` rows in the two-tower's training

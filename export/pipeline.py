@@ -31,7 +31,7 @@ from common.candidate_features import dense_names
 from common.config import as_dict
 from common.log import get_logger
 from common.rank_features import RankSchema
-from common.snapshot import Snapshot, SnapshotBuilder
+from common.snapshot import ANN_IDS_FILE, Snapshot, SnapshotBuilder
 from export.config import ExportConfig
 from export.dataset import Dataset, Interactions
 from export.datasets import load_atomic, load_movielens_100k
@@ -56,7 +56,7 @@ from export.ranker import (
     task_probs,
     train_family,
 )
-from export.ann_index import ANN_IDS_FILE, exact_topk, load_hnsw, search_profile, select_on_validation
+from export.ann_index import exact_topk, load_hnsw, search_profile, select_on_validation
 from export.recall_build import (
     add_to_manifest,
     build_recall,

@@ -18,10 +18,10 @@ import torch
 from common.candidate_features import ITEM_STATS_FILE, NEXT_FILE
 from common.feature_store import pack_user, write_feature_store
 from export.feedback_fold import user_last_ts
-from common.snapshot import FORMAT_VERSION, MANIFEST
+from common.snapshot import ANN_IDS_FILE, FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.dataset import Dataset, Interactions
-from export.ann_index import ANN_IDS_FILE, build_hnsw, informative_items
+from export.ann_index import build_hnsw, informative_items
 from export.history import last_n, latest_rows
 from export.recall_tables import (
     blocklist_ids,
@@ -175,7 +175,7 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
             np.savez(fh, **arrays)
 
     npz("i2i_itemcf.npz", itemcf_table(known, ds.n_users, ds.n_items, config.itemcf_top_m,
-                                                     config.itemcf_max_user_items))
+                                       config.itemcf_max_user_items))
     np.save(path / "popular.npy", popular_items(known, ds.n_items, config.popular_n), allow_pickle=False)
     npz("i2i_swing.npz", swing_table(known, ds.n_users, ds.n_items, config.swing_top_m, config.swing_alpha,
                                      config.swing_user_damping, config.swing_max_users))

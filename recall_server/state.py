@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.item_filter import AttributeTable, load_attribute_table
-from common.snapshot import Snapshot, SnapshotError
+from common.snapshot import ANN_IDS_FILE, Snapshot, SnapshotError
 from feedback.realtime import SnapshotKeys
 from recall_server.channels import channel_module
 from recall_server.config import RecallConfig
@@ -106,13 +106,13 @@ def ann_params(snapshot: Snapshot, config: RecallConfig) -> tuple[int, int]:
 
 def exact_index(snapshot: Snapshot, item_emb: np.ndarray, ann_items: int) -> tuple[np.ndarray, np.ndarray]:
     """The ANN index's items as ``(dense ids int32, vectors float32 [ids, dim])`` for exact search; the ids
-    from ``ann_items.npy`` (snapshots without it index every item)."""
+    from ``ANN_IDS_FILE`` (snapshots without it index every item)."""
     n_items = item_emb.shape[0]
-    if (snapshot.path / "ann_items.npy").is_file():
-        ids = snapshot.load_array("ann_items.npy")
+    if (snapshot.path / ANN_IDS_FILE).is_file():
+        ids = snapshot.load_array(ANN_IDS_FILE)
         if ids.ndim != 1 or ids.size != ann_items or ids.dtype.kind != "i" or (ids.size and (
                 ids.min() < 0 or ids.max() >= n_items)):
-            raise SnapshotError(f"snapshot file {snapshot.path / 'ann_items.npy'} must hold the index's "
+            raise SnapshotError(f"snapshot file {snapshot.path / ANN_IDS_FILE} must hold the index's "
                                 f"{ann_items} dense item ids in 0..{n_items - 1}; re-run export")
     else:
         ids = np.arange(n_items)

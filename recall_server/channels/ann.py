@@ -33,8 +33,9 @@ def user_vector(state, query: RecallQuery) -> np.ndarray:
 def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` items by inner product with the user vector, over-fetched by the exclude list's size up to
     ``state.ann_max_overfetch``; from HNSW, or exactly over the index's items when it is small
-    (``state.ann_exact``, ``RecallConfig.ann_exact_items``). Under a filter (``query.eligible``) only eligible items: scored exactly when
-    at most ``state.ann_exact_max`` are eligible, else over-fetched from HNSW and restricted. The shared index
+    (``state.ann_exact``, ``RecallConfig.ann_exact_items``). Under a filter (``query.eligible``) only
+    eligible items: scored exactly when at most ``state.ann_exact_max`` are eligible, else over-fetched
+    from HNSW and restricted. The shared index
     is never changed here: hnswlib searches with max(ef, k), and knn_query runs without the GIL, so a
     per-request set_ef would race with other searches."""
     if k <= 0:
