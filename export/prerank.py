@@ -70,6 +70,11 @@ class PrerankFM(nn.Module):
         self.bag_linear = nn.Parameter(torch.zeros(max(self.n_bag, 1), n_tasks))
         self.bias = nn.Parameter(torch.zeros(n_tasks))
         self.fm_scale = nn.Parameter(torch.ones(n_tasks))
+        # sums over the fields as one matmul with a 0/1 selector: onnxruntime's ReduceSum over the middle axis
+        # of [B, F, k] took 123 us for 1,000 rows on one thread, the matmul 24 us, and a pre-rank call makes
+        # three such sums over ~1,000 candidates per request
+        self.register_buffer("sum_fields", torch.eye(k).repeat(self.n_fields + 1, 1), persistent=False)
+        self.register_buffer("sum_linear", torch.eye(n_tasks).repeat(self.n_fields, 1), persistent=False)
         layers: list[nn.Module] = []
         n_in = (self.n_fields + 1) * k + n_dense
         for h in cfg.hidden:
@@ -90,10 +95,10 @@ class PrerankFM(nn.Module):
             bag_emb = torch.zeros_like(emb[:, 0])
             bag_lin = torch.zeros((emb.shape[0], self.n_tasks), dtype=emb.dtype)
         fields = torch.cat([emb, bag_emb.unsqueeze(1)], dim=1)   # [B, F+1, k]
-        first = self.linear(idx).sum(1) + bag_lin                 # [B, T]
-        s = fields.sum(1)
-        fm = 0.5 * (s * s - (fields * fields).sum(1)).sum(1, keepdim=True)  # [B, 1]
-        flat = fields.flatten(1)
+        first = self.linear(idx).flatten(1) @ self.sum_linear + bag_lin   # [B, T]: summed over the fields
+        flat = fields.flatten(1)                                  # [B, (F+1) k]
+        s = flat @ self.sum_fields                                # [B, k]
+        fm = 0.5 * (s * s - (flat * flat) @ self.sum_fields).sum(1, keepdim=True)  # [B, 1]
         if self.n_dense:
             z = scale_dense(self, dense)
             first = first + self.dense_linear(z)
