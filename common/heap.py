@@ -18,14 +18,17 @@ from common.log import Logger
 _frozen = False   # set by freeze(): refreeze() does nothing in a process that never froze (tests, tools)
 
 
-def freeze(log: Logger) -> None:
-    """Collect once, then freeze every object alive now; call when the server is loaded, before serving."""
+def freeze(log: Logger | None = None) -> None:
+    """Collect once, then freeze every object alive now; call when the server is loaded, before serving
+    (or in a bench client before timing, whose own full passes would read as server latency)."""
     global _frozen
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
     _frozen = True
-    log.info("heap_frozen", objects=gc.get_freeze_count(), ms=round((time.perf_counter() - started) * 1e3, 1))
+    if log is not None:
+        log.info("heap_frozen", objects=gc.get_freeze_count(),
+                 ms=round((time.perf_counter() - started) * 1e3, 1))
 
 
 def refreeze(log: Logger) -> None:

@@ -8,7 +8,6 @@ the gateway shedding load). Goodput is good replies per second of offered load.
 """
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from common import heap
 from gateway.stage_target import stage_target
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
@@ -106,9 +106,7 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
         offset += duration
     chosen = rng.choice(users, len(schedule))
     pending = threading.Semaphore(0)
-    # the load generator's own full GC passes would read as server latency (common.heap explains the cost)
-    gc.collect()
-    gc.freeze()
+    heap.freeze()  # the load generator's own full GC passes would read as server latency
     target, balancing = stage_target(addr)  # several gateways (a list): round_robin over them
     with grpc.insecure_channel(target, balancing) as channel:
         stub = recommend_grpc.RecommendServiceStub(channel)

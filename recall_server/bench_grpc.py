@@ -15,7 +15,6 @@ candidates from a 10^6 catalogue. Timings depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -28,14 +27,13 @@ def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int
     """Sequential Recall RPCs: latency percentiles (ms) and the mean number of candidates returned."""
     import grpc
 
-    from common import wire
+    from common import heap, wire
     from gateway.loadgen import percentiles
     from recsys.stage.v1 import recall_service_pb2 as recall_pb2
     from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 
     ms, sizes = [], []
-    gc.collect()
-    gc.freeze()  # the bench's own full GC passes (numba and the snapshot are loaded here) are not the server's
+    heap.freeze()  # the bench's own full GC passes (numba and the snapshot are loaded here) are not the server's
     with grpc.insecure_channel(addr) as channel:
         stub = recall_grpc.RecallServiceStub(channel)
         for i, user_id in enumerate(users[:warmup + requests]):
