@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common.reflection import enable_reflection
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
-from common import heap
+from common import compute_threads, heap
 from common.call_pools import CallPools
 from common.deadline_guard import DeadlineGuard
 from common.tls import add_port, check_pair
@@ -35,6 +35,9 @@ class ServerOptions:
     host: str = "127.0.0.1"          # loopback unless configured otherwise
     port: int = 0                    # 0: the OS picks; see port_file
     threads: int = 8                 # gRPC handler threads for unary calls
+    # threads of the numeric libraries (BLAS, OpenMP) per process: replicas, not threads, use the cores
+    # (common.compute_threads has the measurement)
+    compute_threads: int = 1
     health_threads: int = 1          # Health/Check has threads of its own: answered while requests saturate
     # open streams (server reflection, Health/Watch) each hold a thread until the client closes them: they get
     # max_streams threads of their own and a stream past that is refused (RESOURCE_EXHAUSTED); common.call_pools
@@ -80,6 +83,8 @@ class ServerOptions:
             raise ValueError(f"server.min_remaining_ms must be >= 0, got {self.min_remaining_ms}")
         if self.threads < 1:
             raise ValueError(f"server.threads must be >= 1, got {self.threads}")
+        if self.compute_threads < 1:
+            raise ValueError(f"server.compute_threads must be >= 1, got {self.compute_threads}")
         if not -1 <= self.health_port <= 65535:
             raise ValueError(f"server.health_port must be in -1..65535, got {self.health_port}")
         if self.drain_s < 0 or self.max_connection_age_s < 0:
@@ -286,6 +291,7 @@ def load_server(component: str, config_cls: type, argv: list[str] | None, descri
     log = get_logger(component)
     try:
         config = load_config(config_cls, args.config, overrides)
+        compute_threads.limit(config.server.compute_threads, log)   # before build: loading runs numpy too
         services = build(config, log)
     except (ConfigError, SnapshotError, ValueError, KeyError) as exc:
         log.error("startup_failed", error=str(exc))

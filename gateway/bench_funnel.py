@@ -12,6 +12,7 @@ import asyncio
 import io
 import time
 
+from common import compute_threads
 from common.log import Logger
 from gateway.local_stages import STAGES, LocalAioContext
 from gateway.loadgen import percentiles
@@ -31,7 +32,9 @@ def build_funnel(snapshot_path: str, overrides: dict[str, list[str]] | None = No
     quiet = Logger("bench", stream=io.StringIO())
     items = [f"snapshot={snapshot_path}", *(f"stages.{s}=local" for s in STAGES), *overrides.get("gateway", [])]
     items += [f"local.{s}.{item}" for s in STAGES for item in overrides.get(s, [])]
-    gateway = GatewayServicer(load_config(GatewayConfig, None, items), quiet)
+    config = load_config(GatewayConfig, None, items)
+    compute_threads.limit(config.server.compute_threads)   # as the served process runs (common.server.load_server)
+    gateway = GatewayServicer(config, quiet)
     gateway.stages = Stages(*(gateway.local_stage_call(s) for s in STAGES))
     return gateway
 

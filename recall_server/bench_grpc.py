@@ -49,12 +49,14 @@ def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int
 
 def in_process_latency(snapshot, users: list[str], n: int, requests: int, warmup: int) -> dict:
     """The same requests as plain ``recall()`` calls in this process (ms); ``snapshot`` is an open Snapshot."""
+    from common import compute_threads
     from gateway.loadgen import percentiles
     from recall_server.config import RecallConfig
     from recall_server.recall import recall
     from recall_server.state import load_state
 
     config = RecallConfig(snapshot=str(snapshot.path))
+    compute_threads.limit(config.server.compute_threads)   # as the server runs it (common.server.load_server)
     state = load_state(snapshot, config)
     ms = []
     for i, user_id in enumerate(users[:warmup + requests]):

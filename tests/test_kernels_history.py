@@ -35,7 +35,8 @@ def test_i2i_lookup_matches_reference(seed):
     history = rng.integers(-1, n, 12).astype(np.int32)           # with padding and repeats
     weights = rng.random(12).astype(np.float32)
     weights[3] = 0.0
-    candidates = np.concatenate([rng.integers(0, n, 80), [5, 5, 10**6]]).astype(np.int32)  # repeats, unknown id
+    # repeats, unknown ids, negative ids (-1 is the hash table's empty key), and a list longer than the catalogue
+    candidates = np.concatenate([rng.integers(0, n, 80 if seed % 2 else 700), [5, 5, 10**6, -1, -7, -1]]).astype(np.int32)
     got = i2i_lookup(history, weights, *table, candidates)
     np.testing.assert_allclose(got, _lookup_reference(history, weights, *table, candidates), rtol=1e-5, atol=1e-7)
 
