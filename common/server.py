@@ -45,6 +45,14 @@ class ServerOptions:
     # calls in progress (queued for a handler thread included) past which new ones get RESOURCE_EXHAUSTED at
     # once from gRPC's core, before any Python runs: a bounded queue instead of work nobody waits for; 0: no cap
     max_concurrent_rpcs: int = 0
+    # gRPC core's backlog of calls that arrived but that no handler has taken yet (in a burst, or while the
+    # process is busy): past max_pending_calls it drops new calls at random, more often as the backlog grows,
+    # and past max_pending_calls_hard every one, answering CANCELLED (details "CANCELLED") without running any
+    # Python. Those are a burst's CANCELLED replies (gRPC's random early detection, soft 1,000 / hard 3,000
+    # unless set here; /work/exp/backlog_probe.py: 3,000 calls at once, 546 CANCELLED with gRPC's limits, 0
+    # with 5,000 / 10,000). 0 and 0: gRPC's own limits; set both or neither
+    max_pending_calls: int = 0
+    max_pending_calls_hard: int = 0
     # a call that starts with less than this left of its caller's gRPC deadline (or whose caller is gone) is
     # answered DEADLINE_EXCEEDED without running (common.deadline_guard); 0: only calls already expired
     min_remaining_ms: float = 0.5
@@ -77,6 +85,12 @@ class ServerOptions:
         check_pair(self.tls_cert, self.tls_key, "server.", "server.tls_client_ca", self.tls_client_ca)
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
+        if self.max_pending_calls < 0 or self.max_pending_calls_hard < 0:
+            raise ValueError("server.max_pending_calls and server.max_pending_calls_hard must be >= 0 (0: gRPC's own)")
+        if bool(self.max_pending_calls) != bool(self.max_pending_calls_hard) or \
+                self.max_pending_calls_hard < self.max_pending_calls:
+            raise ValueError(f"set server.max_pending_calls and server.max_pending_calls_hard together, soft <= hard "
+                             f"(got {self.max_pending_calls} and {self.max_pending_calls_hard})")
         if self.max_concurrent_rpcs < 0:
             raise ValueError(f"server.max_concurrent_rpcs must be >= 0 (0: no cap), got {self.max_concurrent_rpcs}")
         if self.min_remaining_ms < 0:
@@ -114,7 +128,11 @@ def connection_age_options(options: ServerOptions) -> list[tuple[str, int]]:
 def server_channel_options(options: ServerOptions) -> list[tuple[str, int]]:
     """The gRPC options of a server's main port. SO_REUSEPORT is off: a port belongs to one process, so a
     stray process cannot silently join a live port (replicas each bind their own, DESIGN §6)."""
-    return [*channel_options(options.max_message_mb), ("grpc.so_reuseport", 0), *connection_age_options(options)]
+    backlog = [(key, value) for key, value in (("grpc.server.max_pending_requests", options.max_pending_calls),
+                                              ("grpc.server.max_pending_requests_hard_limit",
+                                               options.max_pending_calls_hard)) if value]
+    return [*channel_options(options.max_message_mb), ("grpc.so_reuseport", 0), *connection_age_options(options),
+            *backlog]
 
 
 def write_port_file(port_file: str, port: int) -> None:

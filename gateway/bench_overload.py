@@ -94,8 +94,10 @@ def overload_and_recovery(addr: str, users: list[str], saturation_rate: float, b
 
 def burst(addr: str, users: list[str], n: int, k: int, deadline_ms: int) -> dict:
     """``n`` Recommend calls sent at once (no pacing), each with the deadline + 1 s as its gRPC timeout: how
-    each ended, by status (with the degraded ones apart), and the latency of the OK ones. Before admission
-    control a burst of 2,000-4,000 came back partly CANCELLED (gRPC's pending-call limit), uncounted."""
+    each ended, by status (with the degraded ones apart), and the latency of the OK ones. RESOURCE_EXHAUSTED:
+    refused by admission control; CANCELLED: dropped by gRPC core before any Python saw it, because more calls
+    were waiting for the busy gateway than its backlog limit (``server.max_pending_calls``, gRPC's random
+    early detection); DEADLINE_EXCEEDED: waited in that backlog past the caller's timeout."""
     rng = np.random.default_rng(7)
     target, balancing = stage_target(addr)  # several gateways: round_robin over them
     with grpc.insecure_channel(target, balancing) as channel:
