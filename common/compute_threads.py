@@ -5,8 +5,8 @@ process runs one request's math at a time per handler and scales by replicas (DE
 only compete with the other processes on the box: a product split over two threads waits for the slower
 one, and when another process holds a core that is a whole scheduler slice. Measured on the 2-core VM
 (10^6 snapshot, in-process ``recall()``, 1,500 users, one busy process beside it): p90 / p99 8.5 / 9.9 ms
-and 8.4 / 11.5 ms with OpenBLAS's default 2 threads, 1.9 / 3.5 and 1.7 / 3.3 ms with 1
-(``/work/exp/chan_prof.py``). On a Kubernetes node the default would be the node's core count, not the
+and 8.4 / 11.5 ms with OpenBLAS's default 2 threads, 1.9 / 3.5 and 1.7 / 3.3 ms with 1 (``recall()``
+timed per call beside a ``while True: pass`` process). On a Kubernetes node the default would be the node's core count, not the
 pod's CPU limit.
 
 The launcher and the image also set ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``, but a server started any

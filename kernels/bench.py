@@ -21,6 +21,8 @@ import numpy as np
 
 from .csr import build_csr, transpose_csr
 from .dpp import dpp_select
+from .history_similarity import history_similarity
+from .i2i_lookup import i2i_lookup
 from .i2i_score import i2i_score, recency_weights
 from .itemcf import itemcf_topm
 from .merge import merge_quota
@@ -141,6 +143,18 @@ def run(with_refs: bool = True) -> list[tuple[str, str, float, float, float | No
           lambda: i2i_score(history, weights, *table, 200, history),
           (lambda: refs.ref_i2i_score(history, weights, *table, 200, history)) if use_refs else None)
 
+    # the ranker's candidate features: one user's 50 history items against recall's 1,000 candidates
+    cands = rng.choice(n_items, 1000, replace=False).astype(np.int32)
+    bench("i2i_lookup", "50 history x M=100, 1000 candidates",
+          lambda: i2i_lookup(history, weights, *table, cands),
+          fast=lambda: numpy_fast.i2i_lookup(history, weights, *table, cands, n_items))
+    unit = rng.standard_normal((n_items, 64)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    recent = history[-20:]
+    bench("history_similarity", "20 history x 1000 candidates, D=64",
+          lambda: history_similarity(unit, recent, cands),
+          fast=lambda: numpy_fast.history_similarity(unit, recent, cands))
+
     n_ch, per_ch = 6, 300
     ids = np.concatenate([rng.choice(5000, per_ch, replace=False) for _ in range(n_ch)]).astype(np.int32)
     scores = np.tile(np.linspace(1.0, 0.0, per_ch, dtype=np.float32), n_ch)
@@ -173,10 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     """Print the benchmark table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-refs", action="store_true", help="skip the numpy reference timings")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="numpy's BLAS threads for the numpy peers (servers run 1: server.compute_threads)")
     args = parser.parse_args(argv)
+    from common import compute_threads
+
+    compute_threads.limit(args.blas_threads)
     rows = run(with_refs=not args.no_refs)
     print(f"numba {numba.__version__}, {numba.get_num_threads()} threads "
-          f"({numba.threading_layer()} layer)")
+          f"({numba.threading_layer()} layer); numpy BLAS {args.blas_threads} thread(s)")
     header = ("kernel", "workload", "first call", "kernel", "fast numpy", "vs fast", "test oracle", "vs oracle")
     table = [header] + [
         (name, workload, _fmt(first), _fmt(t), _fmt(f), f"{f / t:.1f}x" if f else "-", _fmt(r),

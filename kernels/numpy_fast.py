@@ -99,3 +99,38 @@ def dpp_select(relevance: np.ndarray, emb: np.ndarray, k: int, alpha: float, eps
         c[step] = ci
         d2 = d2 - ci * ci
     return np.array(out, np.int32)
+
+
+def i2i_lookup(history: np.ndarray, weights: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+               scores: np.ndarray, candidates: np.ndarray, n_items: int) -> np.ndarray:
+    """Each candidate's weighted neighbour similarity to the history (``kernels.i2i_lookup`` with one
+    weighting): every (history item, neighbour) pair gathered at once, summed into a dense catalogue-sized
+    array by ``bincount``, read at the candidates."""
+    keep = (history >= 0) & (weights != 0)
+    h, w = history[keep], weights[keep].astype(np.float64)
+    starts, ends = indptr[h], indptr[h + 1]
+    lengths = ends - starts
+    pos = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    dense = np.bincount(indices[pos], weights=np.repeat(w, lengths) * scores[pos], minlength=n_items)
+    inside = (candidates >= 0) & (candidates < n_items)
+    out = np.zeros(candidates.shape[0], np.float32)
+    out[inside] = dense[candidates[inside]]
+    return out
+
+
+def history_similarity(unit: np.ndarray, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(mean, max, last) cosine of each candidate to the history (``kernels.history_similarity``): one
+    [C, H] product of the gathered rows."""
+    out = np.zeros((candidates.shape[0], 3), np.float32)
+    if history.size == 0:
+        return out
+    hist = unit[history]
+    cand = unit[candidates]
+    sims = cand @ hist.T
+    centre = hist.sum(0, dtype=np.float64)
+    norm = np.linalg.norm(centre)
+    if norm > 1e-12:
+        out[:, 0] = cand @ (centre / norm).astype(np.float32)
+    out[:, 1] = sims.max(1)
+    out[:, 2] = sims[:, -1]
+    return out

@@ -3,7 +3,8 @@
 One user against N candidates (default 200) assembled from the snapshot exactly
 as the server does (sparse, bag and the dense candidate features), scored in one call on
 one thread: torch eager teacher and student, ONNX fp32 (teacher and student), ONNX int8
-student, and DeepFM; the pre-rank models on 1,000 candidates; and the whole rank stage
+student, and DeepFM; the pre-rank models on 1,000 candidates; the served student and pre-rank on one row (a
+call's fixed cost: what micro-batching concurrent requests could save); and the whole rank stage
 (``rank_server.rank.rank``: features, pre-rank 1,000 → 200, ranker, fusion) as the server runs it.
 
 The snapshot holds ONNX files only, so the torch eager rows time freshly
@@ -119,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         feed = feed_for(pre, pre_sparse, pre_bag, pre_dense)
         rows[label] = _time(lambda pre=pre, feed=feed: pre.run(None, feed), args.repeats, 20)
+    # one row: the fixed cost of a call, all that batching concurrent requests into one run could save
+    for name, file, sp, bg, de in (("onnx int8 student", "models/rank_mmoe.int8.onnx", sparse, bag, dense),
+                                   ("prerank fp32", "models/prerank.onnx", pre_sparse, pre_bag, pre_dense)):
+        try:
+            one = session(snap.file(file), threads=1)
+        except Exception as exc:
+            rows[f"{name} x1"] = {"error": str(exc).splitlines()[0]}
+            continue
+        feed = feed_for(one, sp[:1], bg[:1], de[:1] if de is not None else None)
+        rows[f"{name} x1"] = _time(lambda one=one, feed=feed: one.run(None, feed), args.repeats, 20)
     state = load_state(snap, RankConfig(snapshot=str(snap.path), onnx_threads=1))
     user_id = str(snap.features.array("user_ids")[0])
     rows[f"rank stage x{n_pre} (features, pre-rank, ranker)"] = _time(
