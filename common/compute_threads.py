@@ -4,10 +4,10 @@ numpy's OpenBLAS starts one thread per visible core and splits a large enough pr
 process runs one request's math at a time per handler and scales by replicas (DESIGN §6), so those threads
 only compete with the other processes on the box: a product split over two threads waits for the slower
 one, and when another process holds a core that is a whole scheduler slice. Measured on the 2-core VM
-(10^6 snapshot, in-process ``recall()``, 1,500 users, one busy process beside it): p90 / p99 8.5 / 9.9 ms
-and 8.4 / 11.5 ms with OpenBLAS's default 2 threads, 1.9 / 3.5 and 1.7 / 3.3 ms with 1 (``recall()``
-timed per call beside a ``while True: pass`` process). On a Kubernetes node the default would be the node's core count, not the
-pod's CPU limit.
+(10^6 snapshot, in-process ``recall()`` timed per call for 1,500 users beside a ``while True: pass``
+process): p90 / p99 8.5 / 9.9 ms and 8.4 / 11.5 ms with OpenBLAS's default 2 threads, 1.9 / 3.5 and
+1.7 / 3.3 ms with 1. On a Kubernetes node the default would be the node's core count, not the pod's CPU
+limit.
 
 The launcher and the image also set ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``, but a server started any
 other way (``python -m recall_server``, a test, a different image) would not have them; ``limit`` applies the

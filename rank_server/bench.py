@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         feed = feed_for(pre, pre_sparse, pre_bag, pre_dense)
         rows[label] = _time(lambda pre=pre, feed=feed: pre.run(None, feed), args.repeats, 20)
     # one row: the fixed cost of a call, all that batching concurrent requests into one run could save
-    for name, file, sp, bg, de in (("onnx int8 student", "models/rank_mmoe.int8.onnx", sparse, bag, dense),
-                                   ("prerank fp32", "models/prerank.onnx", pre_sparse, pre_bag, pre_dense)):
+    served = snap.manifest.get("rank_serving_model", "models/rank_mmoe.int8.onnx")
+    for name, file, sp, bg, de in ((f"served {served.split('/')[-1]}", served, sparse, bag, dense),
+                                   (f"served {(pre_serving or 'models/prerank.onnx').split('/')[-1]}",
+                                    pre_serving or "models/prerank.onnx", pre_sparse, pre_bag, pre_dense)):
         try:
             one = session(snap.file(file), threads=1)
         except Exception as exc:
