@@ -19,6 +19,7 @@ COPY protos protos
 COPY recsys recsys
 COPY common common
 COPY kernels kernels
+COPY feedback feedback
 COPY recall_server recall_server
 COPY rank_server rank_server
 COPY rerank_server rerank_server

@@ -16,24 +16,24 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m gateway.demo
+	$(PY) -m tools.demo
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) -m gateway.bench
+	$(PY) -m benches.latency
 
 # issue 6's scale check: the recall server over gRPC, 1,000 candidates from a 10^6-item synthetic catalogue
 bench-recall: install
-	$(PY) -m recall_server.bench_grpc --synthetic 1000000 --requests 1000 --warmup 100
+	$(PY) -m benches.recall_grpc --synthetic 1000000 --requests 1000 --warmup 100
 
 export: install
 	$(PY) -m export
 
 cluster: install
-	$(PY) -m gateway.cluster
+	$(PY) -m cluster
 
 protos: install
 	$(PY) -m protos.generate

@@ -1,5 +1,5 @@
 """Dense ranking features of one user's candidates: what recall said about each candidate, how it relates
-to the user's recent history, and how popular it is. Shared by training (``export.rank_replay``) and the
+to the user's recent history, and how popular it is. Shared by training (``export.ranking.replay``) and the
 rank server, so the columns cannot drift between the two.
 
 At serving time rank orders recall's ~1,000 candidates for a user with a recent history; the signal that
@@ -67,7 +67,7 @@ class CandidateTables:
     item_unit: np.ndarray       # float32 [n_items, d] item vectors scaled to unit length
     itemcf: Csr
     swing: Csr
-    next: Csr                   # next-item transitions (export.recall_tables.transition_table)
+    next: Csr                   # next-item transitions (export.recall.tables.transition_table)
     pop: np.ndarray             # float32 [n_items] log1p(count)
     recent_pop: np.ndarray      # float32 [n_items] log1p(count in the last recent_days)
     channels: list[str]         # channel slots, in column order

@@ -7,7 +7,7 @@ Keys (utf-8) and values (compact binary, never pickle):
 ``a/<name>``          a whole array in ``.npy`` format (loaded with ``allow_pickle=False``):
                       ``item_ids`` (str), ``item_titles`` (str), ``item_cat`` (int32 [n_items, F]),
                       ``item_bag`` (uint8 [n_items, G]), ``user_ids`` (str), ``user_last_ts`` (int64: each
-                      user's latest interaction time the snapshot holds, -1 none; export.feedback_fold)
+                      user's latest interaction time the snapshot holds, -1 none; export.data.feedback_fold)
 
 Servers open the environment read-only without locking (many readers, one writer that never writes
 to a live snapshot), keep the item arrays in memory, and read one user record per request.

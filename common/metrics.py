@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from common import request_id as request_ids
 from common.client_text import clip
 from common.log import Logger, request_id_var
+from common.server_options import ServerOptions
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -142,8 +143,6 @@ def record_call(name: str, seconds: float, code, details: str | None, raised: Ba
 
 
 def _options(options):
-    from common.server import ServerOptions
-
     return options or ServerOptions()
 
 

@@ -8,7 +8,7 @@
     <root>/<version>/item_emb.npy    float32 [n_items, dim], L2-normalised item-tower output
     <root>/<version>/i2i_itemcf.npz  top-M neighbours per item: indptr, indices, scores
     <root>/<version>/i2i_swing.npz   same layout, Swing similarity
-    <root>/<version>/popular_segments.npz  popular items per demographic segment (export.recall_tables)
+    <root>/<version>/popular_segments.npz  popular items per demographic segment (export.recall.tables)
     <root>/<version>/blocklist.npy   int32 dense item ids never recalled (possibly empty)
     <root>/<version>/popular.npy     int32 dense item ids, most popular first
     <root>/<version>/models/*.onnx

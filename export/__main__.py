@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="folder with the dataset files")
     parser.add_argument("--quick", action="store_true", help="few epochs: for tests and smoke checks")
     parser.add_argument("--synthetic", type=int, metavar="N_ITEMS",
-                        help="generate a synthetic catalogue of N_ITEMS items (export.synthetic) instead of loading "
+                        help="generate a synthetic catalogue of N_ITEMS items (export.data.synthetic) instead of loading "
                              "data; training scales down with N (see synthetic_overrides); default --out "
                              "snapshots-synthetic-N_ITEMS")
     parser.add_argument("--synthetic-users", type=int, metavar="U", help="synthetic users (default N_ITEMS / 10)")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data_dir={args.data_dir}")
 
     from export.config import ExportConfig
-    from export.datasets import DataError
+    from export.data.atomic import DataError
     from export.pipeline import run_export
 
     try:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(manifest: dict) -> str:
     """The funnel tables (validation, then test with the peers) and the choices behind them, as text."""
-    from export.evaluate_funnel import format_funnel
+    from export.evaluation.funnel import format_funnel
 
     m = manifest["metrics"]
     sel = m["selection"]
@@ -92,9 +92,9 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
     10^6 rows took over 20 minutes of a loaded 2-core machine at 10^6 items), the MMoE family and the pre-rank
     on the replay of 5,000 sampled users (``rank_replay.max_users``: replaying all 10^5 users took ~7 ms each
     and, before the replay kept only its training sample, 24 GB). The ANN index holds the items the two-tower
-    saw (``export.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.fit``).
+    saw (``export.recall.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.models.fit``).
     The recall merge is fitted on 1,000 validation users (``recall_fit_users``): 2,000 took 70 s of an
-    11-minute 10^6 export on a slow day, and fits on 1,000 held on the other 1,000 (``export.recall_fit``)."""
+    11-minute 10^6 export on a slow day, and fits on 1,000 held on the other 1,000 (``export.recall.merge_fit``)."""
     out = ["dataset=synthetic", f"synthetic.n_items={n_items}", "eval_users=500"]
     if users:
         out.append(f"synthetic.n_users={users}")

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from export.deepfm import DeepFMConfig
-from export.feedback_fold import FoldConfig
-from export.mmoe import DistillConfig, MMoEConfig, MMoETeacherConfig
-from export.prerank import PrerankConfig
-from export.rank_replay import ReplayConfig
-from export.ranker import RankerConfig
-from export.synthetic import SyntheticConfig
-from export.two_tower import TwoTowerConfig
+from export.models.deepfm import DeepFMConfig
+from export.data.feedback_fold import FoldConfig
+from export.models.mmoe import DistillConfig, MMoEConfig, MMoETeacherConfig
+from export.models.prerank import PrerankConfig
+from export.ranking.replay import ReplayConfig
+from export.ranking.ranker import RankerConfig
+from export.data.synthetic import SyntheticConfig
+from export.models.two_tower import TwoTowerConfig
 
 
 @dataclass
 class HnswConfig:
-    """The served ANN index (``export.ann_index``): which items it holds and the HNSW grid searched on the
+    """The served ANN index (``export.recall.ann_index``): which items it holds and the HNSW grid searched on the
     validation cut. The chosen ``ef`` goes to the manifest (``ann_index``); the recall server searches with it
     unless its own ``hnsw_ef`` is set."""
 
@@ -24,7 +24,7 @@ class HnswConfig:
     ef_eval: int = 200                     # query ef when ef_grid is empty
     min_count: int = 1                     # items with fewer two-tower training rows stay out of the index; the
     # validation cut tries min_count and then each larger value here, and keeps the first (largest) index
-    # whose chosen point reaches target_recall (export.ann_index.choose_min_count)
+    # whose chosen point reaches target_recall (export.recall.ann_index.choose_min_count)
     min_count_grid: list[int] = field(default_factory=lambda: [2, 3, 5])
     M_grid: list[int] = field(default_factory=lambda: [16, 32])
     ef_grid: list[int] = field(default_factory=lambda: [50, 100, 200, 400])
@@ -81,7 +81,7 @@ class ExportConfig:
     rerank_lambdas: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8, 0.7])
     rerank_max_cost: float = 0.02
     recall_fit_users: int = 2000           # recall merge weights fitted on this many validation users (0: keep
-                                           # recall_server's configured weights); export.recall_fit
+                                           # recall_server's configured weights); export.recall.merge_fit
     make_current: bool = True
     threads: int = 2
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
@@ -91,10 +91,10 @@ class ExportConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     prerank: PrerankConfig = field(default_factory=PrerankConfig)  # pre-rank distilled from the teacher
     hnsw: HnswConfig = field(default_factory=HnswConfig)
-    rank_replay: ReplayConfig = field(default_factory=ReplayConfig)   # the ranker's examples (export.rank_replay)
-    ranker: RankerConfig = field(default_factory=RankerConfig)        # choices on validation (export.ranker)
+    rank_replay: ReplayConfig = field(default_factory=ReplayConfig)   # the ranker's examples (export.ranking.replay)
+    ranker: RankerConfig = field(default_factory=RankerConfig)        # choices on validation (export.ranking.ranker)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when dataset = "synthetic"
-    feedback: FoldConfig = field(default_factory=FoldConfig)  # logged feedback folded in (export.feedback_fold)
+    feedback: FoldConfig = field(default_factory=FoldConfig)  # logged feedback folded in (export.data.feedback_fold)
 
     def validate(self) -> None:
         if not 0.0 < self.holdout_frac < 1.0:

@@ -33,18 +33,18 @@ from common.log import get_logger
 from common.rank_features import RankSchema
 from common.snapshot import ANN_IDS_FILE, Snapshot, SnapshotBuilder
 from export.config import ExportConfig
-from export.dataset import Dataset, Interactions
-from export.datasets import load_atomic, load_movielens_100k
-from export.deepfm import export_deepfm_onnx, make_rank_examples, predict, train_deepfm
-from export.evaluate import evaluate_recall
-from export.evaluate_funnel import evaluate_funnel, format_funnel
-from export.feedback_fold import fold_events
-from export.metrics import auc, gauc
-from export.mmoe import TASKS as MMOE_TASKS
-from export.mmoe import mmoe_logits
-from export.peers import evaluate_peers
-from export.rank_replay import concat_examples, examples, replay
-from export.ranker import (
+from export.data.dataset import Dataset, Interactions
+from export.data.atomic import load_atomic, load_movielens_100k
+from export.models.deepfm import export_deepfm_onnx, make_rank_examples, predict, train_deepfm
+from export.evaluation.recall import evaluate_recall
+from export.evaluation.funnel import evaluate_funnel, format_funnel
+from export.data.feedback_fold import fold_events
+from export.evaluation.metrics import auc, gauc
+from export.models.mmoe import TASKS as MMOE_TASKS
+from export.models.mmoe import mmoe_logits
+from export.evaluation.peers import evaluate_peers
+from export.ranking.replay import concat_examples, examples, replay
+from export.ranking.ranker import (
     INT8_FILE,
     PRERANK_FILE,
     STUDENT_FILE,
@@ -56,8 +56,8 @@ from export.ranker import (
     task_probs,
     train_family,
 )
-from export.ann_index import exact_topk, load_hnsw, search_profile, select_on_validation
-from export.recall_build import (
+from export.recall.ann_index import exact_topk, load_hnsw, search_profile, select_on_validation
+from export.recall.build import (
     add_to_manifest,
     build_recall,
     rebuild_ann,
@@ -65,9 +65,9 @@ from export.recall_build import (
     user_vectors,
     write_manifest,
 )
-from export.recall_fit import fit_merge
-from export.split import Split, make_split, temporal_parts
-from export.two_tower import user_inputs
+from export.recall.merge_fit import fit_merge
+from export.data.split import Split, make_split, temporal_parts
+from export.models.two_tower import user_inputs
 from recall_server.config import RecallConfig
 from rerank_server.config import RerankConfig
 from rerank_server.rerank import resolve_params
@@ -81,7 +81,7 @@ def load_dataset(config: ExportConfig) -> Dataset:
     if config.dataset == "ml-100k":
         return load_movielens_100k(config.data_dir or None)
     if config.dataset == "synthetic":
-        from export.synthetic import make_dataset
+        from export.data.synthetic import make_dataset
 
         return make_dataset(config.synthetic)
     if not config.data_dir:
@@ -122,8 +122,8 @@ def training_cut(split: Split, label_frac: float) -> tuple[Interactions, Interac
 def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSchema, work: Path,
                 lap=lambda step: None):
     """Recall artifacts of the training and validation cuts under ``work``, the ANN index parameters chosen on
-    validation (``export.ann_index``), the recall merge weights and quotas fitted on validation
-    (``export.recall_fit``; None when ``recall_fit_users`` is 0), and serving replayed at each cut with them:
+    validation (``export.recall.ann_index``), the recall merge weights and quotas fitted on validation
+    (``export.recall.merge_fit``; None when ``recall_fit_users`` is 0), and serving replayed at each cut with them:
     ``(build_a, build_b, replay_a, replay_b, merge, ann)``. Reads only ``split.train`` and
     ``split.valid`` (the leak test holds it to that)."""
     rr = config.rank_replay
@@ -135,7 +135,8 @@ def replay_cuts(ds: Dataset, split: Split, config: ExportConfig, schema: RankSch
     build_b = build_recall(ds, split.train, config, work / "cut-valid", towers=towers,
                            lap=lambda s: lap(f"cut_valid_{s}"))
     # HNSW M / ef on validation; the validation cut then serves the chosen index, as the published one will
-    ann, index, ids = select_on_validation(build_b, ds, split.valid, config, seed=rr.seed)
+    ann, index, ids = select_on_validation(build_b, ds, user_vectors(build_b, ds), split.valid, config,
+                                          seed=rr.seed)
     index.save_index(str(build_b.path / "items.hnsw"))
     np.save(build_b.path / ANN_IDS_FILE, ids, allow_pickle=False)
     build_b.ann_ids = ids
@@ -310,8 +311,8 @@ def run_export(config: ExportConfig) -> Path:
             recall_metrics = evaluate_recall(preview, ds, eval_test, config.eval_k)
         finally:
             preview.close()
-        if config.dataset == "synthetic":   # the ceiling: the generator's own P(item | user) (export.synthetic)
-            from export.synthetic import oracle_metrics
+        if config.dataset == "synthetic":   # the ceiling: the generator's own P(item | user) (export.data.synthetic)
+            from export.data.synthetic import oracle_metrics
 
             recall_metrics["oracle"] = oracle_metrics(config.synthetic, eval_test, split.known, ds.n_users,
                                                       config.eval_k)
@@ -371,7 +372,7 @@ def peak_rss() -> float:
 
 def onnx_parity(path: Path, family: dict, rep) -> dict:
     """Max |ONNX - torch| of the served student and pre-rank on validation rows (the first 2,000)."""
-    from export.quantize import onnx_predict, session
+    from export.models.quantize import onnx_predict, session
 
     rows = slice(0, min(2000, rep.n_rows))
     arrays = (rep.sparse[rows], rep.bag[rows], rep.dense[rows])

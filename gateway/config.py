@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.item_filter import FilterLimits
-from common.server import ServerOptions
+from common.server_options import ServerOptions
 from feedback.config import FeedbackConfig
 from common.tls import check_pair
 from gateway.admission import AdmissionConfig

@@ -4,7 +4,7 @@ A stage marked ``local`` is not dialled: the gateway builds that stage's service
 ``RankServicer``, ``RerankServicer``: the same validation, plain functions and reply the stage server runs)
 on its own snapshot and calls it as the funnel's stage call. Each local stage saves two gRPC endpoints per
 request (the gateway's client call and the stage's server), the per-call cost that dominated the CPU bill
-(``gateway.bench``: echo floor × hops). Replicas of a co-located gateway then scale the whole funnel.
+(``benches.latency``: echo floor × hops). Replicas of a co-located gateway then scale the whole funnel.
 
 The call keeps the remote call's contract, so ``gateway.funnel`` treats both alike:
 

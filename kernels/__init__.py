@@ -12,7 +12,7 @@ One concept per module, each with a validating public wrapper around an
 * ``mmr``        mmr_select
 * ``dpp``        dpp_select
 * ``rules``      business rules in the greedy loop: greedy/mmr/dpp_select_ruled
-* ``bench``      ``python -m kernels.bench`` timing table
+* ``bench``      ``python -m benches.kernel_timings`` timing table
 
 Rankings everywhere are by score descending, then id ascending, decided on
 the float32 scores that are returned.

@@ -211,7 +211,7 @@ def merge_quota_rows(
 ) -> np.ndarray:
     """:func:`merge_quota` of many requests in one call: the merged ids only, ``int32[rows, n]``, -1 padded.
 
-    Offline fitting scores one (quotas, weights) point over thousands of requests (``export.recall_fit``);
+    Offline fitting scores one (quotas, weights) point over thousands of requests (``export.recall.merge_fit``);
     one call validates the inputs once and merges the rows in parallel, where a call per row would spend
     most of its time in Python and in re-checking the same lists.
 

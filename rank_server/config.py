@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.server import ServerOptions
+from common.server_options import ServerOptions
 from feedback.config import FeedbackConfig
 
 
@@ -38,7 +38,7 @@ class RankConfig:
     # what orders the candidates that pre-rank keeps: "model" (the ranker), "prerank" (the pre-rank's own fused
     # scores; the ranker is not run), "recall" (recall's own order, its first prerank_keep candidates scored by
     # recall's merged score; task outputs from the pre-rank), or "auto": the manifest's rank_order, which export
-    # sets to the best of the three on validation, the later stage on ties (export.ranker.choose_rank_order)
+    # sets to the best of the three on validation, the later stage on ties (export.ranking.ranker.choose_rank_order)
     order: str = "auto"
     # the real-time state (feedback.realtime): the candidate features read the history with the user's
     # clicks since the snapshot; feedback.path "" is off. Must name the gateway's feedback.path

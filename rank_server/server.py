@@ -9,8 +9,8 @@ import numpy as np
 from common import wire
 from common.client_text import too_long
 from common.log import Logger
-from common.reload import Reloader
 from common.snapshot import Snapshot
+from common.stage_servicer import StageServicer, serve_stage
 from feedback.realtime import Realtime
 from recsys.stage.v1 import rank_service_pb2 as rank_pb2
 from recsys.stage.v1 import rank_service_pb2_grpc as rank_grpc
@@ -19,33 +19,28 @@ from rank_server.fusion import check_fusion
 from rank_server.rank import RankState, RecallInfo, load_state, rank
 
 
-class RankServicer(rank_grpc.RankServiceServicer):
+class RankServicer(StageServicer, rank_grpc.RankServiceServicer):
     """Thin adapter between the Rank proto and ``rank_server.rank.rank``."""
 
     def __init__(self, config: RankConfig, log: Logger):
-        self.config = config
-        self.log = log
         self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
+        super().__init__(config, log)
 
-    def load(self, path) -> RankState:
-        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
-        state = load_state(Snapshot.open(path), self.config)
-        self.log.info("snapshot_loaded", version=state.snapshot.version, model=str(state.model.path))
+    def load_state(self, snapshot: Snapshot) -> RankState:
+        return load_state(snapshot, self.config)
+
+    def describe(self, state: RankState) -> dict:
+        return {"model": str(state.model.path)}
+
+    def self_test(self, state: RankState) -> None:
         self_test(state, self.config)
-        return state
 
     def Rank(self, request, context):
         problem = too_long([("user_id", request.user_id), ("snapshot_version", request.snapshot_version),
                             ("fusion task names", list(request.fusion))], self.config.server.max_string_len)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
-        state = self.reloader.get(request.snapshot_version)
-        if state is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"candidates belong to snapshot {request.snapshot_version}, this server serves "
-                          f"{', '.join(self.reloader.versions)}")
+        state = self.pinned(request.snapshot_version, context)
         version = state.snapshot.version
         try:
             item_idx = wire.decode(request.item_idx, wire.INT32, "item_idx")
@@ -100,14 +95,9 @@ def self_test(state: RankState, config: RankConfig) -> None:
             raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
 
 
-def build(config: RankConfig, log: Logger):
-    return [(rank_grpc.add_RankServiceServicer_to_server, RankServicer(config, log), "recsys.stage.v1.RankService")]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from common.server import run_server
-
-    return run_server("rank", RankConfig, argv, "Rank server: ONNX ranking and score fusion", build)
+    return serve_stage("rank", RankConfig, argv, "Rank server: ONNX ranking and score fusion",
+                       rank_grpc.add_RankServiceServicer_to_server, RankServicer, "recsys.stage.v1.RankService")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from common.client_text import clip
 from common.item_filter import FilterLimits
-from common.server import ServerOptions
+from common.server_options import ServerOptions
 from feedback.config import FeedbackConfig
 
 
@@ -23,7 +23,7 @@ class RecallConfig:
     quotas: dict[str, int] = field(default_factory=lambda: {"ann": 600, "itemcf": 300, "swing": 200, "popular": 100,
                                                             "segment_popular": 100, "content": 50})
     # merge: weighted reciprocal-rank fusion (kernels.merge). The weights below are the starting point; export
-    # refits them per snapshot on the validation part (export.recall_fit) and the server uses those
+    # refits them per snapshot on the validation part (export.recall.merge_fit) and the server uses those
     fusion: str = "rrf"                  # "rrf" (sum of w / (rrf_k + rank)) or "max" (best w * (1 - rank/quota))
     rrf_k: float = 30.0
     weights: dict[str, float] = field(default_factory=lambda: {"ann": 1.0, "itemcf": 0.25, "swing": 0.25,

@@ -11,8 +11,8 @@ from common import wire
 from common.client_text import too_long
 from common.item_filter import FilterError, compile_filters
 from common.log import Logger
-from common.reload import Reloader
 from common.snapshot import Snapshot
+from common.stage_servicer import StageServicer, serve_stage
 from feedback.realtime import Realtime
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
@@ -22,21 +22,21 @@ from recall_server.recall import recall
 from recall_server.state import RecallState, load_state
 
 
-class RecallServicer(recall_grpc.RecallServiceServicer):
+class RecallServicer(StageServicer, recall_grpc.RecallServiceServicer):
     """Thin adapter between the Recall proto and ``recall_server.recall.recall``."""
 
     def __init__(self, config: RecallConfig, log: Logger):
-        self.config = config
-        self.log = log
         self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
+        super().__init__(config, log)
 
-    def load(self, path) -> RecallState:
-        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
-        state = load_state(Snapshot.open(path), self.config)
-        self.log.info("snapshot_loaded", version=state.snapshot.version, n_items=state.n_items)
+    def load_state(self, snapshot: Snapshot) -> RecallState:
+        return load_state(snapshot, self.config)
+
+    def describe(self, state: RecallState) -> dict:
+        return {"n_items": state.n_items}
+
+    def self_test(self, state: RecallState) -> None:
         self_test(state, self.config)
-        return state
 
     def validate(self, request: recall_pb2.RecallRequest) -> str | None:
         """The first problem with ``request``, or None."""
@@ -59,12 +59,7 @@ class RecallServicer(recall_grpc.RecallServiceServicer):
         problem = self.validate(request)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        # the version the gateway pinned for the request (live or previous; common.reload), else the live one
-        state = self.reloader.get(request.snapshot_version)
-        if state is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"snapshot {request.snapshot_version} is not held here; this server serves "
-                          f"{', '.join(self.reloader.versions)}")
+        state = self.pinned(request.snapshot_version, context)
         try:
             eligible = self.eligible(state, request.filters)
         except FilterError as exc:
@@ -104,16 +99,9 @@ def self_test(state: RecallState, config: RecallConfig) -> None:
             raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
 
 
-def build(config: RecallConfig, log: Logger):
-    """Load the snapshot and return the services this process serves."""
-    return [(recall_grpc.add_RecallServiceServicer_to_server, RecallServicer(config, log),
-             "recsys.stage.v1.RecallService")]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from common.server import run_server
-
-    return run_server("recall", RecallConfig, argv, "Recall server: multi-channel candidate generation", build)
+    return serve_stage("recall", RecallConfig, argv, "Recall server: multi-channel candidate generation",
+                       recall_grpc.add_RecallServiceServicer_to_server, RecallServicer, "recsys.stage.v1.RecallService")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def merge_quotas(snapshot: Snapshot, config: RecallConfig) -> dict[str, int]:
 
 
 def ann_params(snapshot: Snapshot, config: RecallConfig) -> tuple[int, int]:
-    """``(items in the index, query ef)``: the manifest's ``ann_index`` (export.ann_index; snapshots before
+    """``(items in the index, query ef)``: the manifest's ``ann_index`` (export.recall.ann_index; snapshots before
     it index every item), and its validated ef unless the config sets ``hnsw_ef`` or ``use_fitted`` is off."""
     ann = snapshot.manifest.get("ann_index") or {}
     n_items = int(snapshot.schema["n_items"])

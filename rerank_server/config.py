@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from common.server import ServerOptions
+from common.server_options import ServerOptions
 
 METHODS = ("NONE", "MMR", "DPP", "DPP_WINDOW")
 

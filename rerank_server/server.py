@@ -10,8 +10,8 @@ import numpy as np
 from common import wire
 from common.client_text import too_long
 from common.log import Logger
-from common.reload import Reloader
 from common.snapshot import Snapshot
+from common.stage_servicer import StageServicer, serve_stage
 from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
 from recsys.stage.v1 import rerank_service_pb2_grpc as rerank_grpc
 from rerank_server.config import RerankConfig
@@ -31,25 +31,21 @@ class RerankState:
     config: RerankConfig   # the server's config with this snapshot's fitted defaults (RerankConfig.for_snapshot)
 
 
-class RerankServicer(rerank_grpc.RerankServiceServicer):
+class RerankServicer(StageServicer, rerank_grpc.RerankServiceServicer):
     """Thin adapter between the Rerank proto and ``rerank_server.rerank.rerank``."""
 
     def __init__(self, config: RerankConfig, log: Logger):
-        self.config = config
-        self.log = log
         self.rules = config.rules.params()
-        self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
+        super().__init__(config, log)
 
-    def load(self, path) -> RerankState:
-        """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""
-        snapshot = Snapshot.open(path)
-        state = RerankState(snapshot, snapshot.load_array("item_emb.npy"),
-                            load_item_attributes(snapshot, self.config.rules.blocked_item_ids),
-                            self.config.for_snapshot(snapshot))
-        self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.item_emb.shape[0]),
-                      rules=self.config.rules.enabled, method=state.config.method, mmr_lambda=state.config.mmr_lambda)
-        self.self_test(state)
-        return state
+    def load_state(self, snapshot: Snapshot) -> RerankState:
+        return RerankState(snapshot, snapshot.load_array("item_emb.npy"),
+                           load_item_attributes(snapshot, self.config.rules.blocked_item_ids),
+                           self.config.for_snapshot(snapshot))
+
+    def describe(self, state: RerankState) -> dict:
+        return {"n_items": int(state.item_emb.shape[0]), "rules": self.config.rules.enabled,
+                "method": state.config.method, "mmr_lambda": state.config.mmr_lambda}
 
     def self_test(self, state: RerankState) -> None:
         """Run every method once before serving a state (compiles the kernels)."""
@@ -66,12 +62,7 @@ class RerankServicer(rerank_grpc.RerankServiceServicer):
         problem = too_long([("snapshot_version", request.snapshot_version)], self.config.server.max_string_len)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        # the version the ids belong to: the live one, or the previous one during a switch (common.reload)
-        state = self.reloader.get(request.snapshot_version)
-        if state is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"candidates belong to snapshot {request.snapshot_version}, this server serves "
-                          f"{', '.join(self.reloader.versions)}")
+        state = self.pinned(request.snapshot_version, context)
         cfg = state.config
         version = state.snapshot.version
         if not 1 <= request.k <= cfg.max_k:
@@ -125,15 +116,9 @@ def method_value(name: str) -> int:
     return rerank_pb2.RerankMethod.Value(METHOD_PREFIX + name)
 
 
-def build(config: RerankConfig, log: Logger):
-    return [(rerank_grpc.add_RerankServiceServicer_to_server, RerankServicer(config, log),
-             "recsys.stage.v1.RerankService")]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from common.server import run_server
-
-    return run_server("rerank", RerankConfig, argv, "Rerank server: MMR / DPP diversity", build)
+    return serve_stage("rerank", RerankConfig, argv, "Rerank server: MMR / DPP diversity",
+                       rerank_grpc.add_RerankServiceServicer_to_server, RerankServicer, "recsys.stage.v1.RerankService")
 
 
 if __name__ == "__main__":

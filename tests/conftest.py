@@ -20,7 +20,7 @@ def snapshot_root(tmp_path_factory) -> Path:
     from export.config import ExportConfig
     from export.pipeline import run_export
 
-    from export.datasets import DataError, load_movielens_100k
+    from export.data.atomic import DataError, load_movielens_100k
 
     try:  # ../shared/data, $RECSYS_DATA_DIR, or the recbole wheel from PyPI
         load_movielens_100k()

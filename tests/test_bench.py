@@ -1,7 +1,7 @@
 """The benchmark's --quick smoke run: the report's schema and sanity, never its speed."""
 import json
 
-from gateway.bench import compare, main
+from benches.latency import compare, main
 
 
 def test_quick_bench_report_is_consistent(snapshot_root, tmp_path, capsys):
@@ -33,8 +33,8 @@ def test_quick_bench_report_is_consistent(snapshot_root, tmp_path, capsys):
 
 
 def test_recall_grpc_bench_report(snapshot_root, tmp_path, capsys):
-    """recall_server.bench_grpc against a real recall server: the report, not the speed."""
-    from recall_server.bench_grpc import main as bench_grpc
+    """benches.recall_grpc against a real recall server: the report, not the speed."""
+    from benches.recall_grpc import main as bench_grpc
 
     out = tmp_path / "recall.json"
     assert bench_grpc(["--snapshot", str(snapshot_root), "--n", "300", "--requests", "20", "--warmup", "2",
@@ -47,7 +47,7 @@ def test_recall_grpc_bench_report(snapshot_root, tmp_path, capsys):
 
 
 def test_recall_grpc_bench_refuses_bad_arguments(snapshot_root, capsys):
-    from recall_server.bench_grpc import main as bench_grpc
+    from benches.recall_grpc import main as bench_grpc
 
     assert bench_grpc(["--snapshot", str(snapshot_root), "--n", "0"]) == 2
     assert bench_grpc(["--synthetic", "3"]) == 2

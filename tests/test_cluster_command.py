@@ -27,7 +27,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_cluster_command_stops_everything(snapshot_root, tmp_path, signum):
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cluster", "--snapshot", str(snapshot_root),
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.launcher", "--snapshot", str(snapshot_root),
                              "--gateway-port", "0", "--set", f"run_dir={tmp_path}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -47,7 +47,7 @@ def test_cluster_command_stops_everything(snapshot_root, tmp_path, signum):
 
 
 def test_cluster_command_without_snapshot_fails_clearly(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "gateway.cluster", "--snapshot", str(tmp_path / "none")],
+    result = subprocess.run([sys.executable, "-m", "cluster.launcher", "--snapshot", str(tmp_path / "none")],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
@@ -61,7 +61,7 @@ def test_export_bad_config_is_one_line_error(tmp_path):
 
 
 def test_servers_exit_when_the_launcher_is_killed(snapshot_root, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cluster", "--snapshot", str(snapshot_root),
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.launcher", "--snapshot", str(snapshot_root),
                              "--gateway-port", "0", "--set", f"run_dir={tmp_path}",
                              "--set", "local_stages=[]", "--set", "replicas={}"],  # the remote topology
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

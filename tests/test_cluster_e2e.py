@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.client import RecommendClient
-from gateway.cluster import Cluster, ClusterConfig, health_status
+from cluster.launcher import Cluster, ClusterConfig, health_status
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
@@ -240,10 +240,10 @@ def test_rank_down_degrades_and_still_answers(snapshot_root, tmp_path):
 
 
 def test_served_lists_agree_with_the_manifests_funnel_table(client, snapshot):
-    """gateway.evaluate's path: Recommend through the public API for the export's test users (a sample
+    """tools.evaluate's path: Recommend through the public API for the export's test users (a sample
     here, to keep the suite quick) gives exactly the lists the export's funnel table scored offline."""
-    from export.evaluate_funnel import evaluate_funnel
-    from gateway.evaluate import compare, served_lists, served_table, test_truth
+    from export.evaluation.funnel import evaluate_funnel
+    from tools.evaluate import compare, served_lists, served_table, test_truth
 
     ds, truth = test_truth(snapshot)
     users = np.unique(truth.user)[:60]

@@ -1,4 +1,4 @@
-"""Tests for the atomic-format loader (export/datasets.py)."""
+"""Tests for the atomic-format loader (export/data/atomic.py)."""
 from __future__ import annotations
 
 import zipfile
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import datasets
-from export.datasets import (AtomicSpec, DataError, load_atomic, load_from_wheel,
+from export.data import atomic as datasets
+from export.data.atomic import (AtomicSpec, DataError, load_atomic, load_from_wheel,
                              load_movielens_100k)
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from common.config import load_config
-from gateway.cluster import MODULES, STAGES
+from cluster.launcher import MODULES, STAGES
 from gateway.config import GatewayConfig
 from gateway.stage_target import HEALTH_SERVICE, SERVICE_CONFIG, stage_target
 from rank_server.config import RankConfig

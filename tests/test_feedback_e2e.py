@@ -9,7 +9,7 @@ import pytest
 
 from feedback.events import Event, EventType
 from gateway.client import RecommendClient
-from gateway.cluster import Cluster, ClusterConfig
+from cluster.launcher import Cluster, ClusterConfig
 from recsys.v2 import recommend_service_pb2 as pb2
 
 

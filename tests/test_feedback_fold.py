@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.datasets import load_movielens_100k
-from export.feedback_fold import FoldConfig, fold_events, user_last_ts
+from export.data.atomic import load_movielens_100k
+from export.data.feedback_fold import FoldConfig, fold_events, user_last_ts
 from feedback.config import FeedbackConfig
 from feedback.events import Event, EventType
 from feedback.store import FeedbackStore

@@ -11,7 +11,7 @@ from feedback.events import Event, EventType, check_event, decode, encode
 from feedback.user_state import UserState
 from kernels.bloom import bloom_add, bloom_contains, bloom_size
 from kernels.string_hash import hash_strings
-from tests.kernel_refs import ref_bloom_add, ref_bloom_contains, ref_string_hash
+from kernels.reference import ref_bloom_add, ref_bloom_contains, ref_string_hash
 
 
 def test_string_hash_matches_reference():

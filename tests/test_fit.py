@@ -1,11 +1,11 @@
-"""export.fit.EmbeddingAdam: dense below the threshold, lazy sparse Adam above it."""
+"""export.models.fit.EmbeddingAdam: dense below the threshold, lazy sparse Adam above it."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from export.fit import EmbeddingAdam, SparseEmbeddingConfig
+from export.models.fit import EmbeddingAdam, SparseEmbeddingConfig
 
 
 class _Model(nn.Module):

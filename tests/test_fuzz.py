@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.cluster import Cluster, ClusterConfig, health_status
+from cluster.launcher import Cluster, ClusterConfig, health_status
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recsys.stage.v1 import rank_service_pb2 as rank_pb2

@@ -1,9 +1,9 @@
-"""Tests of export.history against a plain-Python reference."""
+"""Tests of export.data.history against a plain-Python reference."""
 import numpy as np
 import pytest
 
-from export.dataset import Interactions
-from export.history import history_before, last_n, latest_rows
+from export.data.dataset import Interactions
+from export.data.history import history_before, last_n, latest_rows
 
 
 def _log(seed: int, n_rows: int, n_users: int, n_items: int, shuffle: bool = False) -> Interactions:

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gateway.cluster import Cluster, ClusterConfig
+from cluster.launcher import Cluster, ClusterConfig
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recsys.stage.v1 import rank_service_pb2 as rank_pb2
@@ -96,7 +96,7 @@ def test_error_details_and_log_lines_stay_bounded(cluster, stubs, snapshot):
 def test_the_interceptor_clips_any_detail(cluster, stubs):
     """Whatever a servicer puts in a detail, at most max_details_chars go back (the last line of defence)."""
     from common.metrics import ServerInterceptor
-    from common.server import ServerOptions
+    from common.server_options import ServerOptions
 
     class Context:
         def __init__(self):

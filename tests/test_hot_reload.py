@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from common.snapshot import current_version, flip_current
-from gateway.cluster import Cluster, ClusterConfig
+from cluster.launcher import Cluster, ClusterConfig
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import recall_service_pb2_grpc as recall_grpc
 from recsys.v1 import recsys_pb2

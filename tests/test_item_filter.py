@@ -260,7 +260,7 @@ def test_filtered_ann_falls_back_to_exact_when_hnsw_cannot_return_the_over_fetch
 
 
 def test_bench_picks_the_filter_closest_to_the_target_share():
-    from gateway.bench_filters import pick_filter
+    from benches.filters import pick_filter
 
     table, *_ = make_table(n=2000)
     for share in (0.3, 0.05, 0.005):

@@ -1,9 +1,9 @@
-"""kernels.csr against the numpy references in tests.kernel_refs."""
+"""kernels.csr against the numpy references in kernels.reference."""
 import numpy as np
 import pytest
 
 from kernels.csr import build_csr, transpose_csr
-from tests.kernel_refs import random_log, ref_build_csr, ref_transpose_csr
+from kernels.reference import random_log, ref_build_csr, ref_transpose_csr
 
 
 def assert_csr_equal(got, want):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kernels.dpp import dpp_select
-from tests.kernel_refs import ref_dpp
+from kernels.reference import ref_dpp
 
 
 def random_inputs(rng, n, d):

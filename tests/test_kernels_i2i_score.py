@@ -1,9 +1,9 @@
-"""kernels.i2i_score against the numpy reference in tests.kernel_refs."""
+"""kernels.i2i_score against the numpy reference in kernels.reference."""
 import numpy as np
 import pytest
 
 from kernels.i2i_score import check_neighbor_table, i2i_score, recency_weights
-from tests.kernel_refs import ref_i2i_score, ref_recency_weights
+from kernels.reference import ref_i2i_score, ref_recency_weights
 
 
 def random_table(rng, n_items, max_deg, n_levels=None):

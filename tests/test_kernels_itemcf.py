@@ -1,11 +1,11 @@
-"""kernels.itemcf against the dense numpy reference in tests.kernel_refs."""
+"""kernels.itemcf against the dense numpy reference in kernels.reference."""
 import numba
 import numpy as np
 import pytest
 
 from kernels.csr import build_csr, transpose_csr
 from kernels.itemcf import itemcf_topm
-from tests.kernel_refs import random_log, ref_itemcf
+from kernels.reference import random_log, ref_itemcf
 
 
 def interactions(rows, cols, n_users, n_items):

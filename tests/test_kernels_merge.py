@@ -1,9 +1,9 @@
-"""kernels.merge.merge_quota against the numpy reference in tests.kernel_refs."""
+"""kernels.merge.merge_quota against the numpy reference in kernels.reference."""
 import numpy as np
 import pytest
 
 from kernels.merge import merge_quota
-from tests.kernel_refs import ref_merge_quota
+from kernels.reference import ref_merge_quota
 
 
 def channels(lists):

@@ -1,9 +1,9 @@
-"""kernels.mmr against the numpy reference in tests.kernel_refs."""
+"""kernels.mmr against the numpy reference in kernels.reference."""
 import numpy as np
 import pytest
 
 from kernels.mmr import mmr_select
-from tests.kernel_refs import ref_mmr
+from kernels.reference import ref_mmr
 
 
 def random_inputs(rng, n, d):

@@ -1,10 +1,10 @@
-"""kernels.swing against the numpy reference in tests.kernel_refs."""
+"""kernels.swing against the numpy reference in kernels.reference."""
 import numba
 import numpy as np
 import pytest
 
 from kernels.swing import swing_topm
-from tests.kernel_refs import random_log, ref_swing
+from kernels.reference import random_log, ref_swing
 from tests.test_kernels_itemcf import assert_table_equal, interactions
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kernels.topk_heap import heap_push, heap_sort_desc
-from tests.kernel_refs import rank_desc
+from kernels.reference import rank_desc
 
 
 def heap_topk(ids, scores, k):

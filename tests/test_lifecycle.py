@@ -18,7 +18,7 @@ from common.log import Logger
 from common.reload import Reloader
 from common.server import GrpcServer, ServerOptions
 from common.snapshot import SnapshotError, flip_current
-from gateway.cluster import ClusterConfig, restart_delay
+from cluster.launcher import ClusterConfig, restart_delay
 
 
 def test_sigterm_drains_an_in_flight_request():

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from gateway.cluster import Cluster, ClusterConfig
+from cluster.launcher import Cluster, ClusterConfig
 from gateway.local_stages import LocalAbort, local_call
 from recsys.v2 import recommend_service_pb2 as pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
@@ -146,7 +146,7 @@ def test_colocated_gateway_switches_to_a_new_version_once_its_local_stages_hold_
     from tests.conftest import private_root
     from tests.test_hot_reload import publish_copy
     from common.snapshot import current_version
-    from gateway.bench_funnel import build_funnel
+    from benches.funnel import build_funnel
     from gateway.local_stages import LocalAioContext
 
     root = private_root(snapshot_root, tmp_path_factory, "colocated-reload")

@@ -1,10 +1,10 @@
-"""Tests of export.metrics against brute-force references."""
+"""Tests of export.evaluation.metrics against brute-force references."""
 import math
 
 import numpy as np
 import pytest
 
-from export.metrics import auc, gauc, hit_rate_at_k, recall_at_k
+from export.evaluation.metrics import auc, gauc, hit_rate_at_k, recall_at_k
 
 
 def _brute_auc(labels, scores) -> float:

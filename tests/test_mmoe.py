@@ -6,8 +6,8 @@ import torch
 from onnx import TensorProto, helper
 
 from common.snapshot import SnapshotError
-from export.metrics import auc
-from export.mmoe import (
+from export.evaluation.metrics import auc
+from export.models.mmoe import (
     TASKS,
     DistillConfig,
     MMoEConfig,
@@ -17,7 +17,7 @@ from export.mmoe import (
     predict_mmoe,
     train_mmoe,
 )
-from export.quantize import choose_int8, onnx_predict, quantize_dynamic_int8, quantize_static_int8, session
+from export.models.quantize import choose_int8, onnx_predict, quantize_dynamic_int8, quantize_static_int8, session
 from rank_server.fusion import weighted_product
 from rank_server.model import RankModel
 from tests.test_models import _schema, _synthetic_dataset
@@ -210,7 +210,7 @@ class _FakeSnapshot:
 
 
 def test_prerank_keeps_top_candidates_in_request_order(ds, student, tmp_path):
-    from export.deepfm import DeepFMConfig, export_deepfm_onnx, train_deepfm
+    from export.models.deepfm import DeepFMConfig, export_deepfm_onnx, train_deepfm
     from rank_server.config import RankConfig
     from rank_server.features import ItemFeatures
     from rank_server.rank import RankState, rank

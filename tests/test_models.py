@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from common.rank_features import RankSchema, context_codes
-from export.dataset import Dataset, Interactions
-from export.deepfm import DeepFM, DeepFMConfig, export_deepfm_onnx, make_rank_examples, predict, train_deepfm
-from export.history import last_n
-from export.two_tower import (
+from export.data.dataset import Dataset, Interactions
+from export.models.deepfm import DeepFM, DeepFMConfig, export_deepfm_onnx, make_rank_examples, predict, train_deepfm
+from export.data.history import last_n
+from export.models.two_tower import (
     TwoTowerConfig,
     export_user_tower_onnx,
     item_embeddings,
@@ -295,7 +295,7 @@ def test_deepfm_empty_bag_is_a_zero_field(ds):
 
 def test_deepfm_learns_signal(ds, deepfm):
     """Held-in AUC well above chance on the synthetic taste groups."""
-    from export.metrics import auc
+    from export.evaluation.metrics import auc
 
     model, _ = deepfm
     sparse, bag, label = make_rank_examples(ds, ds.interactions, _schema(ds), neg_per_pos=1, seed=99)

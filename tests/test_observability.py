@@ -10,7 +10,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cluster import Cluster, ClusterConfig
+from cluster.launcher import Cluster, ClusterConfig
 from gateway.experiments import assign
 from gateway.config import GatewayConfig
 from common.config import load_config

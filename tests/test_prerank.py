@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from common.snapshot import SnapshotError
-from export.mmoe import TASKS, MMoEConfig, export_mmoe_onnx, make_mmoe_examples, mmoe_logits, predict_mmoe, train_mmoe
-from export.prerank import PrerankConfig, prerank_loss, train_prerank
-from export.quantize import onnx_predict, session
+from export.models.mmoe import TASKS, MMoEConfig, export_mmoe_onnx, make_mmoe_examples, mmoe_logits, predict_mmoe, train_mmoe
+from export.models.prerank import PrerankConfig, prerank_loss, train_prerank
+from export.models.quantize import onnx_predict, session
 from rank_server.config import RankConfig
 from rank_server.fusion import DEFAULT_WEIGHTS, weighted_product
 from rank_server.model import RankModel
@@ -91,7 +91,7 @@ def test_distilled_prerank_follows_the_teacher(ds, examples, teacher_logits, pre
 def test_prerank_logits_match_the_deepfm_sums(examples, prerank):
     """The field sums run as matmuls with a 0/1 selector (faster under onnxruntime); they equal the plain
     first-order + FM + DNN formula written with sums over the field axis."""
-    from export.field_codes import bag_weights, field_rows
+    from export.models.field_codes import bag_weights, field_rows
 
     sparse, bag, _ = examples
     x, b = torch.from_numpy(sparse[:300].astype(np.int64)), torch.from_numpy(bag[:300].astype(np.float32))
@@ -227,7 +227,7 @@ def test_rank_order_prerank_serves_the_prerank_order_without_the_ranker(ds, teac
 
 
 def test_export_serves_the_ranker_only_where_it_beats_the_prerank_order():
-    from export.ranker import choose_rank_order
+    from export.ranking.ranker import choose_rank_order
 
     rows = {"rank": {"ndcg@10": 0.2053}, "prerank": {"ndcg@10": 0.1998}}
     assert choose_rank_order(rows)["order"] == "model"

@@ -10,13 +10,13 @@ import pytest
 from common.candidate_features import CandidateTables, candidate_features, dense_names
 from common.config import load_config
 from export.config import ExportConfig
-from export.dataset import Interactions
-from export.deepfm import make_rank_examples
-from export.evaluate_funnel import list_row
-from export.metrics import ndcg_at_k
-from export.mmoe import make_mmoe_examples
-from export.rank_replay import order_lists
-from export.recall_tables import item_stats, transition_table
+from export.data.dataset import Interactions
+from export.models.deepfm import make_rank_examples
+from export.evaluation.funnel import list_row
+from export.evaluation.metrics import ndcg_at_k
+from export.models.mmoe import make_mmoe_examples
+from export.ranking.replay import order_lists
+from export.recall.tables import item_stats, transition_table
 from rank_server.fusion import FORMS, fuse
 from tests.test_models import _schema, _synthetic_dataset
 
@@ -25,7 +25,7 @@ from tests.test_models import _schema, _synthetic_dataset
 
 @pytest.fixture(scope="module")
 def small_synthetic():
-    from export.synthetic import SyntheticConfig, make_dataset
+    from export.data.synthetic import SyntheticConfig, make_dataset
 
     return make_dataset(SyntheticConfig(n_items=400, n_users=120, n_interactions=6000, seed=3))
 
@@ -41,7 +41,7 @@ def test_no_test_row_shapes_the_rankers_training_data(small_synthetic, tmp_path)
     """The training and validation replays (recall artifacts, candidates, features, labels, sampled
     negatives) are identical whether or not the dataset still holds the test part."""
     from export.pipeline import rank_schema, replay_cuts
-    from export.split import make_split
+    from export.data.split import make_split
 
     ds = small_synthetic
     # one HNSW point: the export picks (M, ef) partly on measured latency, so two runs may serve different
@@ -214,7 +214,7 @@ def test_list_row_by_hand():
 
 
 def test_served_table_agrees_with_list_row(tmp_path):
-    from gateway.evaluate import compare
+    from tools.evaluate import compare
 
     assert compare({m: 0.5 for m in ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")},
                    {m: 0.5005 for m in ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")}, 0.001) == []
@@ -272,7 +272,7 @@ def test_rerank_config_takes_the_snapshots_fitted_defaults():
 
 def _toy_replay(n_users: int, per_user: int, seed: int = 0):
     """A Replay whose users each have ``per_user`` recalled candidates; truth = the user's candidate 0."""
-    from export.rank_replay import Replay
+    from export.ranking.replay import Replay
 
     rng = np.random.default_rng(seed)
     rows = n_users * per_user
@@ -286,7 +286,7 @@ def _toy_replay(n_users: int, per_user: int, seed: int = 0):
 
 
 def test_ndcg_per_user_is_what_the_mean_averages():
-    from export.metrics import ndcg_per_user
+    from export.evaluation.metrics import ndcg_per_user
 
     pred = np.array([[1, 2, 3], [5, 5, -1], [7, 8, 9]])
     indptr, items = np.array([0, 2, 3, 3]), np.array([1, 3, 5])
@@ -297,7 +297,7 @@ def test_ndcg_per_user_is_what_the_mean_averages():
 
 def test_rank_fusion_ranks_within_each_request():
     """The rank form's ranks are per request (per user), as the rank server computes them."""
-    from export.ranker import fuse_per_user
+    from export.ranking.ranker import fuse_per_user
 
     rep = _toy_replay(3, 5)
     probs = np.random.default_rng(2).random((15, 3)).astype(np.float32)
@@ -310,7 +310,7 @@ def test_rank_fusion_ranks_within_each_request():
 
 
 def test_fusion_keeps_the_click_head_unless_the_gain_is_clear():
-    from export.ranker import fusion_search
+    from export.ranking.ranker import fusion_search
 
     rep = _toy_replay(400, 6)
     rng = np.random.default_rng(3)
@@ -328,7 +328,7 @@ def test_fusion_keeps_the_click_head_unless_the_gain_is_clear():
 
 
 def test_epochs_stay_at_the_configured_count_unless_an_earlier_one_is_clearly_better():
-    from export.ranker import choose_epochs, paired_gain
+    from export.ranking.ranker import choose_epochs, paired_gain
 
     rng = np.random.default_rng(4)
     users = 900
@@ -358,9 +358,9 @@ def test_streamed_training_sample_is_a_row_subset_of_the_full_replay(small_synth
     recalled negatives, each row identical to the full replay's row for that item, plus random unseen items
     outside recall's list; sampling it again keeps every row (the pipeline samples both ways)."""
     from export.pipeline import rank_schema, training_cut
-    from export.rank_replay import replay
-    from export.recall_build import build_recall
-    from export.split import make_split
+    from export.ranking.replay import replay
+    from export.recall.build import build_recall
+    from export.data.split import make_split
 
     ds = small_synthetic
     config = load_config(ExportConfig, None, ["two_tower.epochs=1", "recall_n=300", "rank_n=100",
@@ -406,8 +406,8 @@ def test_streamed_training_sample_is_a_row_subset_of_the_full_replay(small_synth
 def test_rank_variant_with_the_served_model_scores_as_the_rank_row(snapshot):
     """``evaluate_funnel``'s model variants share the rank state's item features and candidate tables and
     swap only the model: the served model as a variant gives exactly the ``rank`` row."""
-    from export.evaluate_funnel import evaluate_funnel
-    from gateway.evaluate import test_truth
+    from export.evaluation.funnel import evaluate_funnel
+    from tools.evaluate import test_truth
 
     ds, truth = test_truth(snapshot)
     users = np.unique(truth.user)[:40]

@@ -1,8 +1,8 @@
-"""export.recall_fit: the fast recall@K against export.metrics, and the merge search on a toy catalogue."""
+"""export.recall.merge_fit: the fast recall@K against export.evaluation.metrics, and the merge search on a toy catalogue."""
 import numpy as np
 
-from export.metrics import recall_at_k
-from export.recall_fit import ChannelLists, TruthHits, merged_predictions, search_merge
+from export.evaluation.metrics import recall_at_k
+from export.recall.merge_fit import ChannelLists, TruthHits, merged_predictions, search_merge
 from recall_server.config import RecallConfig
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from common.snapshot import SnapshotError
-from export.ann_index import choose_hnsw, exact_topk, informative_items, overlap
-from export.evaluate import truth_csr
-from export.split import make_split
-from export.synthetic import HEAD_SKEW, SyntheticConfig, make_dataset, make_world, oracle_topk
+from export.recall.ann_index import choose_hnsw, exact_topk, informative_items, overlap
+from export.evaluation.recall import truth_csr
+from export.data.split import make_split
+from export.data.synthetic import HEAD_SKEW, SyntheticConfig, make_dataset, make_world, oracle_topk
 from recall_server.config import RecallConfig
 from recall_server.state import ann_params, merge_quotas
 
@@ -98,7 +98,7 @@ def test_merge_quotas_and_ann_params_from_the_manifest():
 
 
 def test_choose_min_count_keeps_the_largest_faithful_index():
-    from export.ann_index import choose_min_count
+    from export.recall.ann_index import choose_min_count
 
     rng = np.random.default_rng(2)
     emb, queries = _unit(rng.standard_normal((2000, 16))), _unit(rng.standard_normal((30, 16)))

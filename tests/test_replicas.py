@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from common.snapshot import current_version, flip_current
-from gateway.cluster import STAGES, Cluster, ClusterConfig
+from cluster.launcher import STAGES, Cluster, ClusterConfig
 from gateway.stage_target import SERVICE_CONFIG, stage_target
 from recsys.v1 import recsys_pb2
 from recsys.v1 import recsys_pb2_grpc

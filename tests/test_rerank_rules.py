@@ -6,7 +6,7 @@ from kernels.dpp import dpp_select
 from kernels.mmr import mmr_select
 from kernels.rules import (RULE_NAMES, dpp_select_ruled, greedy_select_ruled, mmr_select_ruled, relaxed_names,
                            rule_items, rule_params)
-from tests.kernel_refs import ref_dpp_ruled, ref_greedy_ruled, ref_mmr_ruled, ref_rule_violations
+from kernels.reference import ref_dpp_ruled, ref_greedy_ruled, ref_mmr_ruled, ref_rule_violations
 
 ALL_RULES = rule_params(scatter_window=3, scatter_max=1, max_run=2, category_cap=3, promoted_min_position=2,
                         promoted_window=4, promoted_max=1, dedupe=True)

@@ -1,4 +1,4 @@
-"""Tests for the per-user temporal split (export/split.py)."""
+"""Tests for the per-user temporal split (export/data/split.py)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from export.dataset import Dataset, Interactions
-from export.split import Split, make_split, temporal_parts, temporal_split
+from export.data.dataset import Dataset, Interactions
+from export.data.split import Split, make_split, temporal_parts, temporal_split
 
 
 def make_inter(user, timestamp) -> Interactions:
@@ -119,7 +119,7 @@ def test_make_split():
 
 def test_ml100k_split_is_fast_and_sized():
     from tests.test_datasets import ml100k_dir
-    from export.datasets import load_movielens_100k
+    from export.data.atomic import load_movielens_100k
 
     ds = load_movielens_100k(ml100k_dir())
     start = time.perf_counter()

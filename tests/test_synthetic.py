@@ -1,4 +1,4 @@
-"""Synthetic snapshots (export.synthetic.make_dataset through the normal pipeline) and the content channel."""
+"""Synthetic snapshots (export.data.synthetic.make_dataset through the normal pipeline) and the content channel."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 
 from common.config import load_config
 from common.snapshot import Snapshot
-from export.recall_tables import content_table
-from export.split import make_split
-from export.synthetic import SyntheticConfig, make_dataset
+from export.recall.tables import content_table
+from export.data.split import make_split
+from export.data.synthetic import SyntheticConfig, make_dataset
 from recall_server.config import RecallConfig
 from recall_server.recall import recall
 from recall_server.state import load_state

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from common.config import load_config
-from common.server import ServerOptions
+from common.server_options import ServerOptions
 from gateway.client import RecommendClient
-from gateway.cluster import Cluster, ClusterConfig, health_status
+from cluster.launcher import Cluster, ClusterConfig, health_status
 from gateway.config import GatewayConfig
 from tests.fake_stages import start_fake_stages, start_gateway, stop
 

@@ -40,7 +40,7 @@ def recall(state, query: RecallQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
     per-request set_ef would race with other searches."""
     if k <= 0:
         return empty()
-    # filtering still leaves k; the index may hold fewer items than the catalogue (export.ann_index)
+    # filtering still leaves k; the index may hold fewer items than the catalogue (export.recall.ann_index)
     k = min(k + min(query.exclude.size, state.ann_max_overfetch), state.ann_items or state.n_items)
     vector = user_vector(state, query)
     eligible = query.eligible

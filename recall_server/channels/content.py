@@ -1,7 +1,7 @@
 """Cold start for new items: items with no training interactions whose content vector (the item tower
 without the id) is nearest to the user's recent items', weighted by recency.
 
-``i2i_content.npz`` (``export.recall_tables.content_table``) holds ``row`` (item -> table row, items
+``i2i_content.npz`` (``export.recall.tables.content_table``) holds ``row`` (item -> table row, items
 sharing a row share neighbours) and the neighbours as CSR. Snapshots exported before this channel have
 no such file: the channel then returns nothing.
 """

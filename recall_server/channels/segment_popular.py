@@ -1,6 +1,6 @@
 """Cold start: the most popular items among users of the same demographic segment (e.g. age x gender).
 
-``popular_segments.npz`` (``export.recall_tables.popular_segments``) maps profile codes to a segment key
+``popular_segments.npz`` (``export.recall.tables.popular_segments``) maps profile codes to a segment key
 and holds each segment's popular list as CSR. An unknown user (all profile codes 0) falls in the
 "unknown" segment, usually empty: global popular and ANN on the empty profile cover it.
 """

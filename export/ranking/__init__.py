@@ -1,0 +1,1 @@
+"""The ranker section of the export: replayed training data, the choices made on validation, the feature ablation."""

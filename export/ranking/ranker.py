@@ -1,0 +1,310 @@
+"""The ranker section of the export: choices on validation, then the published models (issue 11).
+
+1. On the training cut's replay (``export.ranking.replay``), train the MMoE teacher with ``curve_seeds`` seeds and
+   record each one's validation curve (NDCG@10 of the click head ordering each validation user's recalled
+   candidates, per user, averaged over the seeds). The configured epoch count is the default; an earlier
+   epoch replaces it only when its paired per-user gain over the last epoch exceeds ``min_gain_se``
+   standard errors and it is better in every seed (early stopping on evidence of over-fitting, not on noise). The same for the distilled
+   student, taught by the first seed's teacher at the chosen epoch. One seed on 300 users picked by
+   differences of ~0.002 while test results moved by 0.01 (the student once got 1 epoch of 6, and the
+   curves of two seeds disagree on the best epoch by as much): the rule keeps the choice off the noise.
+2. Fusion: every form of ``rank_server.fusion`` over a grid of task weights, applied to the *student* (the
+   served model), scored by the NDCG@10 of the fused order on validation. The click head alone is the
+   default; a fused form replaces it only when its per-user gain over the click head exceeds
+   ``min_gain_se`` standard errors (a paired comparison over the same users), because the best of
+   64 noisy grid points beats the default by chance. The choice is recorded in the manifest
+   (``rank_fusion``) and served.
+3. The distilled pre-rank, the int8 mode (the faster of dynamic / static whose validation NDCG@10 stays
+   within ``max_ndcg_drop`` of fp32; calibration rows from the training cut), and the rerank defaults are
+   chosen by the caller on the validation snapshot with these models.
+4. The published teacher, student and pre-rank are retrained on the training and validation cuts together
+   with the chosen epochs (``retrain_on_validation``), so they know everything before the test part.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.log import get_logger
+from common.rank_features import RankSchema
+from export.models.mmoe import TASKS, DistillConfig, MMoEConfig, export_mmoe_onnx, mmoe_logits, train_mmoe
+from export.models.prerank import PrerankConfig, train_prerank
+from export.models.quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8, session
+from export.evaluation.metrics import ndcg_per_user
+from export.ranking.replay import Replay
+from rank_server.fusion import FORMS, fuse, fuse_ranks
+
+log = get_logger("export")
+
+STUDENT_FILE = "models/rank_mmoe.onnx"
+INT8_FILE = "models/rank_mmoe.int8.onnx"
+TEACHER_FILE = "models/rank_mmoe_teacher.onnx"
+PRERANK_FILE = "models/prerank.onnx"
+FUSION_GRID = (0.0, 0.25, 0.5, 1.0)      # like and rating weights tried with click = 1
+
+
+@dataclass
+class RankerConfig:
+    """Choices of the ranker section (``[ranker]`` in the export config)."""
+
+    retrain_on_validation: bool = True   # published models see the validation cut too (epochs chosen before)
+    max_ndcg_drop: float = 0.005         # int8 kept when validation NDCG@10 drops at most this much vs fp32
+    calibration_rows: int = 512          # static int8 calibration rows, drawn from the training cut
+    curve_users: int = 2000              # validation users scored after every epoch (a seeded sample; ML-100K: all)
+    curve_seeds: int = 2                 # training seeds whose validation curves are averaged to choose epochs
+    # a choice leaves its default (all configured epochs; the click head alone) only when its paired per-user
+    # validation gain exceeds this many standard errors
+    min_gain_se: float = 2.0
+    # serve the ranker only where it orders pre-rank's candidates at least as well as the pre-rank itself on
+    # validation; else the snapshot serves the pre-rank order (manifest rank_order, rank_server order=auto)
+    gate: bool = True
+    fusion_forms: list[str] = field(default_factory=lambda: list(FORMS))
+
+    def validate(self) -> None:
+        for form in self.fusion_forms:
+            if form not in FORMS:
+                raise ValueError(f"ranker.fusion_forms: unknown form '{form}'; known: {', '.join(FORMS)}")
+        if not self.fusion_forms:
+            raise ValueError("ranker.fusion_forms must name at least one form")
+        if self.max_ndcg_drop < 0 or self.calibration_rows < 1:
+            raise ValueError("ranker.max_ndcg_drop must be >= 0 and calibration_rows >= 1")
+        if self.curve_seeds < 1:
+            raise ValueError(f"ranker.curve_seeds must be >= 1, got {self.curve_seeds}")
+        if not self.min_gain_se >= 0:
+            raise ValueError(f"ranker.min_gain_se must be >= 0, got {self.min_gain_se}")
+
+
+RULE_KEYS = ("best_epoch", "gain_over_last", "se", "best_in_every_seed")   # the epoch choice, in the manifest
+CLICK_ONLY = {"click": 1.0, "like": 0.0, "rating": 0.0}   # every fusion form orders by the click head alone
+
+
+def user_ndcg(rep: Replay, scores: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each validation user's recalled candidates ordered by ``scores`` [R]: [U], NaN without truth."""
+    return ndcg_per_user(rep.lists(scores, k), rep.truth_indptr, rep.truth_items, k)
+
+
+def list_ndcg(rep: Replay, scores: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over validation users with truth (see :func:`user_ndcg`)."""
+    per_user = user_ndcg(rep, scores, k)
+    return float(np.nanmean(per_user)) if np.isfinite(per_user).any() else float("nan")
+
+
+def task_probs(model, rep: Replay) -> np.ndarray:
+    """Task probabilities [R, T] of a torch model over every row of ``rep``."""
+    with torch.inference_mode():   # no autograd graph over ~10^6 validation rows
+        return torch.sigmoid(mmoe_logits(model, rep.sparse, rep.bag, rep.dense)).numpy()
+
+
+def fuse_per_user(probs: np.ndarray, rep: Replay, weights: dict, form: str) -> np.ndarray:
+    """``rank_server.fusion.fuse`` as the rank server applies it: per request, i.e. per user of ``rep``.
+
+    Only the ``rank`` form depends on the other rows of the request; its ranks are taken within each user's
+    candidates here (one lexsort over all rows), not across the whole replay."""
+    if form != "rank":
+        return fuse(probs, TASKS, weights, form)
+    owner = np.repeat(np.arange(rep.users.size), np.diff(rep.offsets))
+    ranks = np.empty(probs.shape, np.float64)
+    for t in range(probs.shape[1]):
+        order = np.lexsort((-probs[:, t], owner))            # by user, then descending task score
+        ranks[order, t] = np.arange(order.size) - rep.offsets[owner[order]]
+    return fuse_ranks(ranks, TASKS, weights)
+
+
+def paired_gain(candidate: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of ``candidate - base`` over users where both are defined."""
+    diff = (candidate - base)[np.isfinite(candidate) & np.isfinite(base)]
+    if diff.size < 2:
+        return float(diff.mean()) if diff.size else 0.0, float("inf")
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+def fusion_search(probs: np.ndarray, rep: Replay, forms: list[str], min_gain_se: float = 2.0) -> dict:
+    """The fusion to serve, chosen on validation: the click head alone unless the best (form, weights) of the
+    grid beats it by more than ``min_gain_se`` standard errors of the paired per-user gain; the grid's mean
+    NDCG@10 per point, the best point and its gain are returned too."""
+    base = user_ndcg(rep, probs[:, 0])
+    base_mean = float(np.nanmean(base))
+    grid = {}
+    best = None
+    for form, like, rating in itertools.product(forms, FUSION_GRID, FUSION_GRID):
+        weights = {"click": 1.0, "like": like, "rating": rating}
+        per_user = user_ndcg(rep, fuse_per_user(probs, rep, weights, form))
+        score = float(np.nanmean(per_user))
+        grid[f"{form} like={like:g} rating={rating:g}"] = round(score, 4)
+        if best is None or score > best[0] + 1e-9:
+            best = (score, form, weights, per_user)
+    gain, se = paired_gain(best[3], base)
+    fused = gain > min_gain_se * se
+    form, weights, score = (best[1], best[2], best[0]) if fused else ("product", dict(CLICK_ONLY), base_mean)
+    return {"form": form, "weights": weights, "validation_ndcg@10": round(score, 4),
+            "click_only_ndcg@10": round(base_mean, 4),
+            "best_grid_point": {"form": best[1], "weights": best[2], "validation_ndcg@10": round(best[0], 4),
+                                "gain": round(gain, 5), "se": round(se, 5)},
+            "rule": f"fused only when gain > {min_gain_se:g} x se", "grid": grid}
+
+
+def train_with_curve(schema: RankSchema, cfg: MMoEConfig, train: tuple, dense: np.ndarray, valid: Replay,
+                     teacher=None, distill: DistillConfig | None = None, keep: bool = False):
+    """Train for ``cfg.epochs`` epochs, scoring the click head on ``valid`` after each; returns
+    ``(model, log, curve, per_epoch)`` with ``curve[e-1]`` = every validation user's NDCG@10 after epoch e
+    ([U], NaN without truth) and, with ``keep``, ``per_epoch[e-1]`` a frozen copy of the model after epoch e
+    (else an empty list)."""
+    curve: list[np.ndarray] = []
+    per_epoch: list = []
+
+    def on_epoch(model, epoch):
+        curve.append(user_ndcg(valid, task_probs(model, valid)[:, 0]))
+        if keep:
+            per_epoch.append(copy.deepcopy(model).eval())
+
+    model, mlog = train_mmoe(None, None, cfg, schema, teacher=teacher, distill=distill, examples=train,
+                             dense=dense, on_epoch=on_epoch)
+    return model, mlog, curve, per_epoch
+
+
+def best_epochs(curve: list[float]) -> int:
+    """The 1-based epoch with the best validation score (the earliest on ties)."""
+    return int(np.argmax(curve)) + 1 if curve else 1
+
+
+def choose_epochs(per_seed: list[np.ndarray], min_gain_se: float) -> dict:
+    """The epoch count from every seed's per-user validation scores ``per_seed`` ([E, U] each): the last epoch
+    unless the best earlier one (on the seed-averaged scores) gains more than ``min_gain_se`` standard errors
+    over it, user by user, *and* beats it in every seed. One seed's lucky epoch moved the average past
+    2 SE while the other seed preferred the last epoch; a departure from the default must hold for each."""
+    per_user = np.mean(per_seed, axis=0)
+    curve = [round(float(v), 4) for v in np.nanmean(per_user, axis=1)]
+    last = len(curve)
+    best = best_epochs(curve)
+    gain, se = paired_gain(per_user[best - 1], per_user[last - 1])
+    every_seed = all(np.nanmean(c[best - 1]) > np.nanmean(c[last - 1]) for c in per_seed)
+    epochs = best if best != last and gain > min_gain_se * se and every_seed else last
+    return {"curve": curve, "epochs": epochs, "best_epoch": best, "gain_over_last": round(gain, 5),
+            "se": round(se, 5), "best_in_every_seed": bool(every_seed)}
+
+
+def curve_family(schema: RankSchema, cfg: MMoEConfig, train: tuple, dense: np.ndarray, valid: Replay, seeds: int,
+                 min_gain_se: float, teacher=None, distill: DistillConfig | None = None
+                 ) -> tuple[object, dict, dict]:
+    """Train ``cfg`` with ``seeds`` seeds (``cfg.seed``, ``cfg.seed + 1``, ...), each scored on ``valid`` after
+    every epoch; returns the first seed's model at the epoch :func:`choose_epochs` picks from the
+    seed-averaged per-user scores, its log and the choice (with every seed's curve). A one-epoch ``cfg``
+    trains one seed."""
+    per_seed, first, first_log = [], [], None
+    if cfg.epochs <= 1:
+        seeds = 1   # one epoch leaves nothing to choose: more seeds would repeat the training for no decision
+    for s in range(seeds):
+        _, mlog, curve, per_epoch = train_with_curve(schema, dataclasses.replace(cfg, seed=cfg.seed + s), train,
+                                                     dense, valid, teacher, distill, keep=(s == 0))
+        per_seed.append(np.stack(curve))
+        if s == 0:
+            first, first_log = per_epoch, mlog
+    choice = choose_epochs(per_seed, min_gain_se)
+    choice["per_seed"] = [[round(float(v), 4) for v in np.nanmean(c, axis=1)] for c in per_seed]
+    return first[choice["epochs"] - 1], first_log, choice
+
+
+def choose_rank_order(rows: dict, gate: bool = True) -> dict:
+    """The order the rank stage serves, from the validation funnel's ``rows``: with ``gate``, the best by
+    NDCG@10 of "model" (the ranker, row ``rank``), "prerank" and "recall" (recall's own merged order), the
+    later stage on ties; without, "model".
+
+    Each stage must improve the list it is given: at 10^6 synthetic items a ranker trained on 5,000 replayed
+    users ordered worse than the pre-rank (validation 0.0467 against 0.0542), and in a later export the
+    pre-rank ordered worse than recall itself (0.0511 against 0.0548); serving either would hand callers a
+    worse list than the stage before produced."""
+    score = {"model": float(rows["rank"]["ndcg@10"]), "prerank": float(rows["prerank"]["ndcg@10"])}
+    if "recall" in rows:
+        score["recall"] = float(rows["recall"]["ndcg@10"])
+    later_first = ["model", "prerank", "recall"]   # max() keeps the first of equals: the later stage
+    order = max((o for o in later_first if o in score), key=lambda o: score[o]) if gate else "model"
+    return {"order": order, "validation_ndcg@10": {("rank" if o == "model" else o): round(v, 4)
+                                                    for o, v in score.items()},
+            "gate": gate}
+
+
+def export_models(out_dir: Path, schema: RankSchema, teacher, student, prerank) -> None:
+    """The three ONNX files (teacher for reference, student served, pre-rank served) under ``out_dir``."""
+    for model, name in ((teacher, TEACHER_FILE), (student, STUDENT_FILE), (prerank, PRERANK_FILE)):
+        export_mmoe_onnx(model, str(out_dir / name), schema.n_fields, schema.n_bag)
+
+
+def choose_int8_mode(out_dir: Path, valid: Replay, calib: tuple, fusion: dict, max_drop: float) -> dict:
+    """Dynamic and static int8 of the student in ``out_dir``, each scored by validation NDCG@10 of the fused
+    order and timed on one user's 200 candidates; the faster one within ``max_drop`` of fp32 wins."""
+    from export.models.quantize import latency_ms
+
+    fp32 = out_dir / STUDENT_FILE
+    arrays = (valid.sparse, valid.bag, valid.dense)
+    first = slice(int(valid.offsets[0]), int(valid.offsets[0]) + min(200, int(valid.offsets[1] - valid.offsets[0])))
+    bench = tuple(a[first] for a in arrays)
+
+    def score(path) -> tuple[float, dict]:
+        sess = session(path)
+        p = onnx_predict(sess, *arrays)
+        return list_ndcg(valid, fuse(p, TASKS, fusion["weights"], fusion["form"])), latency_ms(session(path), *bench)
+
+    base, base_lat = score(fp32)
+    record: dict = {"fp32": {"validation_ndcg@10": round(base, 4), **base_lat}, "max_ndcg_drop": max_drop}
+    choice, best_p50 = "fp32", base_lat["p50_ms"]
+    for mode in ("dynamic", "static"):
+        tmp = out_dir / f"models/rank_mmoe.{mode}.onnx"
+        quantize_mode(fp32, tmp, mode, calib)
+        ndcg, lat = score(tmp)
+        ok = base - ndcg <= max_drop
+        record[mode] = {"validation_ndcg@10": round(ndcg, 4), **lat, "within_quality": bool(ok)}
+        if ok and lat["p50_ms"] < best_p50:
+            choice, best_p50 = mode, lat["p50_ms"]
+        tmp.unlink(missing_ok=True)
+    record["choice"] = choice
+    return record
+
+
+def quantize_mode(src: Path, dst: Path, mode: str, calib: tuple) -> None:
+    """Write ``src`` quantized by ``mode`` ("dynamic", "static") to ``dst``; "fp32" copies it."""
+    if mode == "dynamic":
+        quantize_dynamic_int8(src, dst)
+    elif mode == "static":
+        quantize_static_int8(src, dst, *calib)
+    else:
+        Path(dst).write_bytes(Path(src).read_bytes())
+
+
+def train_family(schema: RankSchema, teacher_cfg: MMoEConfig, student_cfg: MMoEConfig, prerank_cfg: PrerankConfig,
+                 distill: DistillConfig, train: tuple, dense: np.ndarray, valid: Replay | None = None,
+                 seeds: int = 1, min_gain_se: float = 2.0) -> dict:
+    """Teacher, student distilled from it, pre-rank distilled from it, on ``train`` / ``dense``.
+
+    With ``valid``, the teacher and student are chosen by seed-averaged validation curves
+    (:func:`curve_family`): the returned models are the first seed's at the chosen epochs, and ``epochs``
+    holds the choice; without, they train for their configured epochs (the published retrain)."""
+    t0 = time.perf_counter()
+    out: dict = {"training": {}}
+    if valid is not None:
+        teacher, t_log, t_sel = curve_family(schema, teacher_cfg, train, dense, valid, seeds, min_gain_se)
+        student, s_log, s_sel = curve_family(schema, student_cfg, train, dense, valid, seeds, min_gain_se,
+                                             teacher, distill)
+        out["curve_users"] = int(valid.users.size)
+        out["curves"] = {"teacher": t_sel["curve"], "student": s_sel["curve"],
+                         "per_seed": {"teacher": t_sel["per_seed"], "student": s_sel["per_seed"]},
+                         "rule": {"teacher": {k: t_sel[k] for k in RULE_KEYS},
+                                  "student": {k: s_sel[k] for k in RULE_KEYS},
+                                  "min_gain_se": min_gain_se}}
+        out["epochs"] = {"teacher": t_sel["epochs"], "student": s_sel["epochs"]}
+    else:
+        teacher, t_log = train_mmoe(None, None, teacher_cfg, schema, examples=train, dense=dense)
+        student, s_log = train_mmoe(None, None, student_cfg, schema, teacher=teacher, distill=distill,
+                                    examples=train, dense=dense)
+    t_logits = mmoe_logits(teacher, train[0], train[1], dense)
+    prerank, p_log = train_prerank(schema, prerank_cfg, train, t_logits, dense=dense)
+    out.update(teacher=teacher, student=student, prerank=prerank)
+    out["training"] = {"mmoe_teacher": t_log, "mmoe_student": s_log, "prerank": p_log,
+                       "seconds": round(time.perf_counter() - t0, 2)}
+    return out
