@@ -15,6 +15,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY protos protos
 COPY recsys recsys
 COPY common common
@@ -25,15 +26,18 @@ COPY rank_server rank_server
 COPY rerank_server rerank_server
 COPY gateway gateway
 COPY export export
-# serving venv: the package and its runtime dependencies only (tests/ and benches' extras are not installed)
+# serving venv: the runtime dependencies at the lock file's versions and hashes (requirements/serving.txt, the
+# lock `make lock` writes and CI installs from), then the package itself; no tests, benches or export extras
 RUN python -m venv /opt/recsys \
     && /opt/recsys/bin/pip install --no-cache-dir --upgrade pip==26.3 \
-    && /opt/recsys/bin/pip install --no-cache-dir .
+    && /opt/recsys/bin/pip install --no-cache-dir --require-hashes -r requirements/serving.txt \
+    && /opt/recsys/bin/pip install --no-cache-dir --no-deps .
 
 FROM build AS build-export
-# torch's CPU wheel (the default PyPI wheel pulls in CUDA libraries, several GiB the export does not use)
-RUN /opt/recsys/bin/pip install --no-cache-dir \
-        --extra-index-url https://download.pytorch.org/whl/cpu ".[export]"
+# the export's lock adds torch's CPU wheel (torch==2.13.0+cpu; the default PyPI wheel pulls in CUDA libraries,
+# several GiB the export does not use) and onnx
+RUN /opt/recsys/bin/pip install --no-cache-dir --require-hashes \
+        --extra-index-url https://download.pytorch.org/whl/cpu -r requirements/export.txt
 
 FROM python:3.11.14-slim-bookworm AS runtime
 # a fixed numeric uid/gid so runAsUser in deploy/k8s matches and files on the snapshot volume are readable
