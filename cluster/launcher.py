@@ -7,7 +7,7 @@ child itself: a preexec_fn would make Python fork the launcher, whose gRPC fork 
 sometimes abort the child with 'epoll_wait error: Bad file descriptor' before it can exec).
 
 A stage may run several replicas (``replicas``), each a process binding its own port, as pods do behind a
-Kubernetes headless Service (DESIGN §6): the gateway gets them as one address list and dials it with gRPC's
+Kubernetes headless Service (docs/ARCHITECTURE.md §8): the gateway gets them as one address list and dials it with gRPC's
 ``round_robin`` policy, client-side health checking and one retry on UNAVAILABLE (``gateway.stage_target``),
 so a dead or draining replica is skipped and calls are balanced per call, not per connection. (This replaced
 SO_REUSEPORT workers sharing one port: the kernel balanced connections, not calls, and the readiness check of

@@ -7,7 +7,7 @@ pool (gRPC's per-handler ``experimental_thread_pool``):
 
 * unary calls (the recsys services): the server's pool of ``ServerOptions.threads``;
 * ``grpc.health.v1.Health/Check``: ``ServerOptions.health_threads`` of its own, answered even when
-  request work is saturated (DESIGN §5);
+  request work is saturated (docs/ARCHITECTURE.md §4);
 * streams that block a thread while open (server reflection): ``ServerOptions.max_streams`` threads plus
   one that refuses a stream beyond that at once with RESOURCE_EXHAUSTED instead of queueing it.
   ``Health/Watch`` is gRPC's non-blocking kind (it holds no thread between updates) and is left alone.

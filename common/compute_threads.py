@@ -1,7 +1,7 @@
 """One compute thread per server process for the numeric libraries (BLAS, OpenMP).
 
 numpy's OpenBLAS starts one thread per visible core and splits a large enough product across them. A server
-process runs one request's math at a time per handler and scales by replicas (DESIGN §6), so those threads
+process runs one request's math at a time per handler and scales by replicas (docs/ARCHITECTURE.md §8), so those threads
 only compete with the other processes on the box: a product split over two threads waits for the slower
 one, and when another process holds a core that is a whole scheduler slice. Measured on the 2-core VM
 (10^6 snapshot, in-process ``recall()`` timed per call for 1,500 users beside a ``while True: pass``

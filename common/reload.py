@@ -1,4 +1,4 @@
-"""Hot reload of snapshot versions, the same mechanism in every server (DESIGN §3).
+"""Hot reload of snapshot versions, the same mechanism in every server (docs/ARCHITECTURE.md §6).
 
 A server holds its artifacts in one immutable *state* object per snapshot version (anything with a
 ``snapshot`` attribute). ``Reloader`` loads the first one at start-up, then watches ``<root>/CURRENT``

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.reflection import enable_reflection
+from common.request_decoding import add_decoding
 from common.log import Logger
 from common.metrics import ServerInterceptor, serve_metrics, track_snapshot
 from common import compute_threads, heap
@@ -44,7 +45,7 @@ def connection_age_options(options: ServerOptions) -> list[tuple[str, int]]:
 
 def server_channel_options(options: ServerOptions) -> list[tuple[str, int]]:
     """The gRPC options of a server's main port. SO_REUSEPORT is off: a port belongs to one process, so a
-    stray process cannot silently join a live port (replicas each bind their own, DESIGN §6)."""
+    stray process cannot silently join a live port (replicas each bind their own, docs/ARCHITECTURE.md §8)."""
     backlog = [(key, value) for key, value in (("grpc.server.max_pending_requests", options.max_pending_calls),
                                               ("grpc.server.max_pending_requests_hard_limit",
                                                options.max_pending_calls_hard)) if value]
@@ -75,7 +76,7 @@ class GrpcServer:
                                                 DeadlineGuard(options.min_remaining_ms / 1000.0)],
                                   maximum_concurrent_rpcs=options.max_concurrent_rpcs or None)
         self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        add_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, log)
         self.service_names: list[str] = []
         self.port = 0
         self.health_server: grpc.Server | None = None  # the health-only plaintext port (health_port)
@@ -83,8 +84,9 @@ class GrpcServer:
         self._stopped = threading.Event()
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
-        """Register ``servicer`` (``add_XServicer_to_server``) under its full service name."""
-        add_to_server(servicer, self.server)
+        """Register ``servicer`` (``add_XServicer_to_server``) under its full service name; its unary methods
+        decode their own requests, refusing undecodable bytes with INVALID_ARGUMENT (``common.request_decoding``)."""
+        add_decoding(add_to_server, servicer, self.server, self.log)
         self.service_names.append(full_name)
 
     def start(self, port_file: str | None = None) -> int:
@@ -113,7 +115,7 @@ class GrpcServer:
         """Serve the same health statuses, and nothing else, in plaintext on ``health_port``."""
         self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
                                                                     thread_name_prefix=f"{self.component}-health"))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        add_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.health_server, self.log)
         address = f"{self.options.host}:{self.options.health_port}"
         port = self.health_server.add_insecure_port(address)
         if port == 0:

@@ -1,4 +1,4 @@
-"""Arrays on the wire between stages: raw little-endian bytes (DESIGN §4).
+"""Arrays on the wire between stages: raw little-endian bytes (docs/ARCHITECTURE.md §7).
 
 ``encode`` turns an array into bytes; ``decode`` validates the length and returns a read-only view
 (``np.frombuffer``: no copy). For 500 candidates this is ~1 µs against ~25 µs for a repeated field.

@@ -1,1 +1,1 @@
-"""Gateway: the public Recommend service that runs the funnel under a deadline (DESIGN §1, §5)."""
+"""Gateway: the public Recommend service that runs the funnel under a deadline (docs/ARCHITECTURE.md §1, §4)."""

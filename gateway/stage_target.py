@@ -1,4 +1,4 @@
-"""How the gateway dials one stage: a gRPC target plus the load-balancing service config (DESIGN §6).
+"""How the gateway dials one stage: a gRPC target plus the load-balancing service config (docs/ARCHITECTURE.md §8).
 
 A stage address in ``GatewayConfig`` (``recall_addr``, ...) is one of:
 

@@ -1,1 +1,1 @@
-"""Rank stage: scores recalled candidates with ONNX models and fuses task scores (DESIGN §1)."""
+"""Rank stage: scores recalled candidates with ONNX models and fuses task scores (docs/ARCHITECTURE.md §1)."""

@@ -20,7 +20,7 @@ class RankConfig:
     # quantization kept quality, else the fp32 student: export records the choice)
     model: str = "auto"
     max_candidates: int = 5000
-    # pre-rank (DESIGN §1): when more than prerank_keep candidates arrive, this cheap model (path inside
+    # pre-rank (docs/ARCHITECTURE.md §1): when more than prerank_keep candidates arrive, this cheap model (path inside
     # the snapshot) scores them all and only its top prerank_keep go to the ranker. A model with the rank
     # tasks as outputs (the pre-rank distilled from the MMoE teacher) is fused with `fusion` like the ranker;
     # a single-output one (e.g. models/rank_deepfm.onnx, label-trained) is used as is. "auto": the manifest's

@@ -20,7 +20,7 @@ from common.client_text import clip
 MAX_FUSION_WEIGHT = 100.0  # exp(w log p) of a larger exponent underflows float32 for ordinary probabilities
 
 # Tasks whose score enters the product as (1 + s) ** w instead of s ** w: a regression output
-# (rating / 5, in [0, 1]) that should boost, never veto, an item (DESIGN §1, issue 3).
+# (rating / 5, in [0, 1]) that should boost, never veto, an item (docs/ARCHITECTURE.md §1, issue 3).
 PLUS_ONE_TASKS = frozenset({"rating"})
 FORMS = ("product", "sum", "one_plus", "rank")
 DEFAULT_WEIGHTS = {"click": 1.0, "like": 1.0, "rating": 0.5}   # a snapshot without fitted fusion (older exports)

@@ -1,1 +1,1 @@
-"""Rerank stage: orders ranked candidates for relevance and diversity (DESIGN §1)."""
+"""Rerank stage: orders ranked candidates for relevance and diversity (docs/ARCHITECTURE.md §1)."""

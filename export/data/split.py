@@ -1,4 +1,4 @@
-"""Per-user temporal split into train, validation and test (DESIGN §7).
+"""Per-user temporal split into train, validation and test (docs/ARCHITECTURE.md §9).
 
 Each user's interactions are ordered by time; the most recent fraction is the
 test part and the fraction just before it the validation part. This mimics

@@ -1,4 +1,4 @@
-"""Seeded synthetic catalogues and interaction logs for scale benchmarks (DESIGN §7).
+"""Seeded synthetic catalogues and interaction logs for scale benchmarks (docs/ARCHITECTURE.md §9).
 
 * Items fall in ``n_clusters`` clusters (each cluster a contiguous id range); an item's embedding is its
   cluster centre plus noise, L2-normalised, so nearest neighbours are mostly in-cluster as in a trained

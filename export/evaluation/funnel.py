@@ -1,4 +1,4 @@
-"""The list through the funnel, computed with the serving functions on a snapshot (issue 11, DESIGN §8).
+"""The list through the funnel, computed with the serving functions on a snapshot (issue 11, docs/ARCHITECTURE.md §10).
 
 For every user with held-out items, exactly what the gateway does with its configuration: recall
 (``recall_n`` candidates) → rank (pre-rank keeps ``prerank_keep``, the ranker orders them) → the best

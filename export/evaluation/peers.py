@@ -1,4 +1,4 @@
-"""Peers the funnel's lists are compared with on the same split (issue 11, DESIGN §8).
+"""Peers the funnel's lists are compared with on the same split (issue 11, docs/ARCHITECTURE.md §10).
 
 * ``popularity``: the most interacted items the user has not seen;
 * ``als``: implicit-feedback ALS (Hu, Koren & Volinsky 2008: confidence 1 + alpha * r, exact least-squares

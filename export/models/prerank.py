@@ -1,4 +1,4 @@
-"""The pre-rank model (DESIGN §1, 粗排): a small multi-task DeepFM distilled from the MMoE teacher.
+"""The pre-rank model (docs/ARCHITECTURE.md §1, 粗排): a small multi-task DeepFM distilled from the MMoE teacher.
 
 Pre-rank cuts ~1,000 recalled candidates to ~200 for the MMoE. It must optimise the same objective as
 the ranker, or it filters out exactly what rank would have liked; so it is trained on the MMoE's examples
