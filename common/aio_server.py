@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common import heap
 from common.log import Logger
 from common.reflection import enable_reflection
+from common.request_decoding import add_decoding
 from common.metrics import AioServerInterceptor, serve_metrics, track_snapshot
 from common.server import ServerOptions, load_server, server_channel_options, write_port_file
 from common.tls import server_credentials
@@ -43,7 +44,7 @@ class AioGrpcServer:
                                       interceptors=[AioServerInterceptor(log, options)],
                                       maximum_concurrent_rpcs=options.max_concurrent_rpcs or None)
         self.health = aio_health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        add_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, log)
         self.service_names: list[str] = []
         self.port = 0
         self.health_server: grpc.aio.Server | None = None
@@ -52,8 +53,9 @@ class AioGrpcServer:
         self._stopping = False
 
     def add(self, add_to_server: Callable, servicer: object, full_name: str) -> None:
-        """Register ``servicer`` (``add_XServicer_to_server``) under its full service name."""
-        add_to_server(servicer, self.server)
+        """Register ``servicer`` (``add_XServicer_to_server``) under its full service name; its unary methods
+        decode their own requests, refusing undecodable bytes with INVALID_ARGUMENT (``common.request_decoding``)."""
+        add_decoding(add_to_server, servicer, self.server, self.log)
         self.service_names.append(full_name)
 
     async def start(self, port_file: str | None = None) -> int:
@@ -83,7 +85,7 @@ class AioGrpcServer:
     async def _start_health_port(self, port_file: str | None) -> None:
         """Serve the same health statuses, and nothing else, in plaintext on ``health_port``."""
         self.health_server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        add_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.health_server, self.log)
         address = f"{self.options.host}:{self.options.health_port}"
         port = self.health_server.add_insecure_port(address)
         if port == 0:

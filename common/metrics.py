@@ -3,15 +3,18 @@
 Every server (``common.server.GrpcServer``) installs ``ServerInterceptor``: for each unary call of a
 ``recsys`` service (public or stage) it counts the request, times it, counts errors by status code, makes
 the caller's ``x-request-id`` the request id of every log line written while serving it (``common.log``), writes a
-debug line per request and a warning per failed one. With ``server.metrics_port >= 0`` the process
-serves ``/metrics`` over HTTP (``serve_metrics``). The gateway adds per-stage latency, degraded counts
-and end-to-end latency (``observe_recommend``); every server reports the snapshot version its servicers serve
-now as an info gauge (``track_snapshot``, read at scrape time, so it follows hot reloads).
+debug line per request and a warning per failed one (a request whose bytes did not decode is counted and logged
+once, as ``request_undecodable``, by ``record_undecodable``: ``common.request_decoding``). With
+``server.metrics_port >= 0`` the process serves ``/metrics`` over HTTP (``serve_metrics``). The gateway adds
+per-stage latency, degraded counts and end-to-end latency (``observe_recommend``); every server reports the
+snapshot version its servicers serve now as an info gauge (``track_snapshot``, read at scrape time, so it
+follows hot reloads).
 
 One registry per process: each worker process serves its own ``/metrics`` (Prometheus sums them).
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from pathlib import Path
@@ -87,6 +90,10 @@ def track_snapshot(servicer: object) -> None:
 
 FEEDBACK_EVENTS = Counter("recsys_feedback_events_total", "Feedback events by outcome (accepted, duplicate, "
                           "rejected, unknown_item)", ["outcome"], registry=REGISTRY)
+# counted by feedback.store in the process that writes (the gateway): users whose real-time state was
+# evicted, by reason (max_users: over the cap, least recently active first; max_user_age_s: idle too long)
+FEEDBACK_EVICTED = Counter("recsys_feedback_evicted_users_total", "Users whose real-time feedback state was "
+                           "evicted, by reason (max_users, max_user_age_s)", ["reason"], registry=REGISTRY)
 
 
 def observe_feedback(accepted: int, duplicates: int, rejected: int, unknown_items: int) -> None:
@@ -124,6 +131,20 @@ def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> i
     return bound
 
 
+# set while serving a call whose request bytes could not be decoded, once ``record_undecodable`` has counted and
+# logged it (each call has a contextvars context of its own, on both gRPC runtimes)
+_undecodable_recorded: contextvars.ContextVar[bool] = contextvars.ContextVar("undecodable_recorded", default=False)
+
+
+def record_undecodable(method: str, size: int, message: str, log: Logger) -> None:
+    """Count and log, once, a call refused with INVALID_ARGUMENT because its request bytes could not be decoded as
+    ``message`` (``common.request_decoding``); ``record_call`` then neither counts nor logs its failure again."""
+    ERRORS.labels(method=method.rsplit("/", 1)[-1], code=grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+    log.warning("request_undecodable", method=method, code=grpc.StatusCode.INVALID_ARGUMENT.name, bytes=size,
+                message=message)
+    _undecodable_recorded.set(True)
+
+
 def record_call(name: str, seconds: float, code, details: str | None, raised: BaseException | None, log: Logger,
                 options) -> str | None:
     """Count, time and log one finished call; return its details cut to ``max_details_chars`` (None: none)."""
@@ -134,9 +155,12 @@ def record_call(name: str, seconds: float, code, details: str | None, raised: Ba
     if code == grpc.StatusCode.OK:
         log.debug("request", method=name, code="OK", ms=round(seconds * 1000, 3))
         return None
-    ERRORS.labels(method=name, code=code.name).inc()
     if details:  # last line of defence: no detail may outgrow gRPC's metadata limits
         details = clip(details, options.max_details_chars)
+    if _undecodable_recorded.get():  # counted and logged by record_undecodable already
+        _undecodable_recorded.set(False)
+        return details
+    ERRORS.labels(method=name, code=code.name).inc()
     log.warning("request_failed", method=name, code=code.name, ms=round(seconds * 1000, 3), details=details,
                 error=None if raised is None or code != grpc.StatusCode.UNKNOWN else repr(raised))
     return details
