@@ -1,4 +1,4 @@
-"""Versioned snapshots: layout, manifest, atomic ``CURRENT`` flip, verification and loading (DESIGN §3).
+"""Versioned snapshots: layout, manifest, atomic ``CURRENT`` flip, verification and loading (docs/ARCHITECTURE.md §6).
 
 ::
 
@@ -127,6 +127,39 @@ def current_version(root: str | Path) -> str:
     if not version or "/" in version or version.startswith("."):
         raise SnapshotError(f"{path} holds an invalid version name {version!r}")
     return version
+
+
+# The funnel's candidate counts the export records in the manifest ("stage_counts", export.pipeline.stage_counts):
+# recall_n (recall's list), prerank_keep (the pre-rank's cut inside rank), rank_n (rank's list sent to rerank)
+STAGE_COUNTS = ("recall_n", "prerank_keep", "rank_n")
+
+
+def check_stage_counts(manifest: dict[str, Any], settings: dict[str, tuple[str, int]]) -> None:
+    """Refuse serving settings that ask for more candidates than the snapshot was exported for.
+
+    ``settings`` maps a key of the manifest's ``stage_counts`` to ``(the setting's name, its value)``, e.g.
+    ``{"recall_n": ("gateway.recall_n", 1000)}``. A value above the exported count raises ValueError (one line,
+    naming the setting, the snapshot and the count); a value at or below it passes. Snapshots exported before the
+    manifest recorded the counts (no ``stage_counts``), and counts a manifest does not list, are not checked.
+
+    Why more is refused and less allowed: the export fits the models and makes its choices *at* these counts.
+    The ranker's examples come from recall replayed with ``recall_n`` candidates, and its ``recall_pos`` feature
+    reads ``log1p(recall_n)`` as "a random item recall did not return" (``export.ranking.replay``): candidates
+    past the exported ``recall_n`` reach the ranker at positions it was trained to treat as non-recalled; the
+    recall merge quotas were fitted for that many too. The rank gate and the rerank default were chosen on the
+    validation funnel at the exported ``prerank_keep`` and ``rank_n``: longer lists are a configuration nobody
+    measured. Fewer candidates are the same lists cut shorter (recall's first n in the same merged order, the
+    pre-rank's top n, rank's best n), every position inside the range the models saw: a legitimate operator
+    choice that trades quality for latency, e.g. a smaller ``recall_n`` to cut rank work under load.
+    """
+    exported = manifest.get("stage_counts")
+    if not isinstance(exported, dict):   # older snapshots: nothing recorded, nothing to check
+        return
+    for key, (setting, value) in settings.items():
+        limit = exported.get(key)
+        if limit is not None and value > limit:
+            raise ValueError(f"{setting}={value} but snapshot {manifest.get('version', '?')} was exported with "
+                             f"{key}={limit}: set {setting} <= {limit} or export with {key}={value}")
 
 
 def resolve(path: str | Path) -> Path:

@@ -104,6 +104,9 @@ class GatewayConfig:
     # with adaptive budgets the last stage may run to the edge: 2 ms let a caller's 200 ms deadline pass 1 in 3
     # times in tests/test_deadline.py on a shared 2-core box, 3 ms none in 6 runs
     reserve_ms: float = 3.0
+    # candidates asked of recall and kept after rank (sent to rerank): at most what the snapshot was exported
+    # with (its manifest's stage_counts; checked when a snapshot loads, common.snapshot.check_stage_counts).
+    # Smaller is allowed: the same lists cut shorter, e.g. to shed rank work under load
     recall_n: int = 1000
     rank_n: int = 200                # candidates sent to rerank
     max_k: int = 100
@@ -118,6 +121,15 @@ class GatewayConfig:
     # the feedback store the gateway writes (Feedback RPC; feedback.store); the recall and rank servers read
     # the same path. path "" turns feedback off (Feedback answers FAILED_PRECONDITION)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+    def stage_counts(self) -> dict[str, tuple[str, int]]:
+        """The funnel's candidate counts this gateway asks for, by the manifest's ``stage_counts`` key:
+        ``(setting, value)`` for ``common.snapshot.check_stage_counts``. The pre-rank cut only when rank runs in
+        this process: a remote rank server's ``prerank_keep`` is its own setting."""
+        counts = {"recall_n": ("gateway.recall_n", self.recall_n), "rank_n": ("gateway.rank_n", self.rank_n)}
+        if self.stages.rank == "local":
+            counts["prerank_keep"] = ("gateway.local.rank.prerank_keep", self.local.rank.prerank_keep)
+        return counts
 
     def validate(self) -> None:
         self.server.validate()

@@ -1,4 +1,4 @@
-"""The funnel under one deadline: recall → rank → rerank, each with a budget and a fallback (DESIGN §5).
+"""The funnel under one deadline: recall → rank → rerank, each with a budget and a fallback (docs/ARCHITECTURE.md §4).
 
 ``run_funnel`` is plain logic over three stage callables (``grpc.aio`` stubs in production, whose calls
 are awaited; plain functions in tests and in the bench's in-process funnel). Each stage call gets its
@@ -115,6 +115,169 @@ def rerank_method(name: str) -> int:
     return rerank_pb2.RerankMethod.Value(f"RERANK_METHOD_{name}") if name else 0
 
 
+@dataclass
+class _Request:
+    """One funnel run's fixed inputs, as the stage functions read them."""
+
+    stages: Stages
+    config: GatewayConfig
+    user_id: str
+    k: int
+    context: object
+    exclude_ids: list[str]
+    deadline: float
+    reserve: float                   # seconds kept back from each stage call
+    metadata: object
+    exp: Assignment
+
+    async def call(self, stage: str, request) -> object:
+        """Call ``stage`` under its adaptive budget (``_call``)."""
+        return await _call(stage, getattr(self.stages, stage), request, self.deadline, self.reserve,
+                           self.config.budget, self.metadata)
+
+
+@dataclass
+class _Trace:
+    """What happened on the way: the stages that degraded, their errors, those that ran out of time, timings."""
+
+    degraded: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    timed_out: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def failed(self, stage: str, exc: Exception) -> None:
+        self.degraded.append(stage)
+        self.errors[stage] = str(exc)
+        self.timed_out += [stage] if getattr(exc, "timed_out", False) else []
+
+
+@dataclass
+class _Recalled:
+    """Recall's answer (or the popular fallback): candidates of ``snapshot``, the version the rest runs on."""
+
+    snapshot: Snapshot
+    cand: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    channel_names: list[str]
+    eligible_items: int
+
+
+@dataclass
+class _Ranked:
+    """Rank's best ``rank_n`` (or recall's first ``rank_n`` when rank failed), with the task scores."""
+
+    cand: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    task_names: list[str]
+    task_scores: np.ndarray          # [cand.size, len(task_names)]
+
+
+async def recall_stage(req: _Request, trace: _Trace, snapshot: Snapshot, popular: np.ndarray, exclude: np.ndarray,
+                       snapshot_for: Callable[[str], Snapshot | None] | None, filters,
+                       item_filter: Callable[[Snapshot], ItemFilter | None] | None,
+                       include_exposed: bool) -> _Recalled:
+    """Stage 1: ``config.recall_n`` candidates from recall. When recall answered from another version the
+    gateway holds (``snapshot_for``), the result is on that snapshot. On failure: the popular fallback
+    (eligible items only, with a filter) minus what the user has seen and excluded, in popularity order."""
+    config, exclude_ids, version = req.config, req.exclude_ids, snapshot.version
+    try:
+        reply = await req.call("recall", recall_pb2.RecallRequest(
+            user_id=req.user_id, n=config.recall_n, exclude_item_ids=exclude_ids, quotas=req.exp.quotas,
+            snapshot_version=version, filters=filters, include_exposed=include_exposed))
+        served = snapshot
+        if reply.snapshot_version != version:
+            other = snapshot_for(reply.snapshot_version) if snapshot_for and reply.snapshot_version else None
+            if other is None:
+                raise StageFailed(f"recall serves snapshot {reply.snapshot_version}, gateway {version}")
+            served = other
+        cand = wire.decode(reply.item_idx, wire.INT32, "recall.item_idx")
+        cand_scores = wire.decode(reply.scores, wire.FLOAT32, "recall.scores", cand.size)
+        masks = wire.decode(reply.channel_masks, wire.UINT32, "recall.channel_masks", cand.size)
+        if cand.size and (cand.min() < 0 or cand.max() >= served.item_ids.shape[0]):
+            raise StageFailed("recall returned ids outside the snapshot")
+        return _Recalled(served, cand, cand_scores, masks, list(reply.channel_names), int(reply.eligible_items))
+    except (StageFailed, wire.WireError) as exc:
+        trace.failed("recall", exc)
+        compiled = item_filter(snapshot) if item_filter is not None else None
+        pool = popular if compiled is None else popular[compiled.matches(popular)]
+        eligible_items = 0 if compiled is None else int(compiled.mask().sum())
+        cand = popular_fallback(snapshot, pool, req.user_id, exclude, config.recall_n)
+        cand_scores = np.linspace(1.0, 0.0, cand.size, endpoint=False, dtype=np.float32)
+        return _Recalled(snapshot, cand, cand_scores, np.ones(cand.size, np.uint32), [FALLBACK_CHANNEL],
+                         eligible_items)
+
+
+async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Ranked:
+    """Stage 2: rank scores recall's candidates; the best ``config.rank_n`` by fused score go on. On failure (or
+    with nothing to rank): recall's first ``rank_n`` in recall order, no task scores."""
+    config = req.config
+    cand, cand_scores, masks = recalled.cand, recalled.scores, recalled.masks
+    try:
+        if cand.size == 0:
+            raise StageFailed("nothing to rank")
+        reply = await req.call("rank", rank_pb2.RankRequest(
+            user_id=req.user_id, context=rank_pb2.RankContext(timestamp=req.context.timestamp),
+            item_idx=wire.encode(cand, wire.INT32), snapshot_version=recalled.snapshot.version,
+            fusion=req.exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
+            channel_names=recalled.channel_names, recall_scores=wire.encode(cand_scores, wire.FLOAT32)))
+        ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
+        fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
+        names = list(reply.task_names)
+        ts = wire.decode(reply.task_scores, wire.FLOAT32, "rank.task_scores", ranked.size * len(names))
+        if not np.isfinite(fused).all():
+            raise StageFailed("rank returned NaN or inf scores")
+        if not np.array_equal(cand, ranked):  # usual case: nothing dropped, no set lookup needed
+            keep = np.isin(cand, ranked)  # rank keeps request order and drops only unknown ids
+            if not np.array_equal(cand[keep], ranked):
+                raise StageFailed("rank reply does not match the candidates it was given")
+            masks = masks[keep]
+        top = np.lexsort((np.arange(fused.size), -fused))[: config.rank_n]
+        return _Ranked(ranked[top], fused[top], masks[top], names, ts.reshape(ranked.size, len(names))[top])
+    except (StageFailed, wire.WireError) as exc:
+        if cand.size:
+            trace.failed("rank", exc)
+        cand, cand_scores, masks = cand[: config.rank_n], cand_scores[: config.rank_n], masks[: config.rank_n]
+        return _Ranked(cand, cand_scores, masks, [], np.zeros((cand.size, 0), np.float32))
+
+
+async def rerank_stage(req: _Request, trace: _Trace, ranked: _Ranked, version: str) -> tuple[np.ndarray, list[str]]:
+    """Stage 3: rerank picks the final ``k`` of rank's list: ``(positions in ranked.cand, relaxed rules)``. On
+    failure (or with nothing to rerank): the first ``k`` in rank order (or recall order)."""
+    cand, k = ranked.cand, req.k
+    try:
+        if cand.size == 0:
+            raise StageFailed("nothing to rerank")
+        reply = await req.call("rerank", rerank_pb2.RerankRequest(
+            item_idx=wire.encode(cand, wire.INT32), scores=wire.encode(ranked.scores, wire.FLOAT32),
+            k=min(k, cand.size), snapshot_version=version, method=rerank_method(req.exp.method),
+            params=rerank_params(req.exp)))
+        positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
+        if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
+                positions.max() >= cand.size)) or np.unique(positions).size != positions.size):
+            raise StageFailed("rerank returned invalid positions")
+        return positions, list(reply.relaxed_rules)
+    except (StageFailed, wire.WireError) as exc:
+        if cand.size:
+            trace.failed("rerank", exc)
+        return np.arange(min(k, cand.size), dtype=np.int32), []  # rank order (or recall order)
+
+
+def final_filter(trace: _Trace, snapshot: Snapshot, cand: np.ndarray, positions: np.ndarray,
+                 item_filter: Callable[[Snapshot], ItemFilter | None] | None) -> np.ndarray:
+    """The final list checked against the request's filter once more: a stage that ignored the filter never
+    leaks items (they are dropped, and the drop recorded under ``errors["filter"]``)."""
+    if item_filter is not None:
+        compiled = item_filter(snapshot)
+        if compiled is not None:
+            ok = compiled.matches(cand[positions])
+            if not ok.all():
+                trace.errors["filter"] = f"{int((~ok).sum())} final items broke the request's filter and were dropped"
+                positions = positions[ok]
+    return positions
+
+
 async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, config: GatewayConfig,
                user_id: str, k: int, context, exclude_ids: list[str],
                deadline: float, metadata=(), log: Logger | None = None,
@@ -134,125 +297,30 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
     recall; ``item_filter(snapshot)`` compiles them for a snapshot, for the fallback and the final check.
     ``include_exposed``: recall keeps items the feedback store's exposure filter would drop.
     """
-    exp = experiment or Assignment()
-    version = snapshot.version
+    req = _Request(stages, config, user_id, k, context, exclude_ids, deadline,
+                   config.reserve_ms / 1000.0 + extra_reserve_s, metadata, experiment or Assignment())
     budget_ms = (deadline - time.monotonic()) * 1000.0
-    reserve = config.reserve_ms / 1000.0 + extra_reserve_s
-    degraded: list[str] = []
-    errors: dict[str, str] = {}
-    timed_out: list[str] = []
-    timings: dict[str, float] = {}
+    trace = _Trace()
     exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
 
-    # ---- recall
     t0 = time.perf_counter()
-    try:
-        reply = await _call("recall", stages.recall,
-                      recall_pb2.RecallRequest(user_id=user_id, n=config.recall_n, exclude_item_ids=exclude_ids,
-                                               quotas=exp.quotas, snapshot_version=version, filters=filters,
-                                               include_exposed=include_exposed),
-                      deadline, reserve, config.budget, metadata)
-        served = snapshot
-        if reply.snapshot_version != version:
-            other = snapshot_for(reply.snapshot_version) if snapshot_for and reply.snapshot_version else None
-            if other is None:
-                raise StageFailed(f"recall serves snapshot {reply.snapshot_version}, gateway {version}")
-            served = other
-        cand = wire.decode(reply.item_idx, wire.INT32, "recall.item_idx")
-        cand_scores = wire.decode(reply.scores, wire.FLOAT32, "recall.scores", cand.size)
-        masks = wire.decode(reply.channel_masks, wire.UINT32, "recall.channel_masks", cand.size)
-        if cand.size and (cand.min() < 0 or cand.max() >= served.item_ids.shape[0]):
-            raise StageFailed("recall returned ids outside the snapshot")
-        channel_names = list(reply.channel_names)
-        eligible_items = int(reply.eligible_items)
-        if served is not snapshot:  # recall answered from the other version the gateway holds
-            snapshot, version = served, served.version
-            exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)
-    except (StageFailed, wire.WireError) as exc:
-        degraded.append("recall")
-        errors["recall"] = str(exc)
-        timed_out += ["recall"] if getattr(exc, "timed_out", False) else []
-        compiled = item_filter(snapshot) if item_filter is not None else None
-        pool = popular if compiled is None else popular[compiled.matches(popular)]
-        eligible_items = 0 if compiled is None else int(compiled.mask().sum())
-        cand = popular_fallback(snapshot, pool, user_id, exclude, config.recall_n)
-        cand_scores = np.linspace(1.0, 0.0, cand.size, endpoint=False, dtype=np.float32)
-        masks = np.ones(cand.size, np.uint32)
-        channel_names = [FALLBACK_CHANNEL]
-    timings["recall"] = (time.perf_counter() - t0) * 1000.0
+    recalled = await recall_stage(req, trace, snapshot, popular, exclude, snapshot_for, filters, item_filter,
+                                  include_exposed)
+    snapshot = recalled.snapshot   # another version the gateway holds, when recall answered from it
+    trace.timings["recall"] = (time.perf_counter() - t0) * 1000.0
 
-    # ---- rank
     t0 = time.perf_counter()
-    task_names: list[str] = []
-    task_scores = np.zeros((cand.size, 0), np.float32)
-    try:
-        if cand.size == 0:
-            raise StageFailed("nothing to rank")
-        reply = await _call("rank", stages.rank,
-                      rank_pb2.RankRequest(user_id=user_id, context=rank_pb2.RankContext(timestamp=context.timestamp),
-                                             item_idx=wire.encode(cand, wire.INT32), snapshot_version=version,
-                                             fusion=exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
-                                             channel_names=channel_names,
-                                             recall_scores=wire.encode(cand_scores, wire.FLOAT32)),
-                      deadline, reserve, config.budget, metadata)
-        ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
-        fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
-        names = list(reply.task_names)
-        ts = wire.decode(reply.task_scores, wire.FLOAT32, "rank.task_scores", ranked.size * len(names))
-        if not np.isfinite(fused).all():
-            raise StageFailed("rank returned NaN or inf scores")
-        if not np.array_equal(cand, ranked):  # usual case: nothing dropped, no set lookup needed
-            keep = np.isin(cand, ranked)  # rank keeps request order and drops only unknown ids
-            if not np.array_equal(cand[keep], ranked):
-                raise StageFailed("rank reply does not match the candidates it was given")
-            masks = masks[keep]
-        top = np.lexsort((np.arange(fused.size), -fused))[: config.rank_n]
-        cand, masks = ranked[top], masks[top]
-        cand_scores = fused[top]
-        task_names, task_scores = names, ts.reshape(ranked.size, len(names))[top]
-    except (StageFailed, wire.WireError) as exc:
-        if cand.size:
-            degraded.append("rank")
-            errors["rank"] = str(exc)
-            timed_out += ["rank"] if getattr(exc, "timed_out", False) else []
-        cand, cand_scores, masks = cand[: config.rank_n], cand_scores[: config.rank_n], masks[: config.rank_n]
-        task_scores = np.zeros((cand.size, 0), np.float32)
-    timings["rank"] = (time.perf_counter() - t0) * 1000.0
+    ranked = await rank_stage(req, trace, recalled)
+    trace.timings["rank"] = (time.perf_counter() - t0) * 1000.0
 
-    # ---- rerank
     t0 = time.perf_counter()
-    relaxed: list[str] = []
-    try:
-        if cand.size == 0:
-            raise StageFailed("nothing to rerank")
-        reply = await _call("rerank", stages.rerank,
-                      rerank_pb2.RerankRequest(item_idx=wire.encode(cand, wire.INT32),
-                                               scores=wire.encode(cand_scores, wire.FLOAT32),
-                                               k=min(k, cand.size), snapshot_version=version,
-                                               method=rerank_method(exp.method), params=rerank_params(exp)),
-                      deadline, reserve, config.budget, metadata)
-        positions = wire.decode(reply.positions, wire.INT32, "rerank.positions")
-        if (positions.size > min(k, cand.size) or (positions.size and (positions.min() < 0 or
-                positions.max() >= cand.size)) or np.unique(positions).size != positions.size):
-            raise StageFailed("rerank returned invalid positions")
-        relaxed = list(reply.relaxed_rules)
-    except (StageFailed, wire.WireError) as exc:
-        if cand.size:
-            degraded.append("rerank")
-            errors["rerank"] = str(exc)
-            timed_out += ["rerank"] if getattr(exc, "timed_out", False) else []
-        positions = np.arange(min(k, cand.size), dtype=np.int32)  # rank order (or recall order)
-    timings["rerank"] = (time.perf_counter() - t0) * 1000.0
+    positions, relaxed = await rerank_stage(req, trace, ranked, snapshot.version)
+    trace.timings["rerank"] = (time.perf_counter() - t0) * 1000.0
 
-    if item_filter is not None:  # the list is checked again: a stage that ignored the filter never leaks items
-        compiled = item_filter(snapshot)
-        if compiled is not None:
-            ok = compiled.matches(cand[positions])
-            if not ok.all():
-                errors["filter"] = f"{int((~ok).sum())} final items broke the request's filter and were dropped"
-                positions = positions[ok]
-    if log is not None and errors:
-        log.warning("stage_degraded", user_id=user_id, errors=errors, budget_ms=round(budget_ms, 2))
-    return FunnelResult(cand[positions], cand_scores[positions], task_names, task_scores[positions],
-                        channel_names, masks[positions], timings, degraded, errors, relaxed, snapshot,
-                        timed_out, eligible_items)
+    positions = final_filter(trace, snapshot, ranked.cand, positions, item_filter)
+    if log is not None and trace.errors:
+        log.warning("stage_degraded", user_id=user_id, errors=trace.errors, budget_ms=round(budget_ms, 2))
+    return FunnelResult(ranked.cand[positions], ranked.scores[positions], ranked.task_names,
+                        ranked.task_scores[positions], recalled.channel_names, ranked.masks[positions],
+                        trace.timings, trace.degraded, trace.errors, relaxed, snapshot, trace.timed_out,
+                        recalled.eligible_items)

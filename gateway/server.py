@@ -24,7 +24,7 @@ from common.log import Logger, request_id_var
 from common.metrics import SHED, observe_feedback, observe_recommend
 from common.reload import Reloader, version_service
 from common.server import channel_options
-from common.snapshot import Snapshot
+from common.snapshot import Snapshot, check_stage_counts
 from common.tls import aio_channel, open_channel
 from feedback.events import Event
 from feedback.ingest import check_batch, ingest
@@ -145,6 +145,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
         snapshot = Snapshot.open(path)
         check_tasks(self.config.experiments, list(snapshot.schema["rank_tasks"]))  # arms the ranker would refuse
+        # more candidates than the export fitted for: refused (start-up fails; a reload keeps the old version)
+        check_stage_counts(snapshot.manifest, self.config.stage_counts())
         state = GatewayState(snapshot, snapshot.load_array("popular.npy").astype(np.int32),
                              snapshot.features.array("item_titles"), load_attribute_table(snapshot))
         if state.popular.size == 0 or state.titles.shape[0] != snapshot.item_ids.shape[0]:

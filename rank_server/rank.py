@@ -7,7 +7,7 @@ import numpy as np
 
 from common.candidate_features import CandidateTables, candidate_features, channels_of
 from common.rank_features import RankSchema
-from common.snapshot import Snapshot, SnapshotError
+from common.snapshot import Snapshot, SnapshotError, check_stage_counts
 from feedback.realtime import Realtime, SnapshotKeys, history_codes
 from rank_server.config import RANK_ORDERS, RankConfig
 from rank_server.features import ItemFeatures, rank_inputs
@@ -85,6 +85,8 @@ def prerank_top(scores: np.ndarray, keep: int) -> np.ndarray:
 
 def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
     """Load item features and the ONNX model of ``snapshot``."""
+    # more pre-rank survivors than the export chose its rank order at is a configuration nobody measured
+    check_stage_counts(snapshot.manifest, {"prerank_keep": ("rank.prerank_keep", config.prerank_keep)})
     schema = RankSchema.from_dict(snapshot.schema["rank"])
     model = RankModel(snapshot.file(model_file(snapshot, config)), schema, snapshot.schema["rank_tasks"],
                       config.onnx_threads)
