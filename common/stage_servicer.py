@@ -22,16 +22,29 @@ from common.snapshot import Snapshot
 
 class StageServicer:
     """Base of ``RecallServicer``, ``RankServicer`` and ``RerankServicer``. Subclasses set what ``load_state``
-    needs before calling ``super().__init__``: the reloader loads the first snapshot at once."""
+    needs before calling ``super().__init__``: the reloader loads the first snapshot at once.
+
+    A stage whose state is one plain function of (snapshot, config) names it as ``state_loader``, and its
+    self-test (state, config) as ``state_check``; others override ``load_state`` / ``self_test``. A stage
+    that reads the feedback store names its reader class as ``feedback_reader`` (``feedback.realtime.Realtime``,
+    a package above this one): ``self.realtime`` is then one reader for the process's life, across swaps."""
+
+    state_loader: Callable[[Snapshot, Any], Any] | None = None
+    state_check: Callable[[Any, Any], None] | None = None
+    feedback_reader: Callable[[Any], Any] | None = None
 
     def __init__(self, config: Any, log: Logger):
         self.config = config
         self.log = log
+        # off when feedback.path is "" (the reader's own rule)
+        self.realtime = self.feedback_reader(config.feedback) if self.feedback_reader is not None else None
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s)
 
     def load_state(self, snapshot: Snapshot) -> Any:
         """This stage's state of one verified snapshot (it must carry the snapshot as ``.snapshot``)."""
-        raise NotImplementedError
+        if self.state_loader is None:
+            raise NotImplementedError(f"{type(self).__name__} sets neither state_loader nor load_state")
+        return self.state_loader(snapshot, self.config)
 
     def describe(self, state: Any) -> dict:
         """Fields of the ``snapshot_loaded`` log line beside the version."""
@@ -39,6 +52,8 @@ class StageServicer:
 
     def self_test(self, state: Any) -> None:
         """Run real calls once before serving ``state`` (compiles kernels); raise to refuse it."""
+        if self.state_check is not None:
+            self.state_check(state, self.config)
 
     def load(self, path: Path) -> Any:
         """Open and verify the snapshot at ``path``, load its state and self-test it (start-up and reload)."""

@@ -8,8 +8,6 @@ import numpy as np
 
 from common import wire
 from common.client_text import too_long
-from common.log import Logger
-from common.snapshot import Snapshot
 from common.stage_servicer import StageServicer, serve_stage
 from feedback.realtime import Realtime
 from recsys.stage.v1 import rank_service_pb2 as rank_pb2
@@ -19,21 +17,28 @@ from rank_server.fusion import check_fusion
 from rank_server.rank import RankState, RecallInfo, load_state, rank
 
 
+def self_test(state: RankState, config: RankConfig) -> None:
+    """Score real batches once before serving a state (a cold user, and a known one so the history-feature
+    kernels are compiled or loaded before the first request needs them, not during it); refuse one that
+    produces non-finite scores."""
+    n = min(state.items.n_items, config.prerank_keep + 50)   # past the pre-rank cut, so pre-rank runs too
+    users = state.snapshot.features.array("user_ids")
+    expected = n if state.prerank is None else min(n, config.prerank_keep)
+    for user_id in ("", *([str(users[0])] if users.size else [])):
+        result = rank(state, config, user_id, np.arange(n, dtype=np.int32), 0)
+        if not np.isfinite(result.fused).all() or result.fused.size != expected:
+            raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
+
+
 class RankServicer(StageServicer, rank_grpc.RankServiceServicer):
     """Thin adapter between the Rank proto and ``rank_server.rank.rank``."""
 
-    def __init__(self, config: RankConfig, log: Logger):
-        self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
-        super().__init__(config, log)
-
-    def load_state(self, snapshot: Snapshot) -> RankState:
-        return load_state(snapshot, self.config)
+    state_loader = staticmethod(load_state)
+    state_check = staticmethod(self_test)
+    feedback_reader = Realtime
 
     def describe(self, state: RankState) -> dict:
         return {"model": str(state.model.path)}
-
-    def self_test(self, state: RankState) -> None:
-        self_test(state, self.config)
 
     def Rank(self, request, context):
         problem = too_long([("user_id", request.user_id), ("snapshot_version", request.snapshot_version),
@@ -80,19 +85,6 @@ def recall_info(request, n: int) -> RecallInfo:
     if len(request.channel_names) > 32:
         raise wire.WireError(f"channel_names has {len(request.channel_names)} names, at most 32 (one bit each)")
     return RecallInfo(masks, list(request.channel_names) or None, scores)
-
-
-def self_test(state: RankState, config: RankConfig) -> None:
-    """Score real batches once before serving a state (a cold user, and a known one so the history-feature
-    kernels are compiled or loaded before the first request needs them, not during it); refuse one that
-    produces non-finite scores."""
-    n = min(state.items.n_items, config.prerank_keep + 50)   # past the pre-rank cut, so pre-rank runs too
-    users = state.snapshot.features.array("user_ids")
-    expected = n if state.prerank is None else min(n, config.prerank_keep)
-    for user_id in ("", *([str(users[0])] if users.size else [])):
-        result = rank(state, config, user_id, np.arange(n, dtype=np.int32), 0)
-        if not np.isfinite(result.fused).all() or result.fused.size != expected:
-            raise ValueError(f"self-test: model {state.model.path} produced invalid scores")
 
 
 def main(argv: list[str] | None = None) -> int:

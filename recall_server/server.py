@@ -10,8 +10,6 @@ import numpy as np
 from common import wire
 from common.client_text import too_long
 from common.item_filter import FilterError, compile_filters
-from common.log import Logger
-from common.snapshot import Snapshot
 from common.stage_servicer import StageServicer, serve_stage
 from feedback.realtime import Realtime
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
@@ -22,21 +20,24 @@ from recall_server.recall import recall
 from recall_server.state import RecallState, load_state
 
 
+def self_test(state: RecallState, config: RecallConfig) -> None:
+    """Run real queries once before serving a state: compiles kernels, checks the artifacts agree."""
+    known = str(state.snapshot.features.array("user_ids")[0])
+    for user_id in (known, "\x00self-test-unknown-user"):
+        result = recall(state, config, user_id, config.default_n)
+        if result.ids.size == 0 or np.unique(result.ids).size != result.ids.size:
+            raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
+
+
 class RecallServicer(StageServicer, recall_grpc.RecallServiceServicer):
     """Thin adapter between the Recall proto and ``recall_server.recall.recall``."""
 
-    def __init__(self, config: RecallConfig, log: Logger):
-        self.realtime = Realtime(config.feedback)  # the feedback store's reader (off when feedback.path is "")
-        super().__init__(config, log)
-
-    def load_state(self, snapshot: Snapshot) -> RecallState:
-        return load_state(snapshot, self.config)
+    state_loader = staticmethod(load_state)
+    state_check = staticmethod(self_test)
+    feedback_reader = Realtime
 
     def describe(self, state: RecallState) -> dict:
         return {"n_items": state.n_items}
-
-    def self_test(self, state: RecallState) -> None:
-        self_test(state, self.config)
 
     def validate(self, request: recall_pb2.RecallRequest) -> str | None:
         """The first problem with ``request``, or None."""
@@ -88,15 +89,6 @@ class RecallServicer(StageServicer, recall_grpc.RecallServiceServicer):
         opts = self.config.server
         return state.eligible_cache.get(key, lambda: eligible_items(
             compile_filters(filters, state.attributes, self.config.filters, opts.max_echo_chars)))
-
-
-def self_test(state: RecallState, config: RecallConfig) -> None:
-    """Run real queries once before serving a state: compiles kernels, checks the artifacts agree."""
-    known = str(state.snapshot.features.array("user_ids")[0])
-    for user_id in (known, "\x00self-test-unknown-user"):
-        result = recall(state, config, user_id, config.default_n)
-        if result.ids.size == 0 or np.unique(result.ids).size != result.ids.size:
-            raise ValueError(f"self-test recall for user {user_id!r} returned no or duplicate candidates")
 
 
 def main(argv: list[str] | None = None) -> int:
