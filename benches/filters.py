@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.item_filter import load_attribute_table
     from common.snapshot import Snapshot, SnapshotError
-    from benches.latency import machine_info
+    from benches.peers import machine_info
     from gateway.client import RecommendClient
     from cluster.launcher import Cluster, ClusterConfig
     from benches.loadgen import run_rate
