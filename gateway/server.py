@@ -28,11 +28,12 @@ from common.snapshot import Snapshot, check_stage_counts
 from common.tls import aio_channel, open_channel
 from feedback.events import Event
 from feedback.ingest import check_batch, ingest
-from feedback.store import FeedbackStore, FeedbackStoreError
+from feedback.realtime import Realtime, SnapshotKeys
+from feedback.store import FeedbackStoreError
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
-from gateway.funnel import Stages, run_funnel
+from gateway.funnel import Promises, Stages, run_funnel
 from gateway.local_stages import METHODS, build_local, local_call
 from gateway.stage_target import replica_addrs, stage_target
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
@@ -47,13 +48,15 @@ from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
 
 @dataclass
 class GatewayState:
-    """What the gateway keeps of one snapshot: ids (in ``snapshot``), the popular fallback, titles, the
+    """What the gateway keeps of one snapshot: ids (in ``snapshot``), the popular fallback and what it must
+    drop beyond the request's exclusions (``promises``: blocklist, feedback reader, item hashes), titles, the
     filterable item attributes."""
 
     snapshot: Snapshot
     popular: np.ndarray
     titles: np.ndarray
     attributes: AttributeTable | None = None
+    promises: Promises | None = None
 
 
 @dataclass
@@ -93,8 +96,10 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                               for stage in ("recall", "rank", "rerank")})
         # the one write path of the feedback store (the recall and rank servers read it). Writes run on one
         # thread of their own: a batch's Python work and its fsync never stall the event loop, and LMDB
-        # serialises write transactions anyway
-        self.feedback = FeedbackStore.open(config.feedback) if config.feedback.path else None
+        # serialises write transactions anyway. The same handle is read (``realtime``) by the popular fallback,
+        # which drops the user's real-time clicks and exposures as recall does
+        self.realtime = Realtime(config.feedback) if config.feedback.path else None
+        self.feedback = self.realtime.store if self.realtime is not None else None
         self._feedback_writer = ThreadPoolExecutor(1, thread_name_prefix="feedback") if self.feedback else None
         # the gateway pins each request's version, so it switches last: once the stages hold the new one
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
@@ -139,7 +144,7 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
             self._local_pool.shutdown(wait=True)
         if self._feedback_writer is not None:
             self._feedback_writer.shutdown(wait=True)  # an acknowledged batch is committed; let a running one end
-            self.feedback.close()
+            self.realtime.close()
 
     def load(self, path) -> GatewayState:
         """Open and verify the snapshot at ``path`` and what the gateway keeps of it (start-up and reload)."""
@@ -147,10 +152,15 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         check_tasks(self.config.experiments, list(snapshot.schema["rank_tasks"]))  # arms the ranker would refuse
         # more candidates than the export fitted for: refused (start-up fails; a reload keeps the old version)
         check_stage_counts(snapshot.manifest, self.config.stage_counts())
+        n_items = snapshot.item_ids.shape[0]
+        blocklist = np.unique(snapshot.load_array("blocklist.npy")).astype(np.int32)  # as recall drops it
+        promises = Promises(blocklist, self.realtime, SnapshotKeys.of(snapshot) if self.realtime is not None else None)
         state = GatewayState(snapshot, snapshot.load_array("popular.npy").astype(np.int32),
-                             snapshot.features.array("item_titles"), load_attribute_table(snapshot))
-        if state.popular.size == 0 or state.titles.shape[0] != snapshot.item_ids.shape[0]:
+                             snapshot.features.array("item_titles"), load_attribute_table(snapshot), promises)
+        if state.popular.size == 0 or state.titles.shape[0] != n_items:
             raise ValueError(f"self-test: {snapshot.path} has no popular items or a title per item missing")
+        if blocklist.size and (blocklist[0] < 0 or blocklist[-1] >= n_items):
+            raise ValueError(f"self-test: {snapshot.path / 'blocklist.npy'} holds ids outside 0..{n_items - 1}")
         self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.titles.shape[0]))
         return state
 
@@ -299,7 +309,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                                       snapshot_for=self.snapshot_for, experiment=experiment,
                                       extra_reserve_s=lag, filters=stage_filters,
                                       item_filter=(lambda snap: self.filter_for(filters, snap)) if filters else None,
-                                      include_exposed=getattr(request, "include_exposed", False))  # v2 only
+                                      include_exposed=getattr(request, "include_exposed", False),  # v2 only
+                                      promises=state.promises)
             timed_out = bool(result.timed_out)
         finally:
             done = time.monotonic()

@@ -5,8 +5,8 @@ UNKNOWN or INTERNAL (an exception escaped a servicer) and never DEADLINE_EXCEEDE
 every server still reports SERVING and answers a normal request without degrading. The messages are
 well-formed protobuf with hostile contents (odd byte lengths, NaN, huge or negative numbers, unknown enum
 values and names, zero and extreme finite floats, int32 edges, strings past every length cap, oversized
-``x-request-id`` metadata); undecodable bytes are gRPC's own business (it answers INTERNAL before our code
-runs), and so is metadata over gRPC's own size limit (RESOURCE_EXHAUSTED, allowed only for those calls).
+``x-request-id`` metadata); undecodable bytes are INVALID_ARGUMENT naming the method (tests/test_malformed_bytes.py),
+and metadata over gRPC's own size limit is gRPC's business (RESOURCE_EXHAUSTED, allowed only for those calls).
 """
 from __future__ import annotations
 
