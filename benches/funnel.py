@@ -39,6 +39,27 @@ def build_funnel(snapshot_path: str, overrides: dict[str, list[str]] | None = No
     return gateway
 
 
+def meter_stage_cpu(gateway) -> dict[str, float]:
+    """Wrap each local stage servicer's method so the CPU seconds of its thread add up per stage (the stages
+    run on executor threads: ``time.thread_time`` there is the stage's own work, validation and reply
+    included). Returns the dict that fills as calls run; the gateway's share is the rest of the process's."""
+    from gateway.local_stages import METHODS
+
+    used = {s: 0.0 for s in STAGES}
+    for stage, servicer in gateway.local.items():
+        method = getattr(servicer, METHODS[stage])
+
+        def timed(request, context, _method=method, _stage=stage):
+            c0 = time.thread_time()
+            try:
+                return _method(request, context)
+            finally:
+                used[_stage] += time.thread_time() - c0
+        setattr(servicer, METHODS[stage], timed)
+    gateway.stages = type(gateway.stages)(*(gateway.local_stage_call(s) for s in STAGES))
+    return used
+
+
 def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, deadline_ms: int,
                       overrides: dict[str, list[str]] | None = None, warmup: int = 50) -> dict:
     """Per-stage and total latency (ms) of ``n`` Recommend calls through ``build_funnel``, how many replies
@@ -48,6 +69,7 @@ def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, dead
     import numpy as np
 
     gateway = build_funnel(snapshot_path, overrides)
+    stage_cpu = meter_stage_cpu(gateway)
     times: dict[str, list[float]] = {"recall": [], "rank": [], "rerank": [], "total": []}
     degraded = 0
     cpu_s = 0.0
@@ -62,6 +84,8 @@ def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, dead
             reply = await gateway.Recommend(request, LocalAioContext())
             total = (time.perf_counter() - t0) * 1000.0
             if i < warmup:  # the first calls warm caches
+                if i == warmup - 1:
+                    stage_cpu.update({s: 0.0 for s in stage_cpu})
                 continue
             cpu_s += time.process_time() - c0
             times["total"].append(total)
@@ -74,6 +98,10 @@ def in_process_funnel(snapshot_path: str, users: list[str], n: int, k: int, dead
     out = {name: percentiles(v) for name, v in times.items()}
     out["degraded_replies"] = degraded
     out["cpu_ms_per_request"] = cpu_s * 1000.0 / n
+    # per step: each stage's own thread CPU, and the gateway's (the process's CPU less the stages')
+    steps = {s: v * 1000.0 / n for s, v in stage_cpu.items()}
+    steps["gateway"] = out["cpu_ms_per_request"] - sum(steps.values())
+    out["cpu_ms_per_request_by_step"] = {k: round(v, 3) for k, v in steps.items()}
     out["requests"] = n
     return out
 

@@ -107,7 +107,10 @@ def run(args) -> int:
         meter.start()
         t0 = time.monotonic()
         time.sleep(1.0 if args.quick else 3.0)
-        report["idle_cpu_ms_per_s"] = meter.stop()["total"] / (time.monotonic() - t0)
+        idle = meter.stop()
+        idle_s = time.monotonic() - t0
+        report["idle_cpu_ms_per_s"] = idle["total"] / idle_s
+        report["idle_cpu_ms_per_s_by_process"] = {k: v / idle_s for k, v in idle.items()}
         for rate in rates:
             profilers = (start_profilers(cluster, args.duration, out.parent)
                          if args.profile and rate == args.profile_rate else {})
@@ -122,6 +125,11 @@ def run(args) -> int:
             if summary["ok"]:
                 idle_ms = report["idle_cpu_ms_per_s"] * (time.monotonic() - t0)
                 summary["net_cpu_ms_per_ok_request"] = (cpu["total"] - idle_ms) / summary["ok"]
+                # each process's own share, net of what it burns idle: where a request's CPU goes
+                elapsed = time.monotonic() - t0
+                summary["net_cpu_ms_per_ok_request_by_process"] = {
+                    k: round((v - report["idle_cpu_ms_per_s_by_process"].get(k, 0.0) * elapsed) / summary["ok"], 3)
+                    for k, v in cpu.items()}
             summary["cpu_ms_by_process"] = {k: round(v, 1) for k, v in cpu.items()}
             report["rates"].append(summary)
             if profilers:

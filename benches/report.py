@@ -47,6 +47,11 @@ def print_table(report: dict) -> None:
     if "idle_cpu_ms_per_s" in report:
         print(f"  (cpu-ms/req: all cluster processes' CPU over the rate / replies; net: less the idle cluster's "
               f"{report['idle_cpu_ms_per_s']:.1f} CPU-ms/s)")
+    for r in report["rates"]:
+        by = r.get("net_cpu_ms_per_ok_request_by_process")
+        if by:
+            print(f"  {r['offered_rate']:>6.0f}/s net CPU-ms per reply by process: "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in by.items()))
     for echo in report.get("echo_floor", []):
         lat = echo["latency_ms"]
         print(f"echo floor ({echo['server']} server, empty unary call, sequential): p50 {lat['p50']:.3f} ms, "
@@ -57,6 +62,9 @@ def print_table(report: dict) -> None:
               "  ".join(f"{s} p50 {inproc[s]['p50']:.2f}" for s in ("recall", "rank", "rerank", "total")
                         if inproc.get(s)) + f"  ({inproc['degraded_replies']} of {inproc['requests']} degraded); "
               f"{inproc['cpu_ms_per_request']:.2f} CPU-ms per request")
+        if inproc.get("cpu_ms_per_request_by_step"):
+            print("  in-process CPU-ms per request by step: "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in inproc["cpu_ms_per_request_by_step"].items()))
         at = next((r for r in report["rates"] if r["offered_rate"] == 100), report["rates"][0])
         if at.get("latency_ms"):
             print(f"cluster p50 / in-process p50 at {at['offered_rate']:.0f}/s: "
