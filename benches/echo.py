@@ -79,11 +79,43 @@ def measure(kind: str, run_dir: Path, calls: int = 2000, warmup: int = 200) -> d
                 call(b"", timeout=5)
                 times.append((time.perf_counter() - t0) * 1000.0)
             server_cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000.0
+        target = f"127.0.0.1:{port_file.read_text()}"
+        clients = {"sync": _sync_client_cpu_ms(target, calls, warmup),
+                   "aio": asyncio.run(_aio_client_cpu_ms(target, calls, warmup))}
     finally:
         proc.kill()
         proc.wait()
     return {"server": kind, "calls": calls, "latency_ms": percentiles(times),
-            "server_cpu_ms_per_call": server_cpu_ms / calls}
+            "server_cpu_ms_per_call": server_cpu_ms / calls, "client_cpu_ms_per_call": clients}
+
+
+# the caller's side of the floor: a Recommend pays it three times in the gateway (one call per stage), on top
+# of four server sides; 4 KB is about what 1,000 candidate ids weigh on the wire
+PAYLOAD = b"x" * 4096
+
+
+def _sync_client_cpu_ms(target: str, calls: int, warmup: int) -> float:
+    """This process's CPU-ms per sequential call with the synchronous stub."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+        for _ in range(warmup):
+            call(PAYLOAD, timeout=5)
+        cpu0 = time.process_time()
+        for _ in range(calls):
+            call(PAYLOAD, timeout=5)
+        return (time.process_time() - cpu0) * 1000.0 / calls
+
+
+async def _aio_client_cpu_ms(target: str, calls: int, warmup: int) -> float:
+    """This process's CPU-ms per sequential call with the ``grpc.aio`` stub (as the gateway calls its stages)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+        for _ in range(warmup):
+            await call(PAYLOAD, timeout=5)
+        cpu0 = time.process_time()
+        for _ in range(calls):
+            await call(PAYLOAD, timeout=5)
+        return (time.process_time() - cpu0) * 1000.0 / calls
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,16 @@ def print_table(report: dict) -> None:
     for echo in report.get("echo_floor", []):
         lat = echo["latency_ms"]
         print(f"echo floor ({echo['server']} server, empty unary call, sequential): p50 {lat['p50']:.3f} ms, "
-              f"p99 {lat['p99']:.3f} ms, server {echo['server_cpu_ms_per_call']:.3f} CPU-ms/call")
+              f"p99 {lat['p99']:.3f} ms, server {echo['server_cpu_ms_per_call']:.3f} CPU-ms/call"
+              + (f"; caller sync {echo['client_cpu_ms_per_call']['sync']:.3f} / aio "
+                 f"{echo['client_cpu_ms_per_call']['aio']:.3f} CPU-ms/call" if "client_cpu_ms_per_call" in echo else ""))
+    floor = {e["server"]: e for e in report.get("echo_floor", [])}
+    if {"aio", "sync"} <= set(floor):
+        # the topology's gRPC floor per Recommend: the gateway's aio server side and its three aio calls, and
+        # the three stage servers' sync server sides; what is left of the CPU per reply is the work and glue
+        total = (floor["aio"]["server_cpu_ms_per_call"] + 3 * floor["sync"]["server_cpu_ms_per_call"]
+                 + 3 * floor["aio"].get("client_cpu_ms_per_call", {}).get("aio", 0.0))
+        print(f"gRPC floor per Recommend (1 aio server + 3 aio calls + 3 sync servers): {total:.2f} CPU-ms")
     inproc = report.get("in_process_funnel")
     if inproc:
         print("in-process funnel (the same servicers and funnel, no gRPC): " +
