@@ -6,7 +6,10 @@ Named databases (keys and values compact binary, never pickle):
            so keys sort in arrival order and an exporter reads it as one cursor walk
 ``ids``    event id (UTF-8) -> sequence number: makes a retried event idempotent
 ``users``  user id (UTF-8) -> real-time state (``feedback.user_state``)
-``meta``   ``next_seq`` and ``first_seq`` (uint64)
+``last_active``  user id -> when the user's state was last written (8-byte big-endian ms, the server's clock)
+``by_active``    that time + user id -> empty: the users oldest activity first, for eviction by a cursor
+``meta``   ``next_seq`` and ``first_seq`` (uint64); ``backfill_from`` while users written before the
+           activity index existed are being indexed
 
 One write path (``append``): a Feedback batch is one write transaction, so on disk it is all or nothing,
 and ``append`` returns only after LMDB's commit has been fsynced (``sync=True``): an acknowledged event
@@ -15,9 +18,16 @@ with its lock file); readers (every recall and rank worker) take short read tran
 the writer. Size is bounded per user (``history_len``, filter bytes) and in total: once the log holds more
 than ``max_log_events`` the oldest records and their event ids are deleted in the same transaction that
 appends (compaction by count; LMDB reuses the freed pages, so the file stops growing at that bound).
+Users are bounded the same way: past ``max_users`` (``FeedbackConfig.user_cap``) users, or for users idle
+longer than ``max_user_age_s``, the least recently active users' state is deleted in the appending
+transaction (``by_active``'s first keys), at most the batch's new users plus ``EVICT_SLACK`` per
+transaction, so a write's work stays bounded; an evicted user reads as no real-time state (the snapshot's
+view, or cold start) and is counted in ``recsys_feedback_evicted_users_total``. What still does not fit
+(``lmdb.MapFullError``) is ``FeedbackStoreFull``: permanent until the configuration changes, not retried.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
@@ -28,6 +38,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from common.metrics import FEEDBACK_EVICTED
 from feedback.config import FeedbackConfig
 from feedback.events import POSITIVE, Event, decode, encode
 from feedback.user_state import UserState
@@ -35,6 +46,9 @@ from kernels.bloom import bloom_size
 from kernels.string_hash import hash_strings
 
 _SEQ = struct.Struct(">Q")
+_MS = struct.Struct(">Q")  # activity time, ms since the epoch: big-endian, so keys sort by time
+EVICT_SLACK = 256          # users a transaction may evict beyond the ones its batch added
+BACKFILL = 4096            # users written before the activity index, indexed per transaction (once)
 
 # LMDB forbids opening one environment twice in a process (the second handle's close drops the first's
 # locks), and the gateway, the in-process funnel and tests may all ask for the store: one shared handle per
@@ -44,7 +58,17 @@ _open: dict[str, list] = {}
 
 
 class FeedbackStoreError(RuntimeError):
-    """The store cannot be opened or written (message says what to do)."""
+    """The store cannot be opened or written (message says what to do); ``grpc_status``: the status code's
+    name a server answers it with (transient: the caller may retry)."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class FeedbackStoreFull(FeedbackStoreError):
+    """The store's map is full even after compaction and eviction: a retry cannot succeed until an operator
+    raises ``feedback.map_size_mb`` or lowers ``max_users`` / ``max_log_events`` (or the batch is smaller)."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 @dataclass
@@ -54,6 +78,7 @@ class AppendResult:
     seqs: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     compacted: int = 0
+    evicted: dict[str, int] = field(default_factory=dict)  # users whose state was evicted, by reason
 
 
 class FeedbackStore:
@@ -67,6 +92,9 @@ class FeedbackStore:
         self.ids = env.open_db(b"ids")
         self.users = env.open_db(b"users")
         self.meta = env.open_db(b"meta")
+        self.last_active = env.open_db(b"last_active")
+        self.by_active = env.open_db(b"by_active")
+        self.max_users = config.user_cap()
 
     @classmethod
     def open(cls, config: FeedbackConfig) -> "FeedbackStore":
@@ -81,7 +109,7 @@ class FeedbackStore:
             with _open_lock:
                 entry = _open.get(key)
                 if entry is None:
-                    env = lmdb.open(key, map_size=config.map_size_mb << 20, subdir=True, max_dbs=4, lock=True,
+                    env = lmdb.open(key, map_size=config.map_size_mb << 20, subdir=True, max_dbs=8, lock=True,
                                     sync=True, metasync=True, readahead=False)
                     entry = _open[key] = [env, 0]
                 entry[1] += 1
@@ -111,7 +139,9 @@ class FeedbackStore:
         already stored (or repeated in the batch) are skipped and reported as duplicates. Exposure ages by
         ``now`` (the server's clock), so replayed old timestamps do not expire impressions on arrival."""
         now = time.time() if now is None else now
+        stamp = _MS.pack(max(int(now * 1000), 0))
         result = AppendResult()
+        added = 0
         hashes = hash_strings([e.item_id for e in events]) if events else np.empty(0, np.uint64)
         window = self.config.exposure_window_s
         try:
@@ -138,32 +168,116 @@ class FeedbackStore:
                 if id_rows:
                     txn.cursor(db=self.ids).putmulti(id_rows)
                 for user_id, idx in by_user.items():  # one read-modify-write of each user's state
-                    state = self._state(txn, user_id, now)
+                    ukey = user_id.encode("utf-8")
+                    state, existed = self._state(txn, ukey, now)
+                    added += not existed
                     # shown, clicked or rated: not shown again (one kernel call for the user's items)
                     state.expose(hashes[np.asarray(idx)], now, window)
                     for i in idx:
                         if events[i].type in POSITIVE:
                             state.add_history(seq_of[i], events[i].timestamp or now, events[i].item_id,
                                               self.config.history_len)
-                    txn.put(user_id.encode("utf-8"), state.encode(), db=self.users)
+                    txn.put(ukey, state.encode(), db=self.users)
+                    self._touch(txn, ukey, stamp)
                 txn.put(b"next_seq", _SEQ.pack(next_seq), db=self.meta)
                 result.compacted = self._compact(txn, next_seq)
+                result.evicted = self._evict(txn, added, now)
         except lmdb.MapFullError:
-            raise FeedbackStoreError(f"the feedback store at {self.config.path} is full (feedback.map_size_mb="
-                                     f"{self.config.map_size_mb}); raise it or lower feedback.max_log_events") from None
+            raise FeedbackStoreFull(self._full_message(len(result.seqs), added)) from None
+        for reason, n in result.evicted.items():  # committed: count them
+            FEEDBACK_EVICTED.labels(reason).inc(n)
         return result
 
-    def _state(self, txn, user_id: str, now: float) -> UserState:
-        data = txn.get(user_id.encode("utf-8"), db=self.users)
+    def _full_message(self, events: int, new_users: int) -> str:
+        c = self.config
+        return (f"the feedback store at {c.path} is full: feedback.map_size_mb={c.map_size_mb} holds "
+                f"{self.user_count()} users (feedback.max_users: {self.max_users}, ~{c.user_bytes()} bytes each) and up "
+                f"to feedback.max_log_events={c.max_log_events} events; this batch of {events} events for "
+                f"{new_users} new users did not fit. A retry fails the same way: raise feedback.map_size_mb, or "
+                f"lower feedback.max_users or feedback.max_log_events (or send smaller batches)")
+
+    def _state(self, txn, ukey: bytes, now: float) -> tuple[UserState, bool]:
+        """The user's state to update, and whether the user had one stored."""
+        data = txn.get(ukey, db=self.users)
         if data is not None:
             state = UserState.decode(data)
             if state.current.shape[0] == self.m_bytes and state.k == self.k:
-                return state
+                return state, True
             # filter re-sized by config: keep the history, start the exposure filter afresh
             fresh = UserState.empty(self.m_bytes, self.k, now)
             fresh.hist_seq, fresh.hist_ts, fresh.hist_items = state.hist_seq, state.hist_ts, state.hist_items
-            return fresh
-        return UserState.empty(self.m_bytes, self.k, now)
+            return fresh, True
+        return UserState.empty(self.m_bytes, self.k, now), False
+
+    def _touch(self, txn, ukey: bytes, stamp: bytes) -> None:
+        """Move the user to ``stamp`` in the activity index (kept in step with ``users``)."""
+        old = txn.get(ukey, db=self.last_active)
+        if old == stamp:
+            return
+        if old is not None:
+            txn.delete(old + ukey, db=self.by_active)
+        txn.put(stamp + ukey, b"", db=self.by_active)
+        txn.put(ukey, stamp, db=self.last_active)
+
+    def _evict(self, txn, added: int, now: float) -> dict[str, int]:
+        """Delete the state of the least recently active users while there are more than ``max_users`` or
+        they are older than ``max_user_age_s``: at most ``added + EVICT_SLACK`` users (bounded work; an
+        excess left over, e.g. after max_users was lowered, goes over the next transactions)."""
+        budget = added + EVICT_SLACK
+        self._backfill(txn, 2 * budget + BACKFILL, now)
+        over = txn.stat(self.users)["entries"] - self.max_users
+        age = self.config.max_user_age_s
+        cutoff = _MS.pack(max(int((now - age) * 1000), 0)) if age > 0 else None
+        evicted: dict[str, int] = {}
+        if over <= 0 and cutoff is None:
+            return evicted
+        cursor = txn.cursor(db=self.by_active)
+        if not cursor.first():
+            return evicted
+        for _ in range(budget):
+            key = cursor.key()
+            if not key:  # deleted the last one
+                break
+            if over > 0:
+                reason, over = "max_users", over - 1
+            elif cutoff is not None and key[:8] < cutoff:
+                reason = "max_user_age_s"
+            else:
+                break
+            ukey = key[8:]
+            txn.delete(ukey, db=self.users)
+            txn.delete(ukey, db=self.last_active)
+            evicted[reason] = evicted.get(reason, 0) + 1
+            if not cursor.delete():  # moves to the next record
+                break
+        return evicted
+
+    def _backfill(self, txn, limit: int, now: float) -> None:
+        """Index up to ``limit`` users written before the activity index existed (a store from an earlier
+        version), at their latest known time (newest history entry or exposure generation): they become
+        the first evicted. Costs two O(1) counts per transaction once every user is indexed."""
+        if txn.stat(self.users)["entries"] == txn.stat(self.last_active)["entries"]:
+            return
+        start = txn.get(b"backfill_from", db=self.meta)
+        cursor = txn.cursor(db=self.users)
+        found = cursor.set_range(start) if start else cursor.first()
+        for _ in range(limit):
+            if not found:
+                break
+            ukey = cursor.key()
+            if txn.get(ukey, db=self.last_active) is None:
+                try:
+                    state = UserState.decode(cursor.value())
+                    seen = max([state.current_start, *state.hist_ts.tolist()])
+                except ValueError:
+                    seen = 0.0
+                seen = min(seen, now) if math.isfinite(seen) else 0.0  # never newer than the users being written
+                self._touch(txn, ukey, _MS.pack(max(int(seen * 1000), 0)))
+            found = cursor.next()
+        if found:
+            txn.put(b"backfill_from", cursor.key(), db=self.meta)
+        else:
+            txn.delete(b"backfill_from", db=self.meta)
 
     def _meta(self, txn, key: bytes, default: int) -> int:
         data = txn.get(key, db=self.meta)
@@ -193,6 +307,11 @@ class FeedbackStore:
         with self.env.begin(db=self.users, buffers=True) as txn:
             data = txn.get(user_id.encode("utf-8"))
             return None if data is None else UserState.decode(bytes(data))
+
+    def user_count(self) -> int:
+        """Users with real-time state stored now."""
+        with self.env.begin() as txn:
+            return txn.stat(self.users)["entries"]
 
     def last_seq(self) -> int:
         """The highest sequence number written (0 when none)."""

@@ -5,7 +5,10 @@
     for item in rec.items: print(item.item_id, item.score, item.channels)
 
 Retries only on UNAVAILABLE (the server was not reached, so a retry cannot duplicate work), with a
-short exponential backoff, all within the call's deadline.
+short exponential backoff, all within the call's deadline. RESOURCE_EXHAUSTED is never retried here: a
+Feedback call answered so found the feedback store full (permanent until an operator changes
+``feedback.map_size_mb`` / ``max_users`` / ``max_log_events``; the details say which), and a Recommend call
+answered so was shed by admission control (the caller decides when to come back).
 """
 from __future__ import annotations
 
@@ -92,7 +95,8 @@ class RecommendClient:
         return self._call(self.stub.Feedback, request, timeout_s)
 
     def _call(self, method, request, timeout_s: float | None):
-        """``method(request)`` within the timeout, retrying a transient UNAVAILABLE with backoff."""
+        """``method(request)`` within the timeout, retrying a transient UNAVAILABLE with backoff (nothing else:
+        RESOURCE_EXHAUSTED in particular is raised at once, see the module docstring)."""
         end = time.monotonic() + (timeout_s or self.timeout_s)
         for attempt in range(self.retries + 1):
             try:

@@ -259,7 +259,8 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
                 self._feedback_writer, ingest, self.feedback, events, index.__contains__, time.time())
         except FeedbackStoreError as exc:
             self.log.error("feedback_store_error", error=str(exc))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            # a full store is RESOURCE_EXHAUSTED (retrying fails the same way); other store errors UNAVAILABLE
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_status), str(exc))
         observe_feedback(result.accepted, len(result.duplicates), len(result.rejected), len(result.unknown_items))
         self.log.debug("feedback", events=len(events), accepted=result.accepted, rejected=len(result.rejected),
                        duplicates=len(result.duplicates), unknown_items=len(result.unknown_items))
