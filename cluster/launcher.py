@@ -17,6 +17,7 @@ on its own port, with exponential backoff, and logs ``process_exited`` / ``proce
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -24,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +35,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.config import add_config_flags, load_config
 from common.log import get_logger
 from common.snapshot import Snapshot, SnapshotError
-from common.tls import check_pair, open_channel
+from cluster.logs import RotatingLog, start_pump
+from common.server_options import ServerOptions
+from common.tls import certificate_identities, check_pair, open_channel, parse_allowed_clients
 
 STAGES = ("recall", "rank", "rerank")
 MODULES = {"recall": "recall_server", "rank": "rank_server", "rerank": "rerank_server", "gateway": "gateway"}
@@ -85,6 +89,22 @@ class ClusterConfig:
     tls_ca: str = ""
     client_tls_cert: str = ""
     client_tls_key: str = ""
+    # the gateway's own client certificate to the stages (mutual TLS; default: client_tls_cert / client_tls_key).
+    # Give it an identity of its own: the stages serve that identity only (stage_allowed_clients)
+    gateway_tls_cert: str = ""
+    gateway_tls_key: str = ""
+    # mutual TLS: the client identities the stages serve (server.tls_allowed_clients of recall, rank, rerank;
+    # health checks excepted). []: the gateway's certificate's own (its subjectAltNames, else its CN), so a
+    # certificate from the same CA with another identity is refused (PERMISSION_DENIED); ["*"]: any certificate
+    # tls_client_ca signed (as before issue 31)
+    stage_allowed_clients: list[str] = field(default_factory=list)
+    # server.* settings applied to every process started (gateway and stages), before each one's own overrides:
+    # ``--set server.metrics_port=0``. server.port and server.host are the launcher's (gateway_port, host)
+    server: dict[str, Any] = field(default_factory=dict)
+    # <worker>.log in run_dir: each line JSON (non-JSON output, e.g. gRPC core's, is wrapped: cluster.logs),
+    # rotated before it passes log_max_mb into log_backups older files (.1 the newest); 0: never rotated
+    log_max_mb: float = 64.0
+    log_backups: int = 3
 
     def validate(self) -> None:
         check_pair(self.tls_cert, self.tls_key, "", "tls_client_ca", self.tls_client_ca)
@@ -108,6 +128,18 @@ class ClusterConfig:
             if stage in self.local_stages:
                 raise ValueError(f"replicas.{stage}: {stage} runs in the gateway (local_stages); "
                                  f"replicate the gateway instead (replicas.gateway), or set local_stages=[]")
+        check_pair(self.gateway_tls_cert, self.gateway_tls_key, "gateway_")
+        if self.stage_allowed_clients and self.stage_allowed_clients != ["*"]:
+            parse_allowed_clients(self.stage_allowed_clients)
+        if (self.stage_allowed_clients or self.gateway_tls_cert) and not self.tls_client_ca:
+            raise ValueError("stage_allowed_clients and gateway_tls_cert need mutual TLS (tls_client_ca)")
+        known = {f.name for f in fields(ServerOptions)} - {"port", "host"}
+        for key in self.server:
+            if key not in known:
+                raise ValueError(f"server.{key}: not a server setting the launcher passes on (server.port and "
+                                 f"server.host are its own: gateway_port, host); settings: {', '.join(sorted(known))}")
+        if self.log_max_mb < 0 or self.log_backups < 0:
+            raise ValueError(f"log_max_mb and log_backups must be >= 0, got {self.log_max_mb} and {self.log_backups}")
         if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
             raise ValueError("need 0 < restart_backoff_s <= restart_backoff_max_s")
 
@@ -130,7 +162,9 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self.worker_ports: dict[str, int] = {}  # replica key → its port
-        self._logs: list = []
+        self._logs: dict[str, RotatingLog] = {}    # worker → its <worker>.log, kept across restarts
+        self._pumps: list[threading.Thread] = []    # one per process started: its output → its log, as JSON
+        self._pump_of: dict[str, threading.Thread] = {}  # worker → the pump of its latest process
         self._spawned: dict[str, tuple[str, list[str], int, float]] = {}  # worker → stage, extra, index, start
         self._held: set[str] = set()            # workers stopped on purpose: never restarted
         self._attempts: dict[str, int] = {}
@@ -183,15 +217,20 @@ class Cluster:
             own = [*(f"stages.{s}=local" for s in self.config.local_stages),
                    *(f"local.{s}.{item}" for s in self.config.local_stages for item in self.config.overrides.get(s, [])),
                    *own]
-        for item in [*self._tls_overrides(name), *extra, *own]:
+        shared = [f"server.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.config.server.items()]
+        for item in [*self._tls_overrides(name), *shared, *extra, *own]:
             args += ["--set", item]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                    OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                    RECSYS_PARENT_PID=str(os.getpid()))
-        logfile = open(self.run_dir / f"{key}.log", "ab")
-        self._logs.append(logfile)
-        self.procs[key] = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, env=env,
+        logfile = self._logs.get(key)
+        if logfile is None:
+            logfile = self._logs[key] = RotatingLog(self.run_dir / f"{key}.log", int(self.config.log_max_mb * 2**20),
+                                                    self.config.log_backups)
+        self.procs[key] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                            cwd=ROOT, start_new_session=True)
+        self._pumps.append(start_pump(self.procs[key].stdout, logfile, name, key))
+        self._pump_of[key] = self._pumps[-1]
         self._spawned[key] = (name, extra, index, time.monotonic())
         if not restart:
             log.info("process_started", stage=name, worker=key, pid=self.procs[key].pid,
@@ -210,6 +249,8 @@ class Cluster:
         while True:
             proc = self.procs[key]
             if proc.poll() is not None:
+                if key in self._pump_of:  # its last words (the reason it stopped) into the log first
+                    self._pump_of[key].join(timeout=2.0)
                 raise RuntimeError(f"{key} exited with status {proc.returncode} during start-up:\n"
                                    f"{self._log_tail(key)}")
             if port_file.exists() and key not in self.worker_ports:
@@ -231,11 +272,33 @@ class Cluster:
             return []
         items = [f"server.tls_cert={c.tls_cert}", f"server.tls_key={c.tls_key}"]
         items += [f"server.tls_client_ca={c.tls_client_ca}"] if c.tls_client_ca else []
+        cert, key = self.gateway_identity
         if name == "gateway":
             items.append(f"stage_tls_ca={c.tls_ca}")
-            items += [f"stage_tls_cert={c.client_tls_cert}", f"stage_tls_key={c.client_tls_key}"] \
-                if c.client_tls_cert else []
+            items += [f"stage_tls_cert={cert}", f"stage_tls_key={key}"] if cert else []
+        elif c.tls_client_ca:
+            items.append(f"server.tls_allowed_clients={json.dumps(self.stage_allowed_clients())}")
         return items
+
+    @property
+    def gateway_identity(self) -> tuple[str, str]:
+        """The certificate and key the gateway presents to the stages."""
+        c = self.config
+        return (c.gateway_tls_cert, c.gateway_tls_key) if c.gateway_tls_cert else (c.client_tls_cert, c.client_tls_key)
+
+    def stage_allowed_clients(self) -> list[str]:
+        """The stages' ``server.tls_allowed_clients``: ``stage_allowed_clients``, else the gateway certificate's
+        identities; [] (any certificate the CA signed) for ``["*"]``."""
+        c = self.config
+        if c.stage_allowed_clients == ["*"]:
+            return []
+        if c.stage_allowed_clients:
+            return list(c.stage_allowed_clients)
+        cert = self.gateway_identity[0]
+        names = certificate_identities(cert, "gateway_tls_cert" if c.gateway_tls_cert else "client_tls_cert")
+        if not names:
+            raise ValueError(f"{cert} names no identity (no subjectAltName, no CN): set stage_allowed_clients")
+        return names
 
     def health(self, name: str, timeout: float = 1.0) -> str:
         """The health status name of server ``name``, dialled with the cluster's TLS settings."""
@@ -355,7 +418,10 @@ class Cluster:
         self._finished.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5.0)
-        for fh in self._logs:
+        for pump in self._pumps:  # each ends at its process's EOF; what the process wrote last is in its log
+            pump.join(timeout=5.0)
+        self._pumps.clear()
+        for fh in self._logs.values():
             fh.close()
         self._logs.clear()
 
@@ -386,7 +452,18 @@ def health_status(addr: str, timeout: float = 1.0, service: str = "", ca: str = 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the cluster in the foreground until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(description="Start recall, rank, rerank and the gateway from a snapshot")
+    parser = argparse.ArgumentParser(
+        description="Start recall, rank, rerank and the gateway from a snapshot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (--set KEY=VALUE, or a --config file): the fields of ClusterConfig (cluster/launcher.py), e.g.\n"
+               "  --set replicas.recall=2 --set local_stages=[]\n"
+               "  --set server.KEY=VALUE      a server setting for every process started (gateway and stages),\n"
+               "                              e.g. --set server.metrics_port=0 (server.port/host are the launcher's)\n"
+               "  --set overrides.rank=[\"server.threads=4\"]   settings of one process only (win over server.*)\n"
+               "  --set log_max_mb=64 --set log_backups=3   <run_dir>/<worker>.log: JSON lines, rotated\n"
+               "  TLS: tls_cert, tls_key, tls_ca, tls_client_ca (mutual TLS), client_tls_cert/key (readiness checks),\n"
+               "       gateway_tls_cert/key (the gateway's identity to the stages), stage_allowed_clients (default:\n"
+               "       that certificate's identities; the stages refuse any other client, PERMISSION_DENIED)")
     add_config_flags(parser)
     parser.add_argument("--snapshot", help="snapshot root or version directory")
     parser.add_argument("--gateway-port", type=int, help="gateway port (0: the OS picks)")

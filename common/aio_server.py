@@ -26,7 +26,7 @@ from common.reflection import enable_reflection
 from common.request_decoding import add_decoding
 from common.metrics import AioServerInterceptor, serve_metrics, track_snapshot
 from common.server import ServerOptions, load_server, server_channel_options, write_port_file
-from common.tls import server_credentials
+from common.tls import AioAllowedClientsInterceptor, ClientAllowList, server_credentials
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,7 +41,10 @@ class AioGrpcServer:
         self.log = log
         # maximum_concurrent_rpcs: gRPC's core refuses calls past the cap with RESOURCE_EXHAUSTED itself
         self.server = grpc.aio.server(options=server_channel_options(options),
-                                      interceptors=[AioServerInterceptor(log, options)],
+                                      interceptors=[AioServerInterceptor(log, options),
+                                                    *([AioAllowedClientsInterceptor(
+                                                        ClientAllowList(options.tls_allowed_clients, component))]
+                                                      if options.tls_allowed_clients else [])],
                                       maximum_concurrent_rpcs=options.max_concurrent_rpcs or None)
         self.health = aio_health.HealthServicer()
         add_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, log)
@@ -78,7 +81,7 @@ class AioGrpcServer:
         if o.health_port >= 0:
             await self._start_health_port(port_file)
         if o.metrics_port >= 0:
-            serve_metrics(o.host, o.metrics_port, port_file, self.log)
+            serve_metrics(o.metrics_bind_host(), o.metrics_port, port_file, self.log)
         self.log.info("server_started", host=o.host, port=self.port, pid=os.getpid(), runtime="grpc.aio")
         return self.port
 

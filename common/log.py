@@ -42,8 +42,11 @@ class Logger:
         line = json.dumps(record, default=str, separators=(",", ":"))
         with _lock:
             stream = self.stream or sys.stderr
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # the reader is gone (the launcher's log pipe, closed): the line is
+                pass                       # lost, but a log line must never stop a server from stopping
 
     def debug(self, event: str, **fields: Any) -> None:
         self.log("debug", event, **fields)

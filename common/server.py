@@ -26,7 +26,7 @@ from common import compute_threads, heap
 from common.call_pools import CallPools
 from common.deadline_guard import DeadlineGuard
 from common.server_options import ServerOptions
-from common.tls import add_port
+from common.tls import AllowedClientsInterceptor, ClientAllowList, add_port
 
 
 def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -53,6 +53,14 @@ def server_channel_options(options: ServerOptions) -> list[tuple[str, int]]:
             *backlog]
 
 
+def allowed_clients(component: str, options: ServerOptions) -> list[AllowedClientsInterceptor]:
+    """The allow-list check of ``server.tls_allowed_clients`` (none when empty). It sits after the metrics
+    interceptor, so refusals are counted and logged as PERMISSION_DENIED like any failed call."""
+    if not options.tls_allowed_clients:
+        return []
+    return [AllowedClientsInterceptor(ClientAllowList(options.tls_allowed_clients, component))]
+
+
 def write_port_file(port_file: str, port: int) -> None:
     """Write ``port`` to ``port_file`` atomically (the launcher polls for it)."""
     tmp = f"{port_file}.tmp"
@@ -73,6 +81,7 @@ class GrpcServer:
                                                              thread_name_prefix=component),
                                   options=server_channel_options(options),
                                   interceptors=[self.pools, ServerInterceptor(log, options),  # + metrics, ids
+                                                *allowed_clients(component, options),
                                                 DeadlineGuard(options.min_remaining_ms / 1000.0)],
                                   maximum_concurrent_rpcs=options.max_concurrent_rpcs or None)
         self.health = health.HealthServicer()
@@ -107,7 +116,7 @@ class GrpcServer:
         if self.options.health_port >= 0:
             self._start_health_port(port_file)
         if self.options.metrics_port >= 0:
-            serve_metrics(self.options.host, self.options.metrics_port, port_file, self.log)
+            serve_metrics(self.options.metrics_bind_host(), self.options.metrics_port, port_file, self.log)
         self.log.info("server_started", host=self.options.host, port=self.port, pid=os.getpid())
         return self.port
 

@@ -5,9 +5,9 @@ does not import the server bootstrap, and the bootstrap can import them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from common.tls import check_pair
+from common.tls import check_pair, parse_allowed_clients
 
 
 @dataclass
@@ -50,14 +50,29 @@ class ServerOptions:
     # with TLS on the main port they probe this one; -1 off, 0 the OS picks (written to <port_file>.health)
     health_port: int = -1
     metrics_port: int = -1           # Prometheus /metrics over HTTP: -1 off, 0 the OS picks (<port_file>.metrics)
+    # where /metrics listens (plain HTTP, no authentication): "" = loopback (127.0.0.1) when this server speaks
+    # TLS, else server.host. A TLS deployment that is scraped over the network sets it (deploy/k8s/mtls: 0.0.0.0,
+    # with a NetworkPolicy letting only the scraper reach the metrics port)
+    metrics_host: str = ""
     tls_cert: str = ""               # PEM paths (common.tls); cert + key: TLS; + tls_client_ca: mutual TLS
     tls_key: str = ""
     tls_client_ca: str = ""
+    # mutual TLS only: the client identities allowed to call (health checks excepted), matched against the
+    # verified client certificate: "DNS:gateway", "URI:spiffe://...", "IP:10.0.0.1", "CN:name", or a bare value
+    # matching any subjectAltName. Others get PERMISSION_DENIED naming their identity. [] = any certificate
+    # tls_client_ca signed. The stages allow only the gateway (cluster.launcher, deploy/k8s/mtls)
+    tls_allowed_clients: list[str] = field(default_factory=list)
     # bounds on what a client controls (common.client_text, common.request_id)
     max_string_len: int = 256        # longest id / name / version string a request may carry
     max_echo_chars: int = 200        # client text quoted in error details and logs is cut to this
     max_details_chars: int = 1000    # longest error detail sent back or logged (gRPC metadata is ~8 KB)
     max_request_id_len: int = 128    # longer x-request-id values (or odd characters) are not used
+
+    def metrics_bind_host(self) -> str:
+        """Where /metrics listens: ``metrics_host``, or loopback when this server speaks TLS, else ``host``."""
+        if self.metrics_host:
+            return self.metrics_host
+        return "127.0.0.1" if self.tls_cert else self.host
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -67,6 +82,10 @@ class ServerOptions:
         check_pair(self.tls_cert, self.tls_key, "server.", "server.tls_client_ca", self.tls_client_ca)
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
+        if self.tls_allowed_clients and not self.tls_client_ca:
+            raise ValueError("server.tls_allowed_clients needs mutual TLS (server.tls_client_ca): without client "
+                             "certificates there is no identity to check")
+        parse_allowed_clients(self.tls_allowed_clients)
         if self.max_pending_calls < 0 or self.max_pending_calls_hard < 0:
             raise ValueError("server.max_pending_calls and server.max_pending_calls_hard must be >= 0 (0: gRPC's own)")
         if bool(self.max_pending_calls) != bool(self.max_pending_calls_hard) or \

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import grpc.aio
 
 
 class TLSConfigError(ValueError):
@@ -72,3 +73,162 @@ def aio_channel(addr: str, options: list[tuple[str, int]], ca: str = "", cert: s
     if ca or cert or key:
         return grpc.aio.secure_channel(addr, channel_credentials(ca, cert, key), options=options)
     return grpc.aio.insecure_channel(addr, options=options)
+
+
+# --- least privilege: which client identities may call a server (ServerOptions.tls_allowed_clients) ---
+
+# auth_context keys of the verified client certificate, by the type prefix of an allow-list entry. An entry with no
+# (known) prefix matches any subjectAltName value (DNS name, URI, IP address, e-mail).
+_IDENTITY_KEYS = {"DNS": "peer_dns", "URI": "peer_uri", "IP": "x509_subject_alternative_name",
+                  "CN": "x509_common_name"}
+_ANY_SAN = "x509_subject_alternative_name"
+# health checks answer anyone the CA admitted: the launcher's readiness checks and client-side health checking
+# use them, and they tell nothing about users (kubelet probes use the plaintext server.health_port anyway)
+EXEMPT_PREFIX = "/grpc.health.v1.Health/"
+
+
+def parse_allowed_clients(entries) -> list[tuple[str, str]]:
+    """``["DNS:gateway", "CN:gw", "spiffe://recsys/gateway"]`` → ``[(auth_context key, value)]``; raises
+    ``TLSConfigError`` naming ``server.tls_allowed_clients`` for an empty entry."""
+    parsed = []
+    for entry in entries:
+        entry = str(entry).strip()
+        kind, sep, value = entry.partition(":")
+        key = _IDENTITY_KEYS.get(kind.upper()) if sep else None
+        if key is None:
+            key, value = _ANY_SAN, entry
+        if not value.strip():
+            raise TLSConfigError(f"server.tls_allowed_clients: empty identity in {entry!r} "
+                                 f"(use DNS:name, URI:uri, IP:address, CN:common-name or a bare SAN value)")
+        parsed.append((key, value.strip()))
+    return parsed
+
+
+def _values(auth: dict, key: str) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in auth.get(key, ())]
+
+
+def describe_identity(auth: dict) -> str:
+    """The caller's certificate identity for messages: its subjectAltNames and common name."""
+    parts = [f"DNS:{v}" for v in _values(auth, "peer_dns")] + [f"URI:{v}" for v in _values(auth, "peer_uri")]
+    typed = {p.partition(":")[2] for p in parts}
+    parts += [f"SAN:{v}" for v in _values(auth, _ANY_SAN) if v not in typed]
+    parts += [f"CN:{v}" for v in _values(auth, "x509_common_name")]
+    if not parts:
+        return "(no client certificate)"
+    return ", ".join(parts)[:300]
+
+
+class ClientAllowList:
+    """Whether a call's verified client certificate carries one of the allowed identities."""
+
+    def __init__(self, entries, component: str = "server"):
+        self.entries = parse_allowed_clients(entries)
+        self.component = component
+
+    def allows(self, auth: dict) -> bool:
+        for key, value in self.entries:
+            if value in _values(auth, key):
+                return True
+        return False
+
+    def refusal(self, auth: dict) -> str:
+        return (f"client certificate {describe_identity(auth)} may not call the {self.component} server: "
+                f"it is not on server.tls_allowed_clients")
+
+
+def _copy_flags(inner, outer):
+    for flag in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(inner, flag):
+            setattr(outer, flag, getattr(inner, flag))
+    return outer
+
+
+def _rebuild(handler, wrap):
+    """``handler`` with its behaviour wrapped by ``wrap`` (same streaming kind, same (de)serializers)."""
+    for attr, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                       ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                       ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                       ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+        behavior = getattr(handler, attr)
+        if behavior is not None:
+            return make(_copy_flags(behavior, wrap(behavior)), request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+    return handler
+
+
+class AllowedClientsInterceptor(grpc.ServerInterceptor):
+    """Refuse, with PERMISSION_DENIED naming the identity, every call (health checks excepted) whose client
+    certificate is not on the allow-list. gRPC Python has no per-connection hook, so the check runs per call: one
+    ``auth_context()`` (about 8 µs) and a few string comparisons."""
+
+    def __init__(self, allow: ClientAllowList):
+        self.allow = allow
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIX):
+            return handler
+        allow = self.allow
+
+        def wrap(behavior):
+            def checked(request, context):
+                auth = context.auth_context()
+                if not allow.allows(auth):
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, allow.refusal(auth))
+                return behavior(request, context)
+            return checked
+
+        return _rebuild(handler, wrap)
+
+
+class AioAllowedClientsInterceptor(grpc.aio.ServerInterceptor):
+    """``AllowedClientsInterceptor`` for ``grpc.aio`` servers."""
+
+    def __init__(self, allow: ClientAllowList):
+        self.allow = allow
+
+    async def intercept_service(self, continuation, handler_call_details):
+        import inspect
+
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIX):
+            return handler
+        allow = self.allow
+
+        def wrap(behavior):
+            if inspect.isasyncgenfunction(behavior):
+                async def checked_stream(request, context):
+                    auth = context.auth_context()
+                    if not allow.allows(auth):
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, allow.refusal(auth))
+                    async for reply in behavior(request, context):
+                        yield reply
+                return checked_stream
+
+            async def checked(request, context):
+                auth = context.auth_context()
+                if not allow.allows(auth):
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, allow.refusal(auth))
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            return checked
+
+        return _rebuild(handler, wrap)
+
+
+def certificate_identities(cert: str, key: str = "cert") -> list[str]:
+    """The allow-list entries naming the certificate at ``cert``: its subjectAltNames (``DNS:``, ``URI:``,
+    ``IP:``; others bare), or ``CN:<common name>`` when it has none."""
+    import ssl
+
+    _read(cert, key)
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert)  # the stdlib's own X.509 decoder (no extra dependency)
+    except (AttributeError, ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"{key}: cannot decode {cert}: {exc}") from None
+    prefixes = {"DNS": "DNS:", "URI": "URI:", "IP Address": "IP:"}
+    names = [prefixes.get(kind, "") + value for kind, value in decoded.get("subjectAltName", ())]
+    if names:
+        return names
+    return [f"CN:{value}" for rdn in decoded.get("subject", ()) for name, value in rdn if name == "commonName"]

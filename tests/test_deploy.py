@@ -35,7 +35,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 NAMESPACE = "recsys"
 CONFIGS = {"recall": RecallConfig, "rank": RankConfig, "rerank": RerankConfig, "gateway": GatewayConfig}
 TLS_DIR = "/etc/recsys/tls"
-TLS_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "stage_tls_ca", "stage_tls_cert", "stage_tls_key"}
+GATEWAY_TLS_DIR = "/etc/recsys/gateway-tls"  # the gateway's own client certificate to the stages (issue 31)
+TLS_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "stage_tls_ca", "stage_tls_cert", "stage_tls_key",
+            "tls_allowed_clients", "metrics_host"}
+GATEWAY_IDENTITY = "URI:spiffe://recsys/gateway"
 KEEP_PREVIOUS_S = 60.0  # common.reload.Reloader's default keep_previous_s, which the servers use
 
 
@@ -215,6 +218,27 @@ def test_network_policy_lets_only_the_gateway_reach_the_stages(docs, configs):
     assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
 
 
+def test_only_the_scraper_reaches_metrics_and_only_the_gateway_holds_its_client_identity(docs, configs):
+    metrics_ports = {cfg.server.metrics_port for cfg in configs.values()}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if policy["metadata"]["name"] != "metrics-from-monitoring":
+                assert ports and not ports & metrics_ports, policy["metadata"]["name"]
+                continue
+            assert ports == metrics_ports
+            for peer in rule["from"]:  # a namespace AND a pod selector: the scraper's pods, not its namespace
+                assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"], peer
+    for name in CONFIGS:
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert ("recsys-gateway-client-tls" in secrets) == (name == "gateway"), name
+        # logs: stderr only under Kubernetes (the runtime collects and rotates them): no log volume or file
+        assert not any("log" in m["mountPath"] for m in container(find(docs, "Deployment", name))["volumeMounts"])
+        assert not any("log" in a for a in container(find(docs, "Deployment", name))["args"])
+
+
 def test_export_job_publishes_where_the_servers_read(docs, configs):
     cron = find(docs, "CronJob", "export")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
@@ -229,7 +253,7 @@ def test_export_job_publishes_where_the_servers_read(docs, configs):
     assert all(cfg.snapshot == out for cfg in configs.values())
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["RECSYS_DATA_DIR"] == mounts["data"]["mountPath"]
-    assert "RECSYS_DATA_DIR" in (ROOT / "export" / "datasets.py").read_text()  # the name the export reads
+    assert "RECSYS_DATA_DIR" in (ROOT / "export" / "data" / "atomic.py").read_text()  # the name the export reads
     claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
     assert claims["recsys-snapshots"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
@@ -259,6 +283,7 @@ def test_mtls_overlay_only_adds_tls_and_loads_with_real_certificates(docs, tmp_p
 
     pki = make_pki(tmp_path)
     files = {"tls.crt": pki["server.pem"], "tls.key": pki["server.key"], "ca.crt": pki["ca.pem"]}
+    client_files = {"tls.crt": pki["client.pem"], "tls.key": pki["client.key"]}
     base = find(docs, "ConfigMap", "recsys-config")["data"]
     (patch,) = yaml.safe_load_all((K8S / "mtls" / "config-tls.yaml").read_text())
     assert patch["metadata"] == {"name": "recsys-config", "namespace": NAMESPACE}
@@ -272,12 +297,22 @@ def test_mtls_overlay_only_adds_tls_and_loads_with_real_certificates(docs, tmp_p
         added |= {f"server.{k}": overlay["server"].pop(k) for k in TLS_KEYS & overlay["server"].keys()}
         assert overlay == plain, name  # nothing but TLS differs from the base
         assert {"server.tls_cert", "server.tls_key", "server.tls_client_ca"} <= added.keys(), name
+        # metrics stay reachable by the scraper (the NetworkPolicy admits only it), not loopback-only under TLS
+        assert added.pop("server.metrics_host") == "0.0.0.0", name
         if name == "gateway":
             assert {"stage_tls_ca", "stage_tls_cert", "stage_tls_key"} <= added.keys()
+            assert "server.tls_allowed_clients" not in added  # callers: any certificate of the CA
+            for key in ("stage_tls_cert", "stage_tls_key"):  # its own identity, from a Secret only it mounts
+                path = added.pop(key)
+                assert Path(path).parent == Path(GATEWAY_TLS_DIR) and Path(path).name in client_files, path
+        else:  # the stages serve the gateway's identity only
+            assert added.pop("server.tls_allowed_clients") == [GATEWAY_IDENTITY], name
         for path in added.values():
             assert Path(path).parent == Path(TLS_DIR) and Path(path).name in files, path
         for secret_name, local in files.items():
             text = text.replace(f"{TLS_DIR}/{secret_name}", local)
+        for secret_name, local in client_files.items():
+            text = text.replace(f"{GATEWAY_TLS_DIR}/{secret_name}", local)
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         cfg = load_config(cls, path)
