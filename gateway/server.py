@@ -171,13 +171,19 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         stopped one never will, and a restarting one loads the newest version when it comes up."""
         request = health_pb2.HealthCheckRequest(service=version_service(version))
         cfg = self.config
+        # each replica on its own address (dns:/// names resolved now), not whichever one round_robin picks
+        addrs = {stage: replica_addrs(getattr(cfg, f"{stage}_addr")) for stage in ("recall", "rank", "rerank")
+                 if stage not in self.local}
+        live = {a for stage_addrs in addrs.values() for a in stage_addrs}
+        for gone in [a for a in self._health_channels if a not in live]:   # pods that left the DNS answer
+            self._health_channels.pop(gone).close()
         for stage in ("recall", "rank", "rerank"):
             if stage in self.local:  # in this process: its own reloader says
                 if self.local[stage].reloader.get(version) is None:
                     return False
                 continue
             holding = 0
-            for addr in replica_addrs(getattr(cfg, f"{stage}_addr")):
+            for addr in addrs[stage]:
                 channel = self._health_channels.get(addr)
                 if channel is None:
                     target, balancing = stage_target(addr, f"{stage}_addr")

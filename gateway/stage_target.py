@@ -74,7 +74,33 @@ def stage_target(addr: str, key: str = "addr") -> tuple[str, list[tuple[str, str
 
 
 def replica_addrs(addr: str) -> list[str]:
-    """The replicas ``addr`` lists, each as its own address; a scheme target (``dns:///``) stays whole."""
+    """The replicas ``addr`` names, each as its own ``host:port`` address, so a health check can reach every
+    one (a Check over a ``round_robin`` channel reaches whichever replica the policy picks). A list is split;
+    an ``ipv4:``/``ipv6:`` target is split into its addresses; a ``dns:`` target is resolved now, one address
+    per record (a Kubernetes headless Service: one per ready pod), and stays whole if it does not resolve, as
+    do ``unix:`` targets."""
+    if addr.startswith(("ipv4:", "ipv6:")):
+        return [item.strip() for item in addr.split(":", 1)[1].split(",") if item.strip()]
+    if addr.startswith("dns:"):
+        return _resolve(addr) or [addr]
     if addr.startswith(SCHEMES) or "," not in addr:
         return [addr]
     return [item.strip() for item in addr.split(",")]
+
+
+def _resolve(addr: str) -> list[str]:
+    """``dns:[//authority]/host:port`` as the sorted ``ip:port`` addresses it resolves to ([] when it does not)."""
+    import socket
+
+    name = addr[len("dns:"):].lstrip("/")
+    if addr.startswith("dns://") and "/" in addr[len("dns://"):]:   # dns://authority/host:port
+        name = addr[len("dns://"):].split("/", 1)[1]
+    host, sep, port = name.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return []
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found = {(f"[{info[4][0]}]" if info[0] == socket.AF_INET6 else info[4][0]) + f":{port}" for info in infos}
+    return sorted(found)
