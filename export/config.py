@@ -127,6 +127,7 @@ class ExportConfig:
             raise ValueError("next_top_m must be >= 1 and recent_days > 0")
         self.rank_replay.validate()
         self.ranker.validate()
+        self.prerank.validate()
         self.hnsw.validate()
         if self.dataset == "synthetic":
             self.synthetic.validate()

@@ -53,8 +53,10 @@ from export.ranking.ranker import (
     export_models,
     choose_rank_order,
     fusion_search,
+    published_prerank,
     quantize_mode,
     task_probs,
+    three_tower_parity,
     train_family,
 )
 from export.recall.ann_index import exact_topk, load_hnsw, search_profile, select_on_validation
@@ -375,8 +377,8 @@ def publish_ranker(config: ExportConfig, data: ExportData, cuts: Cuts, ranker: R
         best_t, best_s = fam["epochs"]["teacher"], fam["epochs"]["student"]
         ex_ab = concat_examples(ranker.ex_a, examples(cuts.rep_b, cuts.rep_b.sample(rr, rr.seed + 1)))
         final = train_family(schema, dataclasses.replace(config.mmoe_teacher, epochs=best_t),
-                             dataclasses.replace(config.mmoe, epochs=best_s), config.prerank, config.distill,
-                             *ex_ab)
+                             dataclasses.replace(config.mmoe, epochs=best_s), published_prerank(config.prerank, fam),
+                             config.distill, *ex_ab, prerank_choice=fam["training"].get("prerank_choice"))
         final["curves"] = fam["curves"]
         final["epochs"] = {"teacher": best_t, "student": best_s}
     else:
@@ -590,6 +592,7 @@ def onnx_parity(path: Path, family: dict, rep) -> dict:
                               ("prerank", family["prerank"], PRERANK_FILE)):
         torch_p = torch.sigmoid(mmoe_logits(model, *arrays)).numpy()
         out[f"{name}_max_abs_diff"] = float(np.abs(onnx_predict(session(path / file), *arrays) - torch_p).max())
+    out.update(three_tower_parity(path, family["prerank"], *arrays))   # the served split, when three-tower
     out["int8_vs_fp32_mean_abs_diff"] = float(np.abs(
         onnx_predict(session(path / INT8_FILE), *arrays) - onnx_predict(session(path / STUDENT_FILE), *arrays)).mean())
     return out

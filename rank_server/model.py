@@ -10,6 +10,19 @@ from common.rank_features import RankSchema
 from common.snapshot import SnapshotError
 
 
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``path`` on ``threads`` intra-op threads, sequential execution;
+    ``SnapshotError`` when the file cannot be loaded."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
+
+
 class RankModel:
     """A multi-task ranking model: ``(sparse, bag[, dense]) -> [n, T]`` task probabilities.
 
@@ -17,14 +30,7 @@ class RankModel:
     declare that input; older models and the label-trained DeepFM take sparse and bag alone."""
 
     def __init__(self, path: Path, schema: RankSchema, task_names: list[str], threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
+        self.session = session(path, threads)
         self.path = path
         self.task_names = list(task_names)
         self._check(schema)

@@ -286,3 +286,203 @@ def test_prerank_top_equals_the_full_sort():
             scores[rng.random(n) < rng.random()] = np.nan
         reference = np.sort(np.lexsort((np.arange(n), -scores))[:keep])
         assert np.array_equal(prerank_top(scores, keep), reference), (n, keep)
+
+
+# ---- the three-tower pre-rank (issue 26): user tower once per request, cached item vectors, cross part
+
+TT = PrerankConfig(embed_dim=4, epochs=8, batch_size=128, lr=1e-2, distill_weight=1.0, tower_dim=8,
+                   tower_hidden=16, cross_hidden=(8,), kind="three_tower")
+DENSE = ["recall_pos", "recall_score", "pop"]
+
+
+class _DirSnapshot:
+    """What the rank server reads of a snapshot, from a plain folder (models/ and the three-tower files)."""
+
+    def __init__(self, path, manifest=None):
+        self.path = path
+        self.manifest = manifest or {}
+        self.features = _NoUsers()
+
+    def file(self, name):
+        if not (self.path / name).exists():
+            raise SnapshotError(f"snapshot file {self.path / name} is missing")
+        return self.path / name
+
+    def load_array(self, name):
+        return np.load(self.file(name), allow_pickle=False)
+
+
+def _dense(n, seed=3):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.log1p(rng.integers(0, 1000, n)), rng.random(n), rng.random(n) * 5], 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def three_tower(ds, examples, teacher_logits):
+    """A three-tower pre-rank with three dense candidate columns (random: only parity is tested with them)."""
+    import dataclasses
+
+    s = dataclasses.replace(_schema(ds), dense_names=DENSE)
+    return s, train_prerank(s, TT, examples, teacher_logits, dense=_dense(examples[0].shape[0]))
+
+
+@pytest.fixture(scope="module")
+def three_tower_plain(ds, examples, teacher_logits):
+    """A three-tower pre-rank without dense inputs (the tiny rank state's schema)."""
+    return train_prerank(_schema(ds), TT, examples, teacher_logits)
+
+
+def _export_three_tower(ds, model, schema, path):
+    from export.models.prerank import export_three_tower
+
+    (path / "models").mkdir(exist_ok=True)
+    export_mmoe_onnx(model, str(path / "models/prerank.onnx"), schema.n_fields, schema.n_bag)
+    return export_three_tower(model, path, schema, ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
+
+
+def test_three_tower_towers_read_only_their_side(ds, three_tower):
+    from export.models.prerank import PrerankThreeTower
+
+    s, (model, log) = three_tower
+    assert isinstance(model, PrerankThreeTower) and log["kind"] == "three_tower"
+    assert log["epoch_loss"][-1] < log["epoch_loss"][0]
+    names = s.field_names
+    assert [names[c] for c in model.user_cols] == ["user:group", "user:gender", "hour", "weekday"]
+    assert [names[c] for c in model.item_cols] == ["item:group"]   # ids off by default (use_ids)
+    from common.rank_features import assemble
+
+    sp, bg = assemble(s, 3, ds.user_cat[3], np.arange(1, 11), ds.item_cat[:10], ds.item_bag[:10], 5, 2)
+    sp2 = sp.copy()
+    sp2[:, [names.index("user:group"), names.index("hour")]] = [[2, 9]]
+    x, x2, b = torch.from_numpy(sp), torch.from_numpy(sp2), torch.from_numpy(bg)
+    with torch.no_grad():
+        assert torch.equal(model.item_vec(x, b), model.item_vec(x2, b))         # v ignores user and context
+        assert not torch.equal(model.user_vec(x), model.user_vec(x2))
+        u = model.user_vec(x)
+        assert torch.allclose(u, u[:1].expand_as(u))                             # u is one per request
+
+
+def test_three_tower_served_scores_match_torch(ds, three_tower, tmp_path):
+    """The served split (user tower ONNX on one row, the export's item vectors gathered, cross ONNX over the
+    candidates) gives the torch model's probabilities."""
+    from common.rank_features import assemble
+    from rank_server.prerank import ThreeTowerPrerank
+
+    s, (model, _) = three_tower
+    spec = _export_three_tower(ds, model, s, tmp_path)
+    assert spec["cross_dense"] == DENSE and spec["dim"] == TT.tower_dim
+    assert [i.name for i in onnx.load(str(tmp_path / spec["cross"])).graph.input] == ["u", "v", "dense"]
+    pre = ThreeTowerPrerank(_DirSnapshot(tmp_path), s, TASKS, 1, ds.n_items)
+    items = np.array([0, 5, 59, 17, 17, 33], np.int64)
+    worst = 0.0
+    for user in (0, 7, 39):
+        sp, bg = assemble(s, user + 1, ds.user_cat[user], items + 1, ds.item_cat[items], ds.item_bag[items], 14, 6)
+        dense = _dense(items.size, seed=user)
+        got = pre.scores_for(sp[:1], items, dense)
+        want = predict_mmoe(model, sp, bg, dense)
+        np.testing.assert_allclose(pre.predict(sp, bg, dense), got, rtol=0, atol=1e-6)
+        worst = max(worst, float(np.abs(got - want).max()))
+    assert got.shape == (items.size, len(TASKS)) and worst < 1e-5
+    # the whole model as one graph (prerank.onnx) agrees too
+    np.testing.assert_allclose(onnx_predict(session(tmp_path / "models/prerank.onnx"), sp, bg, dense), want,
+                               atol=1e-5)
+
+
+def test_three_tower_snapshot_checks(ds, three_tower, tmp_path):
+    from rank_server.prerank import ITEMS_FILE, ThreeTowerPrerank
+
+    s, (model, _) = three_tower
+    _export_three_tower(ds, model, s, tmp_path)
+    with pytest.raises(SnapshotError, match="items"):
+        ThreeTowerPrerank(_DirSnapshot(tmp_path), s, TASKS, 1, ds.n_items + 1)
+    np.save(tmp_path / ITEMS_FILE, np.zeros((ds.n_items, 3), np.float32))
+    with pytest.raises(SnapshotError, match="shape"):
+        ThreeTowerPrerank(_DirSnapshot(tmp_path), s, TASKS, 1, ds.n_items)
+
+
+def test_rank_serves_the_three_tower_prerank(ds, teacher, three_tower_plain, tmp_path):
+    """End to end on a tiny rank state: the snapshot's pre-rank is the three-tower (auto), it cuts the
+    candidates to its fused top ``prerank_keep`` (torch's order), and the ranker scores exactly those."""
+    from common.rank_features import assemble
+    from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.prerank import SPEC_FILE, ThreeTowerPrerank
+    from rank_server.rank import RankState, prerank_file, rank
+
+    model, _ = three_tower_plain
+    s = _schema(ds)
+    (tmp_path / "models").mkdir()
+    export_mmoe_onnx(teacher, str(tmp_path / "models/rank_mmoe.onnx"), s.n_fields, s.n_bag)
+    snap = _DirSnapshot(tmp_path)
+    assert prerank_file(snap, RankConfig()) == "models/prerank.onnx"    # an old snapshot: the one graph
+    _export_three_tower(ds, model, s, tmp_path)
+    assert prerank_file(snap, RankConfig()) == SPEC_FILE
+    assert prerank_file(snap, RankConfig(prerank_model="models/prerank.onnx")) == "models/prerank.onnx"
+    items = ItemFeatures(ds.item_cat.astype(np.int32), ds.item_bag.astype(np.uint8))
+    pre = ThreeTowerPrerank(snap, s, TASKS, 1, ds.n_items)
+    ranker = RankModel(tmp_path / "models/rank_mmoe.onnx", s, TASKS, 1)
+    state = RankState(snap, s, items, ranker, 2, pre)
+    cand = np.array([5, 3, -1, 40, 7, 11, 999, 20, 1, 2, 33, 48, 59, 0], np.int32)
+    res = rank(state, RankConfig(prerank_keep=5), "", cand, 10**9)
+    known = cand[(cand >= 0) & (cand < ds.n_items)]
+    sp, bg = rank_inputs(s, items, None, 2, known, 10**9)
+    fused = weighted_product(predict_mmoe(model, sp, bg), TASKS, DEFAULT_WEIGHTS)
+    keep = np.sort(np.argsort(-fused, kind="stable")[:5])
+    assert res.dropped_unknown == 2 and res.prerank_dropped == known.size - 5
+    assert np.array_equal(res.item_idx, known[keep])
+    np.testing.assert_allclose(res.prerank_scores, fused[keep], rtol=1e-5)
+    want = ranker.predict(sp[keep], bg[keep])
+    np.testing.assert_allclose(res.task_scores, want, rtol=1e-6)
+    # the user row alone feeds the user tower: the same scores from a row assembled with another item
+    row, _ = assemble(s, 0, np.zeros(2, np.int64), [9], ds.item_cat[[8]], ds.item_bag[[8]], *sp[0, -2:])
+    np.testing.assert_allclose(pre.scores_for(row, known, None), pre.scores_for(sp[:1], known, None), atol=0)
+
+
+def _replay(pre_click, stu_click, truth, recalled=None):
+    """A one-user replay over len(pre_click) candidates (items 0..n-1) with the given truth items."""
+    from export.ranking.replay import Replay
+
+    n = len(pre_click)
+    z = np.zeros(n, np.float32)
+    rep = Replay(np.array([0]), np.array([0, n], np.int64), np.arange(n, dtype=np.int32),
+                 np.ones(n, bool) if recalled is None else np.asarray(recalled), np.zeros((n, 1), np.int64),
+                 np.zeros((n, 0), np.float32), np.zeros((n, 0), np.float32), {"click": z},
+                 np.array([0, len(truth)], np.int64), np.asarray(truth, np.int32), np.array([10**9]))
+    probs = lambda c: np.stack([np.asarray(c, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)], 1)
+    return rep, probs(pre_click), probs(stu_click)
+
+
+def test_prerank_rows_cut_then_student_order():
+    """The validation rows the pre-rank kind is chosen on: ``rank`` is the student's order of the pre-rank's
+    best ``keep`` recalled candidates, ``prerank`` the pre-rank's own order."""
+    from export.ranking.ranker import prerank_rows
+
+    # the truth (item 2) is the student's favourite but the pre-rank's third: a cut to 2 loses it
+    rep, pre, stu = _replay([0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.9, 0.3], [2])
+    rows = prerank_rows(rep, pre, stu, keep=2)
+    assert rows["rank"][0] == 0.0 and 0 < rows["prerank"][0] < 1
+    assert prerank_rows(rep, pre, stu, keep=3)["rank"][0] == 1.0
+    # a row recall did not return never takes a kept slot
+    rep, pre, stu = _replay([0.99, 0.8, 0.7, 0.1], [0.1, 0.2, 0.9, 0.3], [2], recalled=[False, True, True, True])
+    assert prerank_rows(rep, pre, stu, keep=2)["rank"][0] == 1.0
+
+
+def test_choose_prerank_accepts_the_three_tower_within_the_cost():
+    from export.ranking.ranker import choose_prerank
+
+    class _Fixed(torch.nn.Module):
+        n_tasks = 3
+
+        def __init__(self, click):
+            super().__init__()
+            self.click = torch.tensor(click)
+
+        def logits(self, sparse, bag, dense=None):
+            return torch.stack([torch.logit(self.click), torch.zeros_like(self.click), torch.zeros_like(self.click)], 1)
+
+    rep, _, _ = _replay([0.5] * 4, [0.5] * 4, [2])
+    student = _Fixed([0.1, 0.2, 0.9, 0.3])
+    good, bad = _Fixed([0.2, 0.3, 0.8, 0.1]), _Fixed([0.9, 0.8, 0.1, 0.7])
+    pick = choose_prerank(rep, student, {"deepfm": good, "three_tower": good}, keep=2, max_cost=0.005)
+    assert pick["kind"] == "three_tower" and pick["rows"]["three_tower"] == pick["rows"]["deepfm"]
+    pick = choose_prerank(rep, student, {"deepfm": good, "three_tower": bad}, keep=2, max_cost=0.005)
+    assert pick["kind"] == "deepfm" and pick["rows"]["three_tower"]["rank"] < pick["rows"]["deepfm"]["rank"]

@@ -1,4 +1,11 @@
-"""The pre-rank model (docs/ARCHITECTURE.md §1, 粗排): a small multi-task DeepFM distilled from the MMoE teacher.
+"""The pre-rank model (docs/ARCHITECTURE.md §1, 粗排): distilled from the MMoE teacher, one of two kinds.
+
+* ``deepfm``: a small multi-task DeepFM over every sparse field and the dense candidate features (below).
+* ``three_tower`` (issue 26, COLD-style): a user tower over the user-side fields (user id, user categorical
+  fields, the hour and weekday context codes) → ``u`` [d], computed once per request; an item tower over the
+  item-side fields (item id, item categorical fields, the bag) → ``v`` [d], computed per snapshot by export
+  for every item and cached (``models/prerank_items.npy``); a narrow cross part, ``[u*v, v, dense]`` through a
+  small MLP plus a linear term → per-task logits. Per candidate the server runs only the cross part.
 
 Pre-rank cuts ~1,000 recalled candidates to ~200 for the MMoE. It must optimise the same objective as
 the ranker, or it filters out exactly what rank would have liked; so it is trained on the MMoE's examples
@@ -26,6 +33,10 @@ from export.models.fit import EmbeddingAdam, SparseEmbeddingConfig, fit
 from export.models.mmoe import ID_FIELDS, TASKS, DistillConfig, fit_dense_scaling, mmoe_loss, register_dense_scaling, scale_dense
 
 
+PRERANK_KINDS = ("auto", "deepfm", "three_tower")
+USER_CONTEXT = ("hour", "weekday")   # context codes: the same for every candidate of a request (user side)
+
+
 @dataclass
 class PrerankConfig:
     """Hyper-parameters of the distilled pre-rank model and its training."""
@@ -42,6 +53,20 @@ class PrerankConfig:
     distill_weight: float = 0.8    # weight of the teacher's soft targets (1 - it: the labels)
     use_ids: bool = False          # read the user / item id fields (see MMoEConfig.use_ids)
     seed: int = 0
+    # "deepfm" | "three_tower" | "auto": train both on the training cut and serve the three-tower when its
+    # validation NDCG@10 (pre-rank cut, student order) is within ``max_cost`` (relative) of the DeepFM's
+    kind: str = "auto"
+    max_cost: float = 0.005
+    tower_dim: int = 16            # three-tower: d of u and v
+    tower_hidden: int = 64         # three-tower: hidden width of each tower
+    cross_hidden: tuple[int, ...] = (32,)   # three-tower: the cross MLP
+    cross_dense: list[str] = field(default_factory=list)   # dense columns the cross part reads ([]: all)
+
+    def validate(self) -> None:
+        if self.kind not in PRERANK_KINDS:
+            raise ValueError(f"prerank.kind must be one of {', '.join(PRERANK_KINDS)}, got {self.kind!r}")
+        if not 0.0 <= self.max_cost < 1.0 or self.tower_dim < 1 or self.tower_hidden < 1:
+            raise ValueError("prerank: max_cost must lie in [0, 1), tower_dim and tower_hidden >= 1")
 
     def distill(self) -> DistillConfig:
         return DistillConfig(temperature=self.temperature, weight=self.distill_weight)
@@ -112,6 +137,164 @@ class PrerankFM(nn.Module):
         return tuple(p[:, t] for t in range(self.n_tasks))
 
 
+def user_side(name: str) -> bool:
+    """Whether schema field ``name`` is the same for every candidate of a request (user tower)."""
+    return name == "user_id" or name.startswith("user:") or name in USER_CONTEXT
+
+
+def item_side(name: str) -> bool:
+    """Whether schema field ``name`` belongs to the candidate item (item tower)."""
+    return name == "item_id" or name.startswith("item:")
+
+
+class _FieldTower(nn.Module):
+    """Embeddings of some columns of ``sparse`` (+ optionally the bag), concatenated, through a small MLP."""
+
+    def __init__(self, schema: RankSchema, cols: list[int], with_bag: bool, k: int, hidden: int, d: int) -> None:
+        super().__init__()
+        self.register_buffer("cols", torch.tensor(cols, dtype=torch.int64), persistent=False)
+        total = register_field_offsets(self, [schema.field_vocab[c] for c in cols]) if cols else 1
+        self.embed = nn.Embedding(max(total, 1), k)
+        nn.init.normal_(self.embed.weight, std=0.05)
+        self.n_cols = len(cols)
+        self.with_bag = with_bag and schema.n_bag > 0
+        if self.with_bag:
+            self.bag_embed = nn.Parameter(torch.randn(schema.n_bag, k) * 0.05)
+        n_in = (self.n_cols + int(self.with_bag)) * k
+        self.mlp = nn.Sequential(nn.Linear(max(n_in, 1), hidden), nn.ReLU(), nn.Linear(hidden, d))
+
+    def forward(self, sparse: torch.Tensor, bag: torch.Tensor | None) -> torch.Tensor:
+        parts = []
+        if self.n_cols:
+            codes = sparse.index_select(1, self.cols)
+            parts.append(self.embed(field_rows(self, codes)).flatten(1))       # [B, n_cols k]
+        if self.with_bag:
+            parts.append(bag_weights(bag) @ self.bag_embed)                    # [B, k]
+        if not parts:
+            parts.append(torch.zeros((sparse.shape[0], 1), dtype=torch.float32))
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+class PrerankThreeTower(nn.Module):
+    """Three-tower pre-rank: ``logits(sparse, bag, dense) = cross(user_vec(sparse), item_vec(sparse, bag), dense)``.
+
+    Which sparse columns each tower reads follows the schema's field names (:func:`user_side`,
+    :func:`item_side`); the id fields are read only with ``use_ids``. ``dense_cols`` are the columns of the
+    candidate features the cross part reads (all by default)."""
+
+    def __init__(self, schema: RankSchema, cfg: PrerankConfig, n_tasks: int = len(TASKS), n_dense: int = 0) -> None:
+        super().__init__()
+        off = () if cfg.use_ids else ID_FIELDS
+        names = schema.field_names
+        self.user_cols = [i for i, n in enumerate(names) if user_side(n) and n not in off]
+        self.item_cols = [i for i, n in enumerate(names) if item_side(n) and n not in off]
+        self.n_fields, self.n_bag, self.n_tasks = schema.n_fields, schema.n_bag, n_tasks
+        self.dim = cfg.tower_dim
+        k = cfg.embed_dim
+        self.user_tower = _FieldTower(schema, self.user_cols, False, k, cfg.tower_hidden, cfg.tower_dim)
+        self.item_tower = _FieldTower(schema, self.item_cols, True, k, cfg.tower_hidden, cfg.tower_dim)
+        want = list(cfg.cross_dense) if cfg.cross_dense else list(schema.dense_names[:n_dense])
+        if n_dense:
+            missing = [c for c in want if c not in schema.dense_names[:n_dense]]
+            if missing:
+                raise ValueError(f"prerank.cross_dense names {missing}, not dense columns of the schema")
+            self.dense_cols = [schema.dense_names.index(c) for c in want]
+        else:
+            self.dense_cols = []
+        # the model takes the whole dense matrix (like every ranking model) and reads dense_cols of it
+        self.n_dense = n_dense
+        register_dense_scaling(self, n_dense)
+        self.register_buffer("dense_idx", torch.tensor(self.dense_cols, dtype=torch.int64), persistent=False)
+        self.all_dense = self.dense_cols == list(range(n_dense))   # no column selection in the graph
+        n_in = 2 * cfg.tower_dim + len(self.dense_cols)
+        layers: list[nn.Module] = []
+        h_in = n_in
+        for h in cfg.cross_hidden:
+            layers += [nn.Linear(h_in, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            h_in = h
+        layers.append(nn.Linear(h_in, n_tasks))
+        self.cross = nn.Sequential(*layers)
+        self.wide = nn.Linear(n_in, n_tasks)      # first-order path over the same inputs
+
+    def user_vec(self, sparse: torch.Tensor) -> torch.Tensor:
+        """u float32 [B, d] from the user-side columns of ``sparse`` [B, F]."""
+        return self.user_tower(sparse, None)
+
+    def item_vec(self, sparse: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
+        """v float32 [B, d] from the item-side columns of ``sparse`` [B, F] and ``bag`` [B, G]."""
+        return self.item_tower(sparse, bag)
+
+    def cross_logits(self, u: torch.Tensor, v: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+        """Task logits [B, T] from u ([1, d] broadcast, or [B, d]), v [B, d] and the raw dense matrix [B, D]."""
+        parts = [u * v, v]
+        if self.dense_cols:
+            z = scale_dense(self, dense)
+            parts.append(z if self.all_dense else z.index_select(1, self.dense_idx))
+        x = torch.cat(parts, dim=1)
+        return self.cross(x) + self.wide(x)
+
+    def logits(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cross_logits(self.user_vec(sparse), self.item_vec(sparse, bag), dense)
+
+    def forward(self, sparse: torch.Tensor, bag: torch.Tensor, dense: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+        p = torch.sigmoid(self.logits(sparse, bag, dense))
+        return tuple(p[:, t] for t in range(self.n_tasks))
+
+
+class UserTowerGraph(nn.Module):
+    """ONNX graph of the user tower: ``sparse`` [B, F] (only the user-side columns are read) → ``u`` [B, d]."""
+
+    def __init__(self, model: PrerankThreeTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vec(sparse)
+
+
+class CrossGraph(nn.Module):
+    """ONNX graph of the cross part: ``u`` [1 or B, d], ``v`` [B, d], ``dense`` [B, D] → task probabilities."""
+
+    def __init__(self, model: PrerankThreeTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor, dense: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        p = torch.sigmoid(self.model.cross_logits(u, v, dense))
+        return tuple(p[:, t] for t in range(self.model.n_tasks))
+
+
+def item_vectors(model: PrerankThreeTower, schema: RankSchema, item_cat: np.ndarray, item_bag: np.ndarray,
+                 batch_size: int = 65536) -> np.ndarray:
+    """v of every item (dense ids 0..n-1) as float32 [n_items, d], from the arrays the rank server holds
+    (``features.lmdb`` item_cat / item_bag), assembled exactly as serving assembles them."""
+    from common.rank_features import assemble
+
+    n = int(item_cat.shape[0])
+    n_user = schema.n_user_fields
+    out = np.empty((n, model.dim), np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, n, batch_size):
+            ids = np.arange(s, min(n, s + batch_size))
+            sparse, bag = assemble(schema, 0, np.zeros(n_user, np.int64), ids + 1, item_cat[ids],
+                                   item_bag[ids], 0, 0)
+            out[ids] = model.item_vec(torch.from_numpy(sparse), torch.from_numpy(bag)).numpy()
+    model.train(was_training)
+    return out
+
+
+def make_prerank(kind: str, schema: RankSchema, cfg: PrerankConfig, n_dense: int) -> nn.Module:
+    """An untrained pre-rank of ``kind`` ("deepfm" or "three_tower")."""
+    if kind == "three_tower":
+        return PrerankThreeTower(schema, cfg, n_dense=n_dense)
+    if kind == "deepfm":
+        return PrerankFM(schema, cfg, n_dense=n_dense)
+    raise ValueError(f"pre-rank kind {kind!r}: train 'deepfm' or 'three_tower'")
+
+
 def prerank_loss(logits: torch.Tensor, labels: dict[str, torch.Tensor], teacher_logits: torch.Tensor | None,
                  cfg: PrerankConfig) -> torch.Tensor:
     """The MMoE's masked multi-task label loss blended with BCE against the teacher's soft targets."""
@@ -120,13 +303,16 @@ def prerank_loss(logits: torch.Tensor, labels: dict[str, torch.Tensor], teacher_
 
 def train_prerank(
     schema: RankSchema, cfg: PrerankConfig, examples: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
-    teacher_logits: torch.Tensor | np.ndarray | None, dense: np.ndarray | None = None,
-) -> tuple[PrerankFM, dict]:
+    teacher_logits: torch.Tensor | np.ndarray | None, dense: np.ndarray | None = None, kind: str | None = None,
+) -> tuple[nn.Module, dict]:
     """Train the pre-rank on ``examples`` (the MMoE's) with the teacher's logits [M, T] as soft targets.
 
-    ``teacher_logits`` None trains on labels alone (the comparison baseline). Returns the model in eval mode
-    and a log.
+    ``teacher_logits`` None trains on labels alone (the comparison baseline). ``kind`` ("deepfm",
+    "three_tower"; None: ``cfg.kind``, whose "auto" means "deepfm" here) picks the model. Returns the model
+    in eval mode and a log.
     """
+    kind = kind or cfg.kind
+    kind = "deepfm" if kind == "auto" else kind
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -138,12 +324,12 @@ def train_prerank(
     if t_logits is not None and t_logits.shape[0] != x.shape[0]:
         raise ValueError(f"{t_logits.shape[0]} teacher rows for {x.shape[0]} examples")
     d = torch.from_numpy(np.ascontiguousarray(dense, np.float32)) if dense is not None else None
-    model = PrerankFM(schema, cfg, n_dense=0 if dense is None else dense.shape[1])
+    model = make_prerank(kind, schema, cfg, 0 if dense is None else dense.shape[1])
     if dense is not None:
         fit_dense_scaling(model, dense)
     opt = EmbeddingAdam([model], cfg.lr, cfg.weight_decay, cfg.sparse)
     n = x.shape[0]
-    log: dict = {"n_examples": n, "distilled": t_logits is not None,
+    log: dict = {"kind": kind, "n_examples": n, "distilled": t_logits is not None,
                  "distill": {"temperature": cfg.temperature, "weight": cfg.distill_weight}}
     model.train()
     log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, lambda idx: prerank_loss(
@@ -152,3 +338,43 @@ def train_prerank(
     model.eval()
     log["seconds"] = round(time.perf_counter() - t0, 3)
     return model, log
+
+
+def export_three_tower(model: PrerankThreeTower, out_dir, schema: RankSchema, item_cat: np.ndarray,
+                       item_bag: np.ndarray) -> dict:
+    """Write the served three-tower files under ``out_dir`` (``rank_server.prerank``): the user tower and the
+    cross part as ONNX, every item's vector as float32 [n_items, d], and the spec naming them. Returns the spec."""
+    import json
+    from pathlib import Path
+
+    from export.models.onnx_export import export_onnx
+    from rank_server.prerank import CROSS_FILE, ITEMS_FILE, SPEC_FILE, USER_FILE
+
+    out_dir = Path(out_dir)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    export_onnx(UserTowerGraph(model), (torch.zeros((1, schema.n_fields), dtype=torch.int64),),
+                str(out_dir / USER_FILE), ["sparse"], ["u"])
+    d = model.dim
+    dummy = (torch.zeros((1, d)), torch.zeros((2, d)))
+    names = ["u", "v"]
+    if model.n_dense:
+        dummy, names = (*dummy, torch.zeros((2, model.n_dense))), [*names, "dense"]
+    axes = {"u": {0: "one"}, **{n: {0: "batch"} for n in [*names[1:], *TASKS]}}
+    export_onnx(CrossGraph(model), dummy, str(out_dir / CROSS_FILE), names, list(TASKS), axes=axes)
+    np.save(out_dir / ITEMS_FILE, item_vectors(model, schema, item_cat, item_bag))
+    spec = {"kind": "three_tower", "user": USER_FILE, "cross": CROSS_FILE, "items": ITEMS_FILE, "dim": d,
+            "user_fields": [schema.field_names[c] for c in model.user_cols],
+            "item_fields": [schema.field_names[c] for c in model.item_cols] + (["bag"] if schema.n_bag else []),
+            "cross_dense": [schema.dense_names[c] for c in model.dense_cols]}
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    return spec
+
+
+def remove_three_tower(out_dir) -> None:
+    """Remove the three-tower files from ``out_dir`` (a DeepFM pre-rank is served there)."""
+    from pathlib import Path
+
+    from rank_server.prerank import CROSS_FILE, ITEMS_FILE, SPEC_FILE, USER_FILE
+
+    for name in (SPEC_FILE, USER_FILE, CROSS_FILE, ITEMS_FILE):
+        (Path(out_dir) / name).unlink(missing_ok=True)

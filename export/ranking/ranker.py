@@ -35,7 +35,13 @@ import torch
 from common.log import get_logger
 from common.rank_features import RankSchema
 from export.models.mmoe import TASKS, DistillConfig, MMoEConfig, export_mmoe_onnx, mmoe_logits, train_mmoe
-from export.models.prerank import PrerankConfig, train_prerank
+from export.models.prerank import (
+    PrerankConfig,
+    PrerankThreeTower,
+    export_three_tower,
+    remove_three_tower,
+    train_prerank,
+)
 from export.models.quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8, session
 from export.evaluation.metrics import ndcg_per_user
 from export.ranking.replay import Replay
@@ -231,9 +237,88 @@ def choose_rank_order(rows: dict, gate: bool = True) -> dict:
 
 
 def export_models(out_dir: Path, schema: RankSchema, teacher, student, prerank) -> None:
-    """The three ONNX files (teacher for reference, student served, pre-rank served) under ``out_dir``."""
+    """The three ONNX files (teacher for reference, student served, pre-rank served) under ``out_dir``.
+
+    A three-tower pre-rank is written twice: as one graph in ``PRERANK_FILE`` (same inputs as every ranking
+    model: benches, the recall order's task outputs, old readers) and as the served split
+    (``export.models.prerank.export_three_tower``), its item vectors from ``out_dir``'s ``features.lmdb``."""
     for model, name in ((teacher, TEACHER_FILE), (student, STUDENT_FILE), (prerank, PRERANK_FILE)):
         export_mmoe_onnx(model, str(out_dir / name), schema.n_fields, schema.n_bag)
+    if isinstance(prerank, PrerankThreeTower):
+        from common.feature_store import FeatureStore
+
+        store = FeatureStore(out_dir / "features.lmdb")
+        try:
+            item_cat, item_bag = store.array("item_cat"), store.array("item_bag")
+        finally:
+            store.close()
+        export_three_tower(prerank, out_dir, schema, item_cat, item_bag)
+    else:
+        remove_three_tower(out_dir)
+
+
+def three_tower_parity(path: Path, model, sparse: np.ndarray, bag: np.ndarray, dense: np.ndarray) -> dict:
+    """Max |served - torch| of a three-tower pre-rank in ``path`` over the given rows: the user tower ONNX, the
+    item vectors saved by export gathered by item code, the cross ONNX; {} for any other pre-rank."""
+    if not isinstance(model, PrerankThreeTower):
+        return {}
+    from rank_server.prerank import CROSS_FILE, ITEMS_FILE, USER_FILE
+
+    torch_p = torch.sigmoid(mmoe_logits(model, sparse, bag, dense)).numpy()
+    u = session(path / USER_FILE).run(None, {"sparse": np.ascontiguousarray(sparse, np.int64)})[0]
+    v = np.load(path / ITEMS_FILE)[np.asarray(sparse[:, 1], np.int64) - 1]
+    feed = {"u": u, "v": v}
+    if model.n_dense:
+        feed["dense"] = np.ascontiguousarray(dense, np.float32)
+    served = np.stack([np.asarray(o).reshape(-1) for o in session(path / CROSS_FILE).run(list(TASKS), feed)], 1)
+    with torch.inference_mode():
+        v_torch = model.item_vec(torch.as_tensor(np.ascontiguousarray(sparse, np.int64)),
+                                 torch.as_tensor(np.ascontiguousarray(bag, np.float32))).numpy()
+    return {"prerank_three_tower_max_abs_diff": float(np.abs(served - torch_p).max()),
+            "prerank_item_vectors_max_abs_diff": float(np.abs(v - v_torch).max())}
+
+
+def prerank_rows(rep: Replay, pre_probs: np.ndarray, student_probs: np.ndarray, keep: int,
+                 weights: dict | None = None, form: str = "product") -> dict:
+    """Per-user validation NDCG@10 of a pre-rank as the rank stage uses it: ``prerank`` (its own fused order of
+    the recalled candidates) and ``rank`` (its best ``keep`` per user, ordered by the student): [U] each."""
+    weights = weights or CLICK_ONLY
+    pre = np.where(rep.recalled, fuse_per_user(pre_probs, rep, weights, form), -np.inf)
+    stu = fuse_per_user(student_probs, rep, weights, form)
+    owner = np.repeat(np.arange(rep.users.size), np.diff(rep.offsets))
+    order = np.lexsort((np.arange(pre.size), -pre, owner))   # per user: best pre-rank score first, then request order
+    pos = np.empty(pre.size, np.int64)
+    pos[order] = np.arange(order.size) - rep.offsets[owner[order]]
+    cut = dataclasses.replace(rep, recalled=rep.recalled & (pos < keep))   # the cut rows leave the lists
+    return {"prerank": user_ndcg(rep, pre), "rank": user_ndcg(cut, stu)}
+
+
+def choose_prerank(rep: Replay, student, models: dict, keep: int, max_cost: float) -> dict:
+    """The pre-rank kind to serve, on validation: "three_tower" (cheaper per request) when its ``rank`` row (its
+    cut ordered by the student, the list the rank stage returns) costs at most ``max_cost`` (relative) of the
+    DeepFM's, else "deepfm". Both kinds' rows, and the paired per-user difference, are returned."""
+    stu = task_probs(student, rep)
+    rows, per_user = {}, {}
+    for kind, model in models.items():
+        per_user[kind] = prerank_rows(rep, task_probs(model, rep), stu, keep)
+        rows[kind] = {stage: round(float(np.nanmean(v)), 4) for stage, v in per_user[kind].items()}
+    out: dict = {"rows": rows, "keep": keep, "max_cost": max_cost, "users": int(rep.users.size),
+                 "rule": "three_tower when its rank row >= (1 - max_cost) x deepfm's"}
+    if set(models) == {"deepfm", "three_tower"}:
+        gain, se = paired_gain(per_user["three_tower"]["rank"], per_user["deepfm"]["rank"])
+        out["three_tower_minus_deepfm"] = {"rank": round(gain, 5), "se": round(se, 5)}
+        base = float(np.nanmean(per_user["deepfm"]["rank"]))
+        ok = float(np.nanmean(per_user["three_tower"]["rank"])) >= (1.0 - max_cost) * base
+        out["kind"] = "three_tower" if ok else "deepfm"
+    else:
+        out["kind"] = next(iter(models))
+    return out
+
+
+def published_prerank(cfg: PrerankConfig, fam: dict) -> PrerankConfig:
+    """The pre-rank configuration of the published retrain: the kind chosen on validation (``fam``'s)."""
+    choice = fam.get("training", {}).get("prerank_choice")
+    return dataclasses.replace(cfg, kind=choice["kind"]) if choice else cfg
 
 
 def choose_int8_mode(out_dir: Path, valid: Replay, calib: tuple, fusion: dict, max_drop: float) -> dict:
@@ -279,12 +364,16 @@ def quantize_mode(src: Path, dst: Path, mode: str, calib: tuple) -> None:
 
 def train_family(schema: RankSchema, teacher_cfg: MMoEConfig, student_cfg: MMoEConfig, prerank_cfg: PrerankConfig,
                  distill: DistillConfig, train: tuple, dense: np.ndarray, valid: Replay | None = None,
-                 seeds: int = 1, min_gain_se: float = 2.0) -> dict:
+                 seeds: int = 1, min_gain_se: float = 2.0, prerank_choice: dict | None = None) -> dict:
     """Teacher, student distilled from it, pre-rank distilled from it, on ``train`` / ``dense``.
 
     With ``valid``, the teacher and student are chosen by seed-averaged validation curves
     (:func:`curve_family`): the returned models are the first seed's at the chosen epochs, and ``epochs``
-    holds the choice; without, they train for their configured epochs (the published retrain)."""
+    holds the choice; without, they train for their configured epochs (the published retrain).
+
+    The pre-rank kind: ``prerank_cfg.kind`` where it names one; "auto" with ``valid`` trains both and picks
+    by :func:`choose_prerank`; "auto" without ``valid`` trains the DeepFM. ``prerank_choice`` (the validation
+    family's choice, for the published retrain) is recorded in ``training`` as is."""
     t0 = time.perf_counter()
     out: dict = {"training": {}}
     if valid is not None:
@@ -303,8 +392,23 @@ def train_family(schema: RankSchema, teacher_cfg: MMoEConfig, student_cfg: MMoEC
         student, s_log = train_mmoe(None, None, student_cfg, schema, teacher=teacher, distill=distill,
                                     examples=train, dense=dense)
     t_logits = mmoe_logits(teacher, train[0], train[1], dense)
-    prerank, p_log = train_prerank(schema, prerank_cfg, train, t_logits, dense=dense)
+    extra: dict = {}
+    if prerank_cfg.kind == "auto" and valid is not None:
+        from rank_server.config import RankConfig
+
+        trained = {kind: train_prerank(schema, prerank_cfg, train, t_logits, dense=dense, kind=kind)
+                   for kind in ("deepfm", "three_tower")}
+        choice = choose_prerank(valid, student, {k: m for k, (m, _) in trained.items()},
+                                RankConfig().prerank_keep, prerank_cfg.max_cost)
+        prerank, p_log = trained[choice["kind"]]
+        extra["prerank_choice"] = choice
+        extra["prerank_candidates"] = {k: lg for k, (_, lg) in trained.items()}
+        log.info("prerank_choice", kind=choice["kind"], rows=choice["rows"])
+    else:
+        prerank, p_log = train_prerank(schema, prerank_cfg, train, t_logits, dense=dense)
+        if prerank_choice is not None:
+            extra["prerank_choice"] = prerank_choice
     out.update(teacher=teacher, student=student, prerank=prerank)
-    out["training"] = {"mmoe_teacher": t_log, "mmoe_student": s_log, "prerank": p_log,
+    out["training"] = {"mmoe_teacher": t_log, "mmoe_student": s_log, "prerank": p_log, **extra,
                        "seconds": round(time.perf_counter() - t0, 2)}
     return out
