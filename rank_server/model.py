@@ -4,23 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from common.rank_features import RankSchema
+from common.onnx_session import onnx_session
 from common.snapshot import SnapshotError
-
-
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session of ``path`` on ``threads`` intra-op threads, sequential execution;
-    ``SnapshotError`` when the file cannot be loaded."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
 
 
 class RankModel:
@@ -30,7 +17,7 @@ class RankModel:
     declare that input; older models and the label-trained DeepFM take sparse and bag alone."""
 
     def __init__(self, path: Path, schema: RankSchema, task_names: list[str], threads: int):
-        self.session = session(path, threads)
+        self.session = onnx_session(path, threads)
         self.path = path
         self.task_names = list(task_names)
         self._check(schema)

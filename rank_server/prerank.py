@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 
+from common.onnx_session import onnx_session
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot, SnapshotError
-from rank_server.model import session
 
 SPEC_FILE = "models/prerank_three_tower.json"
 USER_FILE = "models/prerank_user.onnx"
@@ -40,8 +40,8 @@ class ThreeTowerPrerank:
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"{spec_path} is malformed: {exc}; re-run export") from None
         self.path = spec_path
-        self.user = session(snapshot.file(files["user"]), threads)
-        self.cross = session(snapshot.file(files["cross"]), threads)
+        self.user = onnx_session(snapshot.file(files["user"]), threads)
+        self.cross = onnx_session(snapshot.file(files["cross"]), threads)
         self.items = np.ascontiguousarray(snapshot.load_array(files["items"]), dtype=np.float32)
         if self.items.ndim != 2 or self.items.shape != (n_items, dim):
             raise SnapshotError(f"{snapshot.path / files['items']} has shape {self.items.shape}, the snapshot has "

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.item_filter import AttributeTable, load_attribute_table
+from common.onnx_session import onnx_session
 from common.snapshot import ANN_IDS_FILE, Snapshot, SnapshotError
 from feedback.realtime import SnapshotKeys
 from recall_server.channels import channel_module
@@ -48,18 +49,6 @@ class RecallState:
     @property
     def n_items(self) -> int:
         return int(self.snapshot.item_ids.shape[0])
-
-
-def onnx_session(path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with a fixed thread count (workers must not oversubscribe cores)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise SnapshotError(f"model {path} cannot be loaded: {exc}") from None
 
 
 def merge_weights(snapshot: Snapshot, config: RecallConfig) -> dict[str, float]:
