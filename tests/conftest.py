@@ -56,3 +56,14 @@ def private_root(snapshot_root: Path, tmp_path_factory, name: str) -> Path:
 @pytest.fixture(scope="session")
 def snapshot(snapshot_root) -> Snapshot:
     return Snapshot.open(snapshot_root)
+
+
+def feedback_cluster_config(snapshot_root: Path, tmp_path_factory, name: str, replicas: dict | None = None):
+    """A remote-stage cluster with a feedback store of its own under a fresh run dir (2 s deadline: the first
+    calls compile and load), for the modules that test the feedback loop end to end."""
+    from cluster.launcher import ClusterConfig
+
+    run = tmp_path_factory.mktemp(name)
+    return ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas=replicas or {},
+                         run_dir=str(run), feedback_path=str(run / "feedback"),
+                         overrides={"gateway": ["deadline_ms=2000"]})

@@ -18,15 +18,15 @@ import signal
 import numpy as np
 import pytest
 
-from cluster.launcher import Cluster, ClusterConfig
+from cluster.launcher import Cluster
 from common.config import load_config
 from feedback.config import FeedbackConfig
 from feedback.events import Event, EventType
 from feedback.realtime import Realtime, SnapshotKeys
-from feedback.store import FeedbackStore
 from gateway.client import RecommendClient
 from gateway.config import GatewayConfig
 from gateway.funnel import FALLBACK_CHANNEL, Promises, popular_fallback
+from tests.conftest import feedback_cluster_config
 
 # short: a paused stage can never answer, so the reply is degraded however slow the machine; the time only
 # bounds how long each request waits for the paused stage (recall may use 30% of it)
@@ -35,11 +35,7 @@ DEADLINE_MS = 100
 
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
-    run = tmp_path_factory.mktemp("fallback-cluster")
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={},
-                           run_dir=str(run), feedback_path=str(run / "feedback"),
-                           overrides={"gateway": ["deadline_ms=2000"]})
-    with Cluster(config) as running:
+    with Cluster(feedback_cluster_config(snapshot_root, tmp_path_factory, "fallback-cluster")) as running:
         yield running
 
 

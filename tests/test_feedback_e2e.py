@@ -9,17 +9,15 @@ import pytest
 
 from feedback.events import Event, EventType
 from gateway.client import RecommendClient
-from cluster.launcher import Cluster, ClusterConfig
+from cluster.launcher import Cluster
+from tests.conftest import feedback_cluster_config
 from recsys.v2 import recommend_service_pb2 as pb2
 
 
 @pytest.fixture(scope="module")
 def cluster(snapshot_root, tmp_path_factory):
-    run = tmp_path_factory.mktemp("feedback-cluster")
-    config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], run_dir=str(run),
-                           feedback_path=str(run / "feedback"), replicas={"recall": 2, "rank": 2},
-                           overrides={"gateway": ["deadline_ms=2000"]})
-    with Cluster(config) as running:
+    with Cluster(feedback_cluster_config(snapshot_root, tmp_path_factory, "feedback-cluster",
+                                         {"recall": 2, "rank": 2})) as running:
         yield running
 
 
