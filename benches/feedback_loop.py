@@ -27,6 +27,7 @@ from common.snapshot import Snapshot
 from feedback.events import Event, EventType
 from gateway.client import RecommendClient
 from cluster.launcher import Cluster, ClusterConfig
+from benches.report import save_json
 from benches.loadgen import percentiles, run_rate
 
 
@@ -151,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"click_to_visible": visible, "repeated_exposures": exposures, "ingest_under_load": ingest,
               "store_disk_bytes": disk, "replicas": {"recall": args.replicas, "rank": args.replicas}}
     print(json.dumps(report, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+    save_json(report, args.out, indent=1)
     return 0
 
 

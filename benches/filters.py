@@ -18,12 +18,11 @@ Timings depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from benches.report import save_json
 
 
 def _singles(table) -> list[tuple[str, object, str]]:
@@ -170,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"all eligible {row['all_items_eligible']:.2f}, degraded {row['e2e']['degraded']}"
                   + (f", recall@{args.k} {row['quality']['recall@k']:.4f} ({row['quality']['users']} users)"
                      if args.quality else ""), flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    save_json(report, args.json)
     return 0
 
 

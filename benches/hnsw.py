@@ -13,7 +13,6 @@ Prints a table and writes JSON with ``--json``. Timings depend on the machine an
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benches.report import save_json
 
 
 def peak_rss_mib() -> float:
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("itemcf", "swing"):
             print(f"  {name:7} {k[name]['seconds']} s, {k[name]['nnz']} neighbours, "
                   f"peak RSS so far {k[name]['peak_rss_mib_so_far']} MiB")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    save_json(report, args.json)
     return 0
 
 

@@ -14,10 +14,8 @@ small log, so the reported build time is the kernel's own. Issue 6 asks for time
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -25,6 +23,7 @@ import numpy as np
 from kernels.csr import build_csr, transpose_csr
 from kernels.itemcf import itemcf_topm
 from kernels.swing import swing_topm
+from benches.report import save_json
 
 
 def _vm_kib(field: str) -> int:
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     print(f"log: {report['interactions']} interactions, {n_users} users, {args.items} items, "
           f"{report['threads']} threads; generated in {gen_s:.1f} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"report: {args.json}")
+    save_json(report, args.json)
     return 0
 
 

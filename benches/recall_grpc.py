@@ -18,9 +18,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from benches.report import save_json
 
 
 def grpc_latency(addr: str, users: list[str], n: int, requests: int, warmup: int) -> tuple[dict, float]:
@@ -156,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recall() in process, same requests:  p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f}  p99 {p['p99']:.2f}")
     report["quality"] = quality_table(snapshot.manifest)
     print(report["quality"])
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"report: {args.json}")
+    save_json(report, args.json)
     return 0
 
 

@@ -6,6 +6,15 @@ import sys
 from pathlib import Path
 
 
+
+def save_json(report: dict, path: str | Path | None, indent: int = 2) -> None:
+    """Write ``report`` as JSON to ``path`` (its folder made first) and say where; nothing when ``path`` is None."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=indent))
+    print(f"report: {path}")
+
 def progress_bar(label: str):
     """A callback drawing ``label [####....] i/n`` on stderr."""
     def show(i: int, n: int) -> None:
