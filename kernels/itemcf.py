@@ -17,13 +17,14 @@ import numba
 import numpy as np
 
 from ._neighbors import compact_rows, n_chunks_for, validate_interactions
+from .i2i_ranges import check_item_range
 from ._validate import check_int, check_real
 from .topk_heap import heap_push, heap_sort_desc
 
 
 @numba.njit(cache=True, parallel=True)
 def _itemcf_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
-                 popularity_damping, iuf, n_chunks):
+                 popularity_damping, iuf, lo, hi, n_chunks):
     n_users = user_indptr.shape[0] - 1
     user_w = np.empty(n_users, np.float64)
     for u in range(n_users):
@@ -35,20 +36,22 @@ def _itemcf_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_
     for j in range(n_items):
         item_pow[j] = float(item_indptr[j + 1] - item_indptr[j]) ** popularity_damping
 
-    out_ids = np.empty((n_items, top_m), np.int32)
-    out_scores = np.empty((n_items, top_m), np.float32)
-    counts = np.zeros(n_items, np.int64)
+    # Rows of the anchor items lo..hi-1 only: a row depends on nothing but the
+    # CSRs, so ranges built apart and concatenated equal the full build.
+    out_ids = np.empty((hi - lo, top_m), np.int32)
+    out_scores = np.empty((hi - lo, top_m), np.float32)
+    counts = np.zeros(hi - lo, np.int64)
 
     # One dense accumulator per chunk, not per item: allocating/zeroing
     # n_items floats per item would be O(n_items^2). Chunk c takes items
-    # c, c + n_chunks, ... so popular (expensive) items, which often have
-    # nearby ids, are spread across chunks and threads.
+    # lo + c, lo + c + n_chunks, ... so popular (expensive) items, which often
+    # have nearby ids, are spread across chunks and threads.
     for c in numba.prange(n_chunks):
         acc = np.zeros(n_items, np.float64)
         touched = np.empty(n_items, np.int32)
         heap_scores = np.empty(top_m, np.float32)
         heap_ids = np.empty(top_m, np.int32)
-        for i in range(c, n_items, n_chunks):
+        for i in range(lo + c, hi, n_chunks):
             n_touched = 0
             for p in range(item_indptr[i], item_indptr[i + 1]):
                 u = item_users[p]
@@ -73,9 +76,9 @@ def _itemcf_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_
                     size = heap_push(heap_scores, heap_ids, size, s, j)
             heap_sort_desc(heap_scores, heap_ids, size)
             for t in range(size):
-                out_ids[i, t] = heap_ids[t]
-                out_scores[i, t] = heap_scores[t]
-            counts[i] = size
+                out_ids[i - lo, t] = heap_ids[t]
+                out_scores[i - lo, t] = heap_scores[t]
+            counts[i - lo] = size
     return compact_rows(counts, out_ids, out_scores)
 
 
@@ -88,8 +91,10 @@ def itemcf_topm(
     top_m: int,
     popularity_damping: float = 0.5,
     iuf: bool = True,
+    lo: int = 0,
+    hi: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-M ItemCF neighbours of every item (see the module docstring).
+    """Top-M ItemCF neighbours of the anchor items ``lo..hi-1`` (see the module docstring).
 
     Args:
         user_indptr, user_items: user->items CSR structure (int64, int32),
@@ -100,19 +105,25 @@ def itemcf_topm(
         top_m: neighbours kept per item (>= 0).
         popularity_damping: exponent p >= 0 of the (|U(i)||U(j)|)^p normaliser.
         iuf: weight each co-occurring user by 1/log(1+|I(u)|) (else 1).
+        lo, hi: the anchor items whose rows are built, ``0 <= lo <= hi <=
+            n_items`` (default: every item). The rows of a range are exactly
+            those of the full build, so a build split into ranges (one per
+            task or machine, ``kernels.i2i_ranges``) concatenates to it.
 
     Returns:
-        CSR ``(indptr int64[n_items+1], indices int32, scores float32)``: row
-        i holds at most ``top_m`` items j != i with sim(i, j) > 0, ordered by
-        score descending then id ascending.
+        CSR ``(indptr int64[hi-lo+1], indices int32, scores float32)``: row
+        r (item lo + r) holds at most ``top_m`` items j != lo + r with
+        sim > 0, ordered by score descending then id ascending.
 
     Runs in parallel over items with O(threads * n_items) scratch memory plus
-    an O(n_items * top_m) output buffer; time is sum_u |I(u)|^2.
+    an O((hi - lo) * top_m) output buffer; time is sum over the range's
+    items i of sum_{u in U(i)} |I(u)| (sum_u |I(u)|^2 for the full build).
     """
     user_indptr, user_items, item_indptr, item_users, n_items, _ = validate_interactions(
         user_indptr, user_items, item_indptr, item_users, n_items
     )
     top_m = check_int("top_m", top_m, minimum=0)
+    lo, hi = check_item_range(lo, hi, n_items)
     popularity_damping = check_real("popularity_damping", popularity_damping, minimum=0.0)
     if not isinstance(iuf, (bool, np.bool_)):
         raise ValueError(f"iuf must be a bool, got {type(iuf).__name__}")
@@ -120,4 +131,4 @@ def itemcf_topm(
     # [n_items, top_m] output buffer from being sized by an oversized top_m.
     top_m = min(top_m, max(n_items - 1, 0))
     return _itemcf_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
-                        popularity_damping, bool(iuf), n_chunks_for(n_items, 4))
+                        popularity_damping, bool(iuf), lo, hi, n_chunks_for(hi - lo, 4))

@@ -89,8 +89,17 @@ def ref_transpose_csr(indptr, indices, data, n_cols):
 
 
 # --------------------------------------------------------------- itemcf
-def ref_itemcf(user_indptr, user_items, n_items, top_m, popularity_damping=0.5, iuf=True):
-    """ItemCF top-M from a dense weighted co-occurrence matrix."""
+def csr_rows(table, lo, hi=None):
+    """Rows ``lo..hi-1`` of a CSR table ``(indptr, indices, scores)``, re-based to start at 0: what an
+    i2i kernel's range ``[lo, hi)`` must return."""
+    indptr, indices, scores = table
+    hi = indptr.shape[0] - 1 if hi is None else hi
+    a, b = indptr[lo], indptr[hi]
+    return (indptr[lo:hi + 1] - a).astype(np.int64), indices[a:b], scores[a:b]
+
+
+def ref_itemcf(user_indptr, user_items, n_items, top_m, popularity_damping=0.5, iuf=True, lo=0, hi=None):
+    """ItemCF top-M from a dense weighted co-occurrence matrix; rows ``lo..hi-1`` (default all)."""
     a = dense_from_csr(user_indptr, user_items, n_items)
     deg_u = a.sum(axis=1)
     if iuf:
@@ -101,13 +110,13 @@ def ref_itemcf(user_indptr, user_items, n_items, top_m, popularity_damping=0.5, 
     pop = a.sum(axis=0)
     denom = np.outer(pop, pop) ** popularity_damping
     sim = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
-    return topm_table(sim, top_m)
+    return csr_rows(topm_table(sim, top_m), lo, hi)
 
 
 # --------------------------------------------------------------- swing
 def ref_swing(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
-              alpha=1.0, user_damping=0.5, max_users_per_item=1000):
-    """Swing top-M: per item, a dense user-pair overlap/weight matrix.
+              alpha=1.0, user_damping=0.5, max_users_per_item=1000, lo=0, hi=None):
+    """Swing top-M: per item, a dense user-pair overlap/weight matrix; rows ``lo..hi-1`` (default all).
 
     sim(i, j) = sum_{a < b} W[a, b] * A[u_a, j] * A[u_b, j] with
     W[a, b] = w_a w_b / (alpha + |I(u_a) & I(u_b)|) over i's (capped) users.
@@ -123,7 +132,41 @@ def ref_swing(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
         overlap = sub @ sub.T
         pair_w = np.triu(np.outer(w[users], w[users]) / (alpha + overlap), k=1)
         sim[i] = ((pair_w @ sub) * sub).sum(axis=0)
-    return topm_table(sim, top_m)
+    return csr_rows(topm_table(sim, top_m), lo, hi)
+
+
+# --------------------------------------------------------------- next-item transitions
+def ref_next_item(user, item, timestamp, n_items, top_m, span=3, lo=0, hi=None):
+    """Next-item transitions, vectorised over the whole log (the export's build before the range kernel).
+
+    Per user, items in time order (ties: row order); every ordered pair (a at t, b at t + d), 1 <= d <=
+    ``span``, b != a, adds 1/d to a -> b; row a keeps its ``top_m`` heaviest targets (ties: smaller id),
+    scored weight / row total. Rows ``lo..hi-1`` (default all).
+    """
+    order = np.lexsort((timestamp, user))
+    users = user[order].astype(np.int64)
+    items = item[order].astype(np.int64)
+    src, dst, wts = [], [], []
+    for d in range(1, span + 1):
+        same = users[d:] == users[:-d]
+        src.append(items[:-d][same])
+        dst.append(items[d:][same])
+        wts.append(np.full(int(same.sum()), 1.0 / d))
+    src, dst, wts = np.concatenate(src), np.concatenate(dst), np.concatenate(wts)
+    keep = src != dst
+    key = src[keep] * n_items + dst[keep]
+    uniq, inv = np.unique(key, return_inverse=True)
+    weight = np.bincount(inv.reshape(-1), weights=wts[keep])   # sequential: d = 1 terms, then d = 2, ...
+    a, b = uniq // n_items, uniq % n_items
+    total = np.bincount(a, weights=weight, minlength=n_items)   # by ascending target within a row
+    rank_order = np.lexsort((b, -weight, a))
+    a, b, weight = a[rank_order], b[rank_order], weight[rank_order]
+    starts = np.searchsorted(a, np.arange(n_items + 1))
+    top = np.arange(a.size) - starts[a] < top_m
+    a, b, weight = a[top], b[top], weight[top]
+    indptr = np.searchsorted(a, np.arange(n_items + 1)).astype(np.int64)
+    table = (indptr, b.astype(np.int32), (weight / np.maximum(total[a], 1e-12)).astype(np.float32))
+    return csr_rows(table, lo, hi)
 
 
 # --------------------------------------------------------------- i2i

@@ -34,6 +34,7 @@ import numpy as np
 
 from ._neighbors import compact_rows, n_chunks_for, validate_interactions
 from ._validate import check_int, check_real
+from .i2i_ranges import check_item_range
 from .topk_heap import heap_push, heap_sort_desc
 
 # The per-item pair table (packed float64 upper triangle, m(m-1)/2 entries,
@@ -44,16 +45,19 @@ _MAX_PAIR_SCRATCH_BYTES = 4 << 30
 
 @numba.njit(cache=True, parallel=True)
 def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
-                alpha, user_damping, cap, max_m, n_chunks):
+                alpha, user_damping, cap, max_m, lo, hi, n_chunks):
     n_users = user_indptr.shape[0] - 1
     user_w = np.empty(n_users, np.float64)
     for u in range(n_users):
         deg = user_indptr[u + 1] - user_indptr[u]
         user_w[u] = float(deg) ** (-user_damping) if deg > 0 else 0.0
 
-    out_ids = np.empty((n_items, top_m), np.int32)
-    out_scores = np.empty((n_items, top_m), np.float32)
-    counts = np.zeros(n_items, np.int64)
+    # Rows of the anchor items lo..hi-1 only: every user pair of U(i) is
+    # formed inside item i's row, so ranges need no exchange of pairs and
+    # concatenate to the full build.
+    out_ids = np.empty((hi - lo, top_m), np.int32)
+    out_scores = np.empty((hi - lo, top_m), np.float32)
+    counts = np.zeros(hi - lo, np.int64)
 
     # Scratch is per chunk (see itemcf): items c, c + n_chunks, ... share it.
     for c in numba.prange(n_chunks):
@@ -65,7 +69,7 @@ def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m
         local_w = np.empty(max_m, np.float64)
         heap_scores = np.empty(top_m, np.float32)
         heap_ids = np.empty(top_m, np.int32)
-        for i in range(c, n_items, n_chunks):
+        for i in range(lo + c, hi, n_chunks):
             base = item_indptr[i]
             m = min(item_indptr[i + 1] - base, cap)
             if m < 2:
@@ -143,9 +147,9 @@ def _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m
                     size = heap_push(heap_scores, heap_ids, size, s, j)
             heap_sort_desc(heap_scores, heap_ids, size)
             for t in range(size):
-                out_ids[i, t] = heap_ids[t]
-                out_scores[i, t] = heap_scores[t]
-            counts[i] = size
+                out_ids[i - lo, t] = heap_ids[t]
+                out_scores[i - lo, t] = heap_scores[t]
+            counts[i - lo] = size
     return compact_rows(counts, out_ids, out_scores)
 
 
@@ -159,8 +163,10 @@ def swing_topm(
     alpha: float = 1.0,
     user_damping: float = 0.5,
     max_users_per_item: int | None = 1000,
+    lo: int = 0,
+    hi: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-M Swing neighbours of every item (see the module docstring).
+    """Top-M Swing neighbours of the anchor items ``lo..hi-1`` (see the module docstring).
 
     Args:
         user_indptr, user_items: user->items CSR structure (int64, int32),
@@ -175,11 +181,14 @@ def swing_topm(
         max_users_per_item: only the first this-many users of each item row
             form pairs for that item (bounds the O(|U(i)|^2) cost and the
             O(cap^2) scratch per thread); None or 0 means no cap.
+        lo, hi: the anchor items whose rows are built, ``0 <= lo <= hi <=
+            n_items`` (default: every item); ranges concatenate to the full
+            build (``kernels.i2i_ranges``).
 
     Returns:
-        CSR ``(indptr int64[n_items+1], indices int32, scores float32)``: row
-        i holds at most ``top_m`` items j != i with sim(i, j) > 0, ordered by
-        score descending then id ascending.
+        CSR ``(indptr int64[hi-lo+1], indices int32, scores float32)``: row
+        r (item lo + r) holds at most ``top_m`` items j != lo + r with
+        sim > 0, ordered by score descending then id ascending.
     """
     user_indptr, user_items, item_indptr, item_users, n_items, _ = validate_interactions(
         user_indptr, user_items, item_indptr, item_users, n_items
@@ -190,12 +199,15 @@ def swing_topm(
     if max_users_per_item is None:
         max_users_per_item = 0
     cap = check_int("max_users_per_item", max_users_per_item, minimum=0)
+    lo, hi = check_item_range(lo, hi, n_items)
     # An item has at most n_items - 1 neighbours; clamping keeps the padded
     # [n_items, top_m] output buffer from being sized by an oversized top_m.
     top_m = min(top_m, max(n_items - 1, 0))
-    max_deg = int(np.diff(item_indptr).max()) if n_items else 0
+    # scratch sized by the range's own items: a range without the hottest
+    # item does not pay for its pair table
+    max_deg = int(np.diff(item_indptr[lo:hi + 1]).max()) if hi > lo else 0
     max_m = max_deg if cap == 0 else min(cap, max_deg)
-    n_chunks = n_chunks_for(n_items, 2)
+    n_chunks = n_chunks_for(hi - lo, 2)
     scratch = 4 * max_m * max_m * max(n_chunks, 1)
     if scratch > _MAX_PAIR_SCRATCH_BYTES:
         raise ValueError(
@@ -203,4 +215,4 @@ def swing_topm(
             f"of pair scratch; set a smaller cap"
         )
     return _swing_topm(user_indptr, user_items, item_indptr, item_users, n_items, top_m,
-                       alpha, user_damping, cap if cap > 0 else max_deg + 1, max_m, n_chunks)
+                       alpha, user_damping, cap if cap > 0 else max_deg + 1, max_m, lo, hi, n_chunks)

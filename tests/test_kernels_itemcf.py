@@ -5,7 +5,7 @@ import pytest
 
 from kernels.csr import build_csr, transpose_csr
 from kernels.itemcf import itemcf_topm
-from kernels.reference import random_log, ref_itemcf
+from kernels.reference import csr_rows, random_log, ref_itemcf
 
 
 def interactions(rows, cols, n_users, n_items):
@@ -90,6 +90,58 @@ def test_itemcf_independent_of_thread_count():
     multi = itemcf_topm(*csrs, 150, 20)
     for a, b in zip(single, multi):
         np.testing.assert_array_equal(a, b)
+
+
+def concat_ranges(parts):
+    """The driver's concatenation of range tables, in order."""
+    indptr, ids, scores, offset = [np.zeros(1, np.int64)], [], [], 0
+    for p_indptr, p_ids, p_scores in parts:
+        indptr.append(p_indptr[1:] + offset)
+        offset += int(p_indptr[-1])
+        ids.append(p_ids)
+        scores.append(p_scores)
+    return np.concatenate(indptr), np.concatenate(ids), np.concatenate(scores)
+
+
+def hot_ranges(item_indptr, n_items):
+    """Cuts that give the hottest item a range of its own, with empty ranges at both ends and beside it."""
+    hot = int(np.argmax(np.diff(item_indptr)))
+    return [0, 0, hot, hot, hot + 1, hot + 1, n_items // 2 if n_items // 2 > hot + 1 else hot + 1, n_items, n_items]
+
+
+def assert_bitwise(got, want):
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_itemcf_ranges_concatenate_to_the_full_build_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 70, 90
+    rows, cols = random_log(rng, n_users, n_items, 1200)
+    csrs = interactions(rows, cols, n_users, n_items)
+    full = itemcf_topm(*csrs, n_items, 12)
+    cuts = hot_ranges(csrs[2], n_items)
+    parts = [itemcf_topm(*csrs, n_items, 12, lo=lo, hi=hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    assert_bitwise(concat_ranges(parts), full)
+    hot = int(np.argmax(np.diff(csrs[2])))
+    only_hot = itemcf_topm(*csrs, n_items, 12, lo=hot, hi=hot + 1)
+    assert only_hot[0].tolist() == [0, full[0][hot + 1] - full[0][hot]] and only_hot[1].size > 0
+    assert_bitwise(only_hot, csr_rows(full, hot, hot + 1))
+    empty = itemcf_topm(*csrs, n_items, 12, lo=5, hi=5)
+    assert empty[0].tolist() == [0] and empty[1].size == 0 and empty[1].dtype == np.int32
+    assert_table_equal(itemcf_topm(*csrs, n_items, 12, lo=10, hi=40), ref_itemcf(csrs[0], csrs[1], n_items, 12, lo=10, hi=40))
+
+
+def test_itemcf_range_validation():
+    csrs = interactions(np.array([0, 0, 1], np.int32), np.array([0, 1, 1], np.int32), 2, 2)
+    with pytest.raises(ValueError, match="^lo"):
+        itemcf_topm(*csrs, 2, 5, lo=3)
+    with pytest.raises(ValueError, match="^hi"):
+        itemcf_topm(*csrs, 2, 5, lo=1, hi=0)
+    with pytest.raises(ValueError, match="^hi"):
+        itemcf_topm(*csrs, 2, 5, hi=3)
 
 
 def test_itemcf_validation():

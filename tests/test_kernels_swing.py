@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from kernels.swing import swing_topm
-from kernels.reference import random_log, ref_swing
-from tests.test_kernels_itemcf import assert_table_equal, interactions
+from kernels.reference import csr_rows, random_log, ref_swing
+from tests.test_kernels_itemcf import assert_bitwise, assert_table_equal, concat_ranges, hot_ranges, interactions
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -73,6 +73,27 @@ def test_swing_independent_of_thread_count():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("cap", [1000, 4])
+def test_swing_ranges_concatenate_to_the_full_build_bitwise(cap):
+    rng = np.random.default_rng(9)
+    n_users, n_items = 60, 80
+    rows, cols = random_log(rng, n_users, n_items, 1100)
+    csrs = interactions(rows, cols, n_users, n_items)
+    full = swing_topm(*csrs, n_items, 10, max_users_per_item=cap)
+    cuts = hot_ranges(csrs[2], n_items)
+    parts = [swing_topm(*csrs, n_items, 10, max_users_per_item=cap, lo=lo, hi=hi)
+             for lo, hi in zip(cuts[:-1], cuts[1:])]
+    assert_bitwise(concat_ranges(parts), full)
+    hot = int(np.argmax(np.diff(csrs[2])))
+    only_hot = swing_topm(*csrs, n_items, 10, max_users_per_item=cap, lo=hot, hi=hot + 1)
+    assert only_hot[1].size > 0
+    assert_bitwise(only_hot, csr_rows(full, hot, hot + 1))
+    empty = swing_topm(*csrs, n_items, 10, lo=n_items, hi=n_items)
+    assert empty[0].tolist() == [0] and empty[1].size == 0
+    assert_table_equal(swing_topm(*csrs, n_items, 10, max_users_per_item=cap, lo=7, hi=33),
+                       ref_swing(*csrs, n_items, 10, 1.0, 0.5, cap, lo=7, hi=33))
+
+
 def test_swing_validation():
     rows = np.array([0, 0, 1], np.int32)
     cols = np.array([0, 1, 1], np.int32)
@@ -85,6 +106,8 @@ def test_swing_validation():
         swing_topm(*csrs, 2, 5, max_users_per_item=-2)
     with pytest.raises(ValueError, match="^top_m"):
         swing_topm(*csrs, 2, 2.5)
+    with pytest.raises(ValueError, match="^hi"):
+        swing_topm(*csrs, 2, 5, lo=2, hi=1)
 
 
 def test_swing_refuses_oversized_pair_scratch(monkeypatch):
