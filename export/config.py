@@ -41,6 +41,24 @@ class HnswConfig:
 
 
 @dataclass
+class RayConfig:
+    """The Ray engine (``engine = "ray"``, ``export.distributed.ray_i2i``): where the i2i tasks run and how many."""
+
+    address: str = "local"                 # "local": start a Ray cluster on this machine; else an existing
+                                           # cluster's address ("auto", "HOST:6379")
+    workers: int = 2                       # tasks run at once; a local cluster gets this many CPUs
+    ranges_per_worker: int = 4             # equal-work anchor-item ranges per worker and table (more: finer
+                                           # balance, more per-task scratch set-up)
+    object_store_mb: int = 0               # a local cluster's object store (0: Ray's default, 30% of memory)
+
+    def validate(self) -> None:
+        if not self.address:
+            raise ValueError('ray.address must be "local" or a Ray cluster address')
+        if self.workers < 1 or self.ranges_per_worker < 1 or self.object_store_mb < 0:
+            raise ValueError("ray.workers and ray.ranges_per_worker must be >= 1, ray.object_store_mb >= 0")
+
+
+@dataclass
 class ExportConfig:
     """Everything ``python -m export`` reads; load with ``common.config.load_config``."""
 
@@ -84,6 +102,10 @@ class ExportConfig:
                                            # recall_server's configured weights); export.recall.merge_fit
     make_current: bool = True
     threads: int = 2
+    engine: str = "local"                  # the i2i tables (ItemCF, Swing, next-item) and popularity: "local"
+                                           # (this process) or "ray" (tasks over item ranges; needs the
+                                           # `distributed` extra); the tables are bit-identical
+    ray: RayConfig = field(default_factory=RayConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     mmoe: MMoEConfig = field(default_factory=MMoEConfig)              # the distilled student (served)
@@ -125,6 +147,9 @@ class ExportConfig:
             raise ValueError(f"recall_fit_users must be >= 0, got {self.recall_fit_users}")
         if self.next_top_m < 1 or self.recent_days <= 0:
             raise ValueError("next_top_m must be >= 1 and recent_days > 0")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f'engine must be "local" or "ray", got {self.engine!r}')
+        self.ray.validate()
         self.rank_replay.validate()
         self.ranker.validate()
         self.prerank.validate()

@@ -15,21 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.candidate_features import ITEM_STATS_FILE, NEXT_FILE
+from common.candidate_features import ITEM_STATS_FILE
 from common.feature_store import pack_user, write_feature_store
 from export.data.feedback_fold import user_last_ts
 from common.snapshot import ANN_IDS_FILE, FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.data.dataset import Dataset, Interactions
 from export.recall.ann_index import build_hnsw, informative_items
-from export.data.history import last_n, latest_rows
+from export.data.history import last_n
+from export.recall.i2i import i2i_tables
 from export.recall.tables import (
     blocklist_ids,
     content_table,
     item_stats,
     popular_segments,
-    swing_table,
-    transition_table,
 )
 from export.models.two_tower import (
     ItemTower,
@@ -40,8 +39,6 @@ from export.models.two_tower import (
     user_embeddings,
     user_inputs,
 )
-from kernels.csr import build_csr
-from kernels.itemcf import itemcf_topm
 
 
 @dataclass
@@ -74,23 +71,6 @@ def sample_users(inter: Interactions, n_users: int, max_rows: int = 0, max_users
     keep = np.zeros(n_users, bool)
     keep[order] = True
     return inter.subset(keep[inter.user])
-
-
-def popular_items(train: Interactions, n_items: int, n: int) -> np.ndarray:
-    """Dense ids by interaction count, most popular first (ties: smaller id)."""
-    counts = np.bincount(train.item, minlength=n_items)
-    return np.lexsort((np.arange(n_items), -counts))[:n].astype(np.int32)
-
-
-def itemcf_table(train: Interactions, n_users: int, n_items: int, top_m: int,
-                 max_user_items: int = 0) -> dict[str, np.ndarray]:
-    """ItemCF top-M neighbours (CSR) from the interactions, via the Numba kernel; each user contributes
-    only his latest ``max_user_items`` rows (0: all; see ``ExportConfig.itemcf_max_user_items``)."""
-    train = latest_rows(train, max_user_items)
-    u_indptr, u_items, _ = build_csr(train.user.astype(np.int32), train.item.astype(np.int32), n_users)
-    i_indptr, i_users, _ = build_csr(train.item.astype(np.int32), train.user.astype(np.int32), n_items)
-    indptr, indices, scores = itemcf_topm(u_indptr, u_items, i_indptr, i_users, n_items, top_m)
-    return {"indptr": indptr, "indices": indices, "scores": scores}
 
 
 def ann_items(item_tower: ItemTower, n_items: int, config: ExportConfig) -> np.ndarray:
@@ -174,18 +154,17 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
         with open(path / name, "wb") as fh:
             np.savez(fh, **arrays)
 
-    npz("i2i_itemcf.npz", itemcf_table(known, ds.n_users, ds.n_items, config.itemcf_top_m,
-                                       config.itemcf_max_user_items))
-    np.save(path / "popular.npy", popular_items(known, ds.n_items, config.popular_n), allow_pickle=False)
-    npz("i2i_swing.npz", swing_table(known, ds.n_users, ds.n_items, config.swing_top_m, config.swing_alpha,
-                                     config.swing_user_damping, config.swing_max_users))
-    npz(NEXT_FILE, transition_table(known, ds.n_users, ds.n_items, config.next_top_m))
+    tables = i2i_tables(known, ds.n_users, ds.n_items, config)   # on config.engine (export.recall.i2i)
+    np.save(path / "popular.npy", tables.pop("popular"), allow_pickle=False)
+    for name, arrays in tables.items():
+        npz(name, arrays)
+    lap("i2i")
     npz(ITEM_STATS_FILE, item_stats(known, ds.n_items, config.recent_days))
     npz("popular_segments.npz", popular_segments(ds, known, config.segment_fields, config.segment_edges,
                                                  config.segment_popular_n))
     np.save(path / "blocklist.npy", blocklist_ids(ds, config.blocklist), allow_pickle=False)
     npz("i2i_content.npz", content_table(content_emb, ds, known, config.content_top_m))
-    lap("i2i_popular_content")
+    lap("popular_content")
     write_feature_store(path / "features.lmdb", {
         "item_ids": ds.item_ids.astype(str), "item_titles": ds.item_titles.astype(str),
         "item_cat": ds.item_cat.astype(np.int32), "item_bag": ds.item_bag.astype(np.uint8),

@@ -1,4 +1,5 @@
-"""Recall tables built at export time besides ItemCF: Swing, popular per demographic segment, blocklist.
+"""Recall tables built at export time besides ItemCF and Swing (``export.recall.i2i``): next-item
+transitions, popular per demographic segment, content neighbours of cold items, blocklist, item statistics.
 
 ``popular_segments.npz`` (read by ``recall_server.state``) maps a user's profile codes to a segment and the
 segment to its most popular training-period items::
@@ -17,25 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.data.dataset import Dataset, Interactions
-from kernels.csr import build_csr
 from kernels.next_item import next_item_topm, occurrences, sequence_csr
-from kernels.swing import swing_topm
-
-
-def interaction_csrs(train: Interactions, n_users: int, n_items: int):
-    """user->items and item->users CSR structures of the training interactions."""
-    u_indptr, u_items, _ = build_csr(train.user.astype(np.int32), train.item.astype(np.int32), n_users)
-    i_indptr, i_users, _ = build_csr(train.item.astype(np.int32), train.user.astype(np.int32), n_items)
-    return u_indptr, u_items, i_indptr, i_users
-
-
-def swing_table(train: Interactions, n_users: int, n_items: int, top_m: int, alpha: float,
-                user_damping: float, max_users: int) -> dict[str, np.ndarray]:
-    """Swing top-M neighbours (CSR) from the training interactions, via the Numba kernel."""
-    indptr, indices, scores = swing_topm(*interaction_csrs(train, n_users, n_items), n_items, top_m,
-                                         alpha=alpha, user_damping=user_damping,
-                                         max_users_per_item=max_users or None)
-    return {"indptr": indptr, "indices": indices, "scores": scores}
 
 
 def _numeric(values: list[str]) -> np.ndarray | None:
