@@ -8,6 +8,7 @@ the gateway shedding load). Goodput is good replies per second of offered load.
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Sample:
     status: str                      # "OK" or the gRPC status name
     degraded: tuple[str, ...] = ()
     items: int = 0                   # items in the reply (fill rate under filters)
+    level: int = 0                   # the quality level the reply was served at (gateway.quality)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class RateResult:
                "achieved_rate": len(ok) / self.duration_s if self.duration_s else 0.0,
                "late_sends": self.late_sends, "latency_ms": percentiles([s.ms for s in ok]),
                "mean_items": float(np.mean([s.items for s in ok])) if ok else 0.0,
+               "quality_levels": {str(lv): n for lv, n in sorted(collections.Counter(s.level for s in ok).items())},
                "error_latency_ms": percentiles([s.ms for s in self.samples if s.status != "OK"]),
                "stage_ms": {name: percentiles(v) for name, v in self.stage_ms.items()}}
         if self.cpu_ms is not None:
@@ -116,7 +119,8 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
             result = results[phase]
             try:
                 reply = future.result()
-                sample = Sample(at, elapsed, "OK", tuple(reply.degraded_stages), len(reply.items))
+                sample = Sample(at, elapsed, "OK", tuple(reply.degraded_stages), len(reply.items),
+                                reply.quality_level)
                 timings = [(t.stage, t.ms) for t in reply.stage_timings]
             except grpc.RpcError as exc:
                 sample, timings = Sample(at, elapsed, exc.code().name), []

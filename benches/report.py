@@ -49,7 +49,8 @@ def print_table(report: dict) -> None:
               f"{r['error_count']:>5} {r['goodput']:>8.1f} {_lat(r, 'p50'):>7.2f} {_lat(r, 'p99'):>7.2f} "
               f"{_lat(r, 'max'):>8.2f} {cpu if cpu is not None else float('nan'):>10.2f} "
               f"{net if net is not None else float('nan'):>6.2f}"
-              + (f"  errors {r['errors']}" if r["errors"] else ""))
+              + (f"  errors {r['errors']}" if r["errors"] else "")
+              + (f"  quality levels {r['quality_levels']}" if set(r.get("quality_levels") or {}) - {"0"} else ""))
     for r in report["rates"]:
         stages = "  ".join(f"{s} p50 {v['p50']:.2f}/p99 {v['p99']:.2f}" for s, v in r["stage_ms"].items() if v)
         print(f"  {r['offered_rate']:>6.0f}/s stages: {stages}")
@@ -94,7 +95,8 @@ def print_table(report: dict) -> None:
         ov, h = o["overload"], o["health_check_ms"]
         print(f"overload {o['factor']:.0f}x saturation ({ov['offered_rate']:.0f}/s): good {ov['good']} of {ov['sent']}, "
               f"goodput {ov['goodput']:.1f}/s, degraded {ov['degraded_replies']}, late {ov['late']}, "
-              f"over deadline+5ms {ov['late_over_deadline_plus_5ms']}, errors {ov['errors']}, reply p99 "
+              f"over deadline+5ms {ov['late_over_deadline_plus_5ms']}, errors {ov['errors']}, "
+              f"replies by quality level {ov.get('quality_levels', {})}, reply p99 "
               f"{_lat(ov, 'p99'):.1f} ms, max {_lat(ov, 'max'):.1f}; Health/Check p99 "
               f"{h.get('p99', float('nan')):.1f} ms; back to the 100/s level after {o['recovered_after_s']} s")
     if report.get("burst"):

@@ -48,6 +48,8 @@ STAGE_LATENCY = Histogram("recsys_gateway_stage_seconds", "Time the gateway spen
 RECOMMEND_LATENCY = Histogram("recsys_gateway_recommend_seconds", "End-to-end Recommend latency in the gateway",
                               buckets=_BUCKETS, registry=REGISTRY)
 
+QUALITY_LEVEL = Counter("recsys_gateway_quality_level_total", "Recommend replies by the quality level they were "
+                        "served at (0: the full funnel; gateway.quality)", ["level"], registry=REGISTRY)
 SHED = Counter("recsys_gateway_shed_total", "Recommend calls refused at once by admission control (RESOURCE_EXHAUSTED)",
                registry=REGISTRY)
 _SKIP_PREFIX = "/grpc."  # health checks and reflection are not traffic
@@ -104,8 +106,12 @@ def observe_feedback(accepted: int, duplicates: int, rejected: int, unknown_item
             FEEDBACK_EVENTS.labels(outcome).inc(n)
 
 
-def observe_recommend(timings_ms: dict[str, float], degraded: list[str], total_ms: float) -> None:
-    """Record one Recommend call in the gateway's metrics."""
+def observe_recommend(timings_ms: dict[str, float], degraded: list[str], total_ms: float, level: int = 0) -> None:
+    """Record one Recommend call in the gateway's metrics (``level``: its quality level)."""
+    child = _LEVEL_CHILDREN.get(level)
+    if child is None:
+        child = _LEVEL_CHILDREN[level] = QUALITY_LEVEL.labels(level=str(level))
+    child.inc()
     for stage, ms in timings_ms.items():
         child = _STAGE_CHILDREN.get(stage)
         if child is None:  # labels() takes a lock and builds a key per call: look each stage up once
@@ -117,6 +123,7 @@ def observe_recommend(timings_ms: dict[str, float], degraded: list[str], total_m
 
 
 _STAGE_CHILDREN: dict = {}
+_LEVEL_CHILDREN: dict = {}
 
 
 def serve_metrics(host: str, port: int, port_file: str | None, log: Logger) -> int:

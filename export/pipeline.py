@@ -72,6 +72,7 @@ from export.recall.build import (
 from export.recall.merge_fit import fit_merge
 from export.data.split import Split, make_split, temporal_parts
 from export.models.two_tower import user_inputs
+from rank_server.config import RankConfig
 from recall_server.config import RecallConfig
 from rerank_server.config import RerankConfig
 from rerank_server.rerank import resolve_params
@@ -357,6 +358,29 @@ def choose_order_and_rerank(config: ExportConfig, data: ExportData, cuts: Cuts) 
     return FunnelChoice(order, chosen, rerank_params, validation)
 
 
+def choose_stage_counts(config: ExportConfig, data: ExportData, cuts: Cuts, funnel: FunnelChoice) -> dict:
+    """On the validation funnel with the chosen rank order and rerank: the final list at fractions of the
+    exported candidate counts, the cheapest counts within ``stage_count_max_cost`` (level 0, served by
+    default) and the quality factor's levels (``export.evaluation.stage_counts``)."""
+    from export.evaluation.stage_counts import choose_counts, count_curve, quality_levels
+
+    exported = stage_counts(config, funnel)
+    grid = {key: sorted({max(config.k, round(exported[key] * f)) for f in config.stage_count_fractions}, reverse=True)
+            for key in exported}
+    rerank = resolve_params(RerankConfig(use_fitted=False), funnel.rerank_params["method"],
+                            mmr_lambda=funnel.rerank_params["mmr_lambda"])
+    valid_snapshot = Snapshot.open(cuts.build_b.path, verify=False)
+    try:
+        curve = count_curve(valid_snapshot, data.ds, data.split.valid, rerank, grid, config.k, config.eval_users)
+    finally:
+        valid_snapshot.close()
+    chosen = choose_counts(curve, config.stage_count_max_cost)
+    levels = quality_levels(curve, chosen)
+    log.info("stage_counts_chosen", **{key: chosen[key] for key in exported}, ndcg=chosen["ndcg@10"],
+             reference_ndcg=curve["points"][0]["ndcg@10"], levels=len(levels), seconds=curve["seconds"])
+    return {"max_cost": config.stage_count_max_cost, "chosen": chosen, "levels": levels, "curve": curve}
+
+
 def publish_recall(config: ExportConfig, data: ExportData, cuts: Cuts, path: Path, lap) -> RecallBuild:
     """The published recall artifacts from everything before the test part (train + validation), with
     the ANN index parameters chosen on validation."""
@@ -443,9 +467,10 @@ def serving_manifest(config: ExportConfig, data: ExportData, cuts: Cuts, ranker:
 
 
 def evaluate_test_funnel(config: ExportConfig, data: ExportData, path: Path, work: Path,
-                         calib: tuple) -> tuple[Interactions, dict, dict]:
-    """Test (read once): the funnel table of the published snapshot through the serving functions (with
-    the int8 candidates as extra rank rows) and per-channel recall; ``(eval_test, funnel, recall metrics)``."""
+                         calib: tuple, served: dict) -> tuple[Interactions, dict, dict]:
+    """Test (read once): the funnel table of the published snapshot through the serving functions at the
+    ``served`` candidate counts (quality level 0, what the gateway asks for by default; with the int8
+    candidates as extra rank rows) and per-channel recall; ``(eval_test, funnel, recall metrics)``."""
     ds, split = data.ds, data.split
     eval_test = sample_users(split.test, ds.n_users, max_users=config.eval_users, seed=2)
     preview = Snapshot.open(path, verify=False)
@@ -455,7 +480,8 @@ def evaluate_test_funnel(config: ExportConfig, data: ExportData, path: Path, wor
         for mode in ("dynamic", "static"):
             quantize_mode(path / STUDENT_FILE, work / f"rank_mmoe.{mode}.onnx", mode, calib)
             variants[f"rank (int8 {mode})"] = str(work / f"rank_mmoe.{mode}.onnx")
-        test_funnel = evaluate_funnel(preview, ds, eval_test, config.recall_n, config.rank_n, config.k,
+        test_funnel = evaluate_funnel(preview, ds, eval_test, served["recall_n"], served["rank_n"], config.k,
+                                      rank_config=RankConfig(snapshot=str(path), prerank_keep=served["prerank_keep"]),
                                       rank_variants=variants)
         recall_metrics = evaluate_recall(preview, ds, eval_test, config.eval_k)
     finally:
@@ -539,6 +565,8 @@ def run_export(config: ExportConfig) -> Path:
         int8 = choose_int8(config, data, cuts, ranker)
         funnel = choose_order_and_rerank(config, data, cuts)
         clock.lap("validation_funnel")
+        counts = choose_stage_counts(config, data, cuts, funnel)
+        clock.lap("stage_counts")
 
         # ---- the published snapshot: everything before the test part
         build = publish_recall(config, data, cuts, builder.path, clock.lap)
@@ -547,12 +575,14 @@ def run_export(config: ExportConfig) -> Path:
         deepfm = publish_deepfm(config, data, builder.path)
         clock.lap("deepfm")
         torch_users, onnx_users = tower_vectors(data, build, builder.path)
-        manifest = serving_manifest(config, data, cuts, ranker, int8, funnel, build, builder.path)
+        manifest = {**serving_manifest(config, data, cuts, ranker, int8, funnel, build, builder.path),
+                    "quality_levels": counts["levels"]}
         write_manifest(builder.path, manifest)
         clock.lap("features")
 
         # ---- test: read once, for the report
-        eval_test, test_funnel, recall_metrics = evaluate_test_funnel(config, data, builder.path, work, int8.calib)
+        eval_test, test_funnel, recall_metrics = evaluate_test_funnel(config, data, builder.path, work, int8.calib,
+                                                                        counts["chosen"])
         clock.lap("test_funnel")
         peers = evaluate_peers(data.split.known, eval_test, data.ds.n_users, data.ds.n_items,
                                np.load(builder.path / "popular.npy"), data.split.train, data.split.valid)
@@ -561,7 +591,8 @@ def run_export(config: ExportConfig) -> Path:
         clock.lap("test_metrics")
         published = Published(build, final, parity, deepfm, torch_users, onnx_users)
         test = TestResults(test_funnel, recall_metrics, peers, models)
-        manifest["metrics"] = report_metrics(config, cuts, ranker, int8, funnel, published, test)
+        manifest["metrics"] = {**report_metrics(config, cuts, ranker, int8, funnel, published, test),
+                               "stage_counts": counts}
         manifest["timings_s"] = {**clock.timings, "total": round(clock.elapsed(), 3)}
         manifest["peak_rss_mb"] = {**clock.peak_rss_mb, "total": peak_rss()}
         log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))

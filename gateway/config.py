@@ -9,6 +9,7 @@ from feedback.config import FeedbackConfig
 from common.tls import check_pair
 from gateway.admission import AdmissionConfig
 from gateway.experiments import Experiments
+from gateway.quality import QualityConfig
 from gateway.stage_target import stage_target
 from rank_server.config import RankConfig
 from recall_server.config import RecallConfig
@@ -99,6 +100,7 @@ class GatewayConfig:
     max_deadline_ms: int = 10000
     budget: Budget = field(default_factory=Budget)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # shedding (gateway.admission)
+    quality: QualityConfig = field(default_factory=QualityConfig)  # fewer candidates under load (gateway.quality)
     # kept back from each stage call for the gateway's own work (and from the caller's gRPC deadline for the
     # trip back); measured: a timed-out stage call returns ~1 ms late (more on grpc.aio on a busy machine), and
     # with adaptive budgets the last stage may run to the edge: 2 ms let a caller's 200 ms deadline pass 1 in 3
@@ -140,6 +142,7 @@ class GatewayConfig:
             getattr(self.local, stage).validate()
         self.feedback.validate()
         self.admission.validate()
+        self.quality.validate()
         self.experiments.validate()
         self.filters.validate()
         check_pair(self.stage_tls_cert, self.stage_tls_key, "stage_", ca=self.stage_tls_ca)

@@ -38,6 +38,7 @@ from feedback.user_state import UserState
 from gateway.budget import stage_timeout
 from gateway.config import GatewayConfig
 from gateway.experiments import Assignment
+from gateway.quality import Level
 from recsys.stage.v1 import recall_service_pb2 as recall_pb2
 from recsys.stage.v1 import rank_service_pb2 as rank_pb2
 from recsys.stage.v1 import rerank_service_pb2 as rerank_pb2
@@ -180,6 +181,7 @@ class _Request:
     reserve: float                   # seconds kept back from each stage call
     metadata: object
     exp: Assignment
+    counts: Level                    # this request's candidate counts (its quality level's, at least k)
 
     async def call(self, stage: str, request) -> object:
         """Call ``stage`` under its adaptive budget (``_call``)."""
@@ -229,15 +231,15 @@ async def recall_stage(req: _Request, trace: _Trace, snapshot: Snapshot, popular
                        snapshot_for: Callable[[str], Snapshot | None] | None, filters,
                        item_filter: Callable[[Snapshot], ItemFilter | None] | None,
                        include_exposed: bool, promises: Promises | None = None) -> _Recalled:
-    """Stage 1: ``config.recall_n`` candidates from recall. When recall answered from another version the
+    """Stage 1: ``req.counts.recall_n`` candidates from recall. When recall answered from another version the
     gateway holds (``snapshot_for``), the result is on that snapshot. On failure: the popular fallback
     (eligible items only, with a filter) minus everything recall would have dropped (``popular_fallback`` with
     ``promises``), in popularity order. When the feedback store cannot be read, the fallback drops what the
     snapshot and the request say and records the error under ``errors["fallback"]``."""
-    config, exclude_ids, version = req.config, req.exclude_ids, snapshot.version
+    exclude_ids, version = req.exclude_ids, snapshot.version
     try:
         reply = await req.call("recall", recall_pb2.RecallRequest(
-            user_id=req.user_id, n=config.recall_n, exclude_item_ids=exclude_ids, quotas=req.exp.quotas,
+            user_id=req.user_id, n=req.counts.recall_n, exclude_item_ids=exclude_ids, quotas=req.exp.quotas,
             snapshot_version=version, filters=filters, include_exposed=include_exposed))
         served = snapshot
         if reply.snapshot_version != version:
@@ -257,10 +259,11 @@ async def recall_stage(req: _Request, trace: _Trace, snapshot: Snapshot, popular
         pool = popular if compiled is None else popular[compiled.matches(popular)]
         eligible_items = 0 if compiled is None else int(compiled.mask().sum())
         try:
-            cand = popular_fallback(snapshot, pool, req.user_id, exclude, config.recall_n, promises, include_exposed)
+            cand = popular_fallback(snapshot, pool, req.user_id, exclude, req.counts.recall_n, promises,
+                                    include_exposed)
         except (lmdb.Error, ValueError) as err:  # the store unreadable, or a malformed state: still answer
             trace.errors["fallback"] = f"feedback store not read, real-time exclusions not applied: {err!r}"
-            cand = popular_fallback(snapshot, pool, req.user_id, exclude, config.recall_n,
+            cand = popular_fallback(snapshot, pool, req.user_id, exclude, req.counts.recall_n,
                                     replace(promises, realtime=None) if promises is not None else None)
         cand_scores = np.linspace(1.0, 0.0, cand.size, endpoint=False, dtype=np.float32)
         return _Recalled(snapshot, cand, cand_scores, np.ones(cand.size, np.uint32), [FALLBACK_CHANNEL],
@@ -268,9 +271,10 @@ async def recall_stage(req: _Request, trace: _Trace, snapshot: Snapshot, popular
 
 
 async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Ranked:
-    """Stage 2: rank scores recall's candidates; the best ``config.rank_n`` by fused score go on. On failure (or
+    """Stage 2: rank scores recall's candidates (its pre-rank keeping ``req.counts.prerank_keep``); the best
+    ``req.counts.rank_n`` by fused score go on. On failure (or
     with nothing to rank): recall's first ``rank_n`` in recall order, no task scores."""
-    config = req.config
+    rank_n = req.counts.rank_n
     cand, cand_scores, masks = recalled.cand, recalled.scores, recalled.masks
     try:
         if cand.size == 0:
@@ -279,7 +283,8 @@ async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Rank
             user_id=req.user_id, context=rank_pb2.RankContext(timestamp=req.context.timestamp),
             item_idx=wire.encode(cand, wire.INT32), snapshot_version=recalled.snapshot.version,
             fusion=req.exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
-            channel_names=recalled.channel_names, recall_scores=wire.encode(cand_scores, wire.FLOAT32)))
+            channel_names=recalled.channel_names, recall_scores=wire.encode(cand_scores, wire.FLOAT32),
+            prerank_keep=req.counts.prerank_keep))
         ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
         fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
         names = list(reply.task_names)
@@ -291,12 +296,12 @@ async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Rank
             if not np.array_equal(cand[keep], ranked):
                 raise StageFailed("rank reply does not match the candidates it was given")
             masks = masks[keep]
-        top = np.lexsort((np.arange(fused.size), -fused))[: config.rank_n]
+        top = np.lexsort((np.arange(fused.size), -fused))[:rank_n]
         return _Ranked(ranked[top], fused[top], masks[top], names, ts.reshape(ranked.size, len(names))[top])
     except (StageFailed, wire.WireError) as exc:
         if cand.size:
             trace.failed("rank", exc)
-        cand, cand_scores, masks = cand[: config.rank_n], cand_scores[: config.rank_n], masks[: config.rank_n]
+        cand, cand_scores, masks = cand[:rank_n], cand_scores[:rank_n], masks[:rank_n]
         return _Ranked(cand, cand_scores, masks, [], np.zeros((cand.size, 0), np.float32))
 
 
@@ -342,7 +347,8 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
                snapshot_for: Callable[[str], Snapshot | None] | None = None,
                experiment: Assignment | None = None, extra_reserve_s: float = 0.0, filters=(),
                item_filter: Callable[[Snapshot], ItemFilter | None] | None = None,
-               include_exposed: bool = False, promises: Promises | None = None) -> FunnelResult:
+               include_exposed: bool = False, promises: Promises | None = None,
+               counts: Level | None = None) -> FunnelResult:
     """Run the funnel for one request; never raises for a stage failure, degrades instead.
 
     ``snapshot_for(version)`` (hot reload, ``common.reload``) returns another snapshot the gateway still
@@ -356,9 +362,14 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
     ``include_exposed``: recall keeps items the feedback store's exposure filter would drop (and so does the
     popular fallback). ``promises`` (for ``snapshot``): what the popular fallback drops beyond the request's
     exclusions and the user's snapshot-seen items (blocklist; real-time clicks and exposures); None: only those.
+    ``counts``: the request's candidate counts (its quality level, ``gateway.quality``); None: the config's
+    ``recall_n`` and ``rank_n`` with the rank server's own pre-rank cut. Each is raised to ``k`` at least.
     """
+    counts = counts or Level(config.recall_n, 0, config.rank_n)
+    counts = Level(max(counts.recall_n, k), max(counts.prerank_keep, k) if counts.prerank_keep else 0,
+                   max(counts.rank_n, k))
     req = _Request(stages, config, user_id, k, context, exclude_ids, deadline,
-                   config.reserve_ms / 1000.0 + extra_reserve_s, metadata, experiment or Assignment())
+                   config.reserve_ms / 1000.0 + extra_reserve_s, metadata, experiment or Assignment(), counts)
     budget_ms = (deadline - time.monotonic()) * 1000.0
     trace = _Trace()
     exclude = snapshot.item_dense(exclude_ids) if exclude_ids else np.empty(0, np.int32)

@@ -163,12 +163,15 @@ def _first_of_recall(recall: RecallInfo | None, known: np.ndarray, keep: int) ->
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
          recall: RecallInfo | None = None, fusion: dict[str, float] | None = None,
-         realtime: Realtime | None = None) -> RankResult:
+         realtime: Realtime | None = None, prerank_keep: int = 0) -> RankResult:
     """Score ``item_idx`` (recall's order) for ``user_id``; unknown ids are dropped and counted, not fatal.
 
     ``recall``: recall's channel bits and scores per candidate (the dense features' recall columns);
     ``fusion``: per-task weights over the ones in force (experiments); ``realtime``: the worker's reader of
-    the feedback store (the history then ends with the user's clicks since the snapshot)."""
+    the feedback store (the history then ends with the user's clicks since the snapshot); ``prerank_keep``:
+    the request's pre-rank cut (the gateway's quality factor lowers it under load), 0 or above the
+    configured ``config.prerank_keep``: the configured one."""
+    keep = min(prerank_keep, config.prerank_keep) if prerank_keep > 0 else config.prerank_keep
     known = (item_idx >= 0) & (item_idx < state.items.n_items)
     kept = item_idx[known].astype(np.int32)
     tasks = state.model.task_names
@@ -180,8 +183,8 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
     order = rank_order(state.snapshot, config)
     recall_cut = 0
     if order == "recall":   # recall's own order: only the candidates served need features and task outputs
-        recall, recall_cut = _first_of_recall(recall, known, config.prerank_keep)
-        kept = kept[:config.prerank_keep]
+        recall, recall_cut = _first_of_recall(recall, known, keep)
+        kept = kept[:keep]
         known = None   # the recall arrays above are aligned with kept already
     user = state.snapshot.features.user(user_id)
     # one assembly for every candidate: its cost is nearly all per call (0.13 ms for 1 row, 0.14 ms for 1,000),
@@ -210,14 +213,14 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
     if order == "prerank":   # load_state checked the pre-rank has the tasks
         p = state.prerank.predict(sparse, bag, dense)
         pre_all = fuse(p, state.prerank.task_names, weights, form)
-        top = prerank_top(pre_all, config.prerank_keep) if kept.size > config.prerank_keep else np.arange(kept.size)
+        top = prerank_top(pre_all, keep) if kept.size > keep else np.arange(kept.size)
         return RankResult(kept[top], pre_all[top], p[top], state.prerank.task_names,
                           int(item_idx.size - kept.size), int(kept.size - top.size), pre_all[top])
     cut = 0
     pre = None
-    if state.prerank is not None and kept.size > config.prerank_keep:
+    if state.prerank is not None and kept.size > keep:
         pre_all = prerank_scores(state.prerank, sparse, bag, weights, dense, form, kept)
-        top = prerank_top(pre_all, config.prerank_keep)
+        top = prerank_top(pre_all, keep)
         cut = int(kept.size - top.size)
         kept, sparse, bag, pre = kept[top], sparse[top], bag[top], pre_all[top]
         dense = dense[top] if dense is not None else None

@@ -56,6 +56,8 @@ class RankServicer(StageServicer, rank_grpc.RankServiceServicer):
                           f"item_idx has {item_idx.size} candidates, the limit is {self.config.max_candidates}")
         if request.context.timestamp < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "context.timestamp must be >= 0")
+        if request.prerank_keep < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prerank_keep must be >= 0, got {request.prerank_keep}")
         if request.fusion:  # an experiment's fusion exponents over the configured ones
             problem = check_fusion(dict(request.fusion), state.model.task_names, self.config.server.max_echo_chars)
             if problem:
@@ -65,7 +67,7 @@ class RankServicer(StageServicer, rank_grpc.RankServiceServicer):
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = rank(state, self.config, request.user_id, item_idx, request.context.timestamp, recall,
-                      dict(request.fusion), self.realtime)
+                      dict(request.fusion), self.realtime, request.prerank_keep)
         return rank_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),

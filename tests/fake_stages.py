@@ -1,7 +1,7 @@
 """A real gRPC server in the test process that plays Recall, Rank and Rerank, and a real gateway process.
 
 Each stage behaves as ``FakeStages.mode[stage]`` says: ``ok`` (a small valid reply), ``hang`` (never
-answers: waits until the caller gives up) or ``garbage`` (arrays of the wrong length / out of range).
+answers: waits until the caller gives up), ``slow`` (``ok`` after ``slow_s``) or ``garbage`` (arrays of the wrong length / out of range).
 The last request each stage received and its metadata are kept for assertions.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ class FakeStages(recall_grpc.RecallServiceServicer, rank_grpc.RankServiceService
         self.version = version
         self.n_items = n_items
         self.mode = {"recall": "ok", "rank": "ok", "rerank": "ok"}
+        self.slow_s = 0.03
         self.last: dict[str, object] = {}
         self.metadata: dict[str, dict[str, str]] = {}
 
@@ -42,6 +43,9 @@ class FakeStages(recall_grpc.RecallServiceServicer, rank_grpc.RankServiceService
         self.last[stage] = request
         self.metadata[stage] = dict(context.invocation_metadata())
         mode = self.mode[stage]
+        if mode == "slow":  # a valid reply after slow_s: a stage that runs long under load
+            time.sleep(self.slow_s)
+            return "ok"
         if mode == "hang":  # until the caller's deadline cancels the call (or 5 s)
             done = threading.Event()
             context.add_callback(done.set)

@@ -114,7 +114,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "stage_timings", "degraded_stages", "snapshot_version", "request_id", "relaxed_rules", "experiments", "eligible_items", "fewer_than_k")
+    __slots__ = ("items", "stage_timings", "degraded_stages", "snapshot_version", "request_id", "relaxed_rules", "experiments", "eligible_items", "fewer_than_k", "quality_level")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_STAGES_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class RecommendResponse(_message.Message):
     EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     FEWER_THAN_K_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_LEVEL_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     stage_timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     degraded_stages: _containers.RepeatedScalarFieldContainer[str]
@@ -133,7 +134,8 @@ class RecommendResponse(_message.Message):
     experiments: _containers.RepeatedScalarFieldContainer[str]
     eligible_items: int
     fewer_than_k: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., relaxed_rules: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Iterable[str]] = ..., eligible_items: _Optional[int] = ..., fewer_than_k: _Optional[bool] = ...) -> None: ...
+    quality_level: int
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[str] = ..., request_id: _Optional[str] = ..., relaxed_rules: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Iterable[str]] = ..., eligible_items: _Optional[int] = ..., fewer_than_k: _Optional[bool] = ..., quality_level: _Optional[int] = ...) -> None: ...
 
 class FeedbackEvent(_message.Message):
     __slots__ = ("user_id", "item_id", "type", "value", "timestamp", "request_id", "event_id")
