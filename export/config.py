@@ -98,6 +98,11 @@ class ExportConfig:
     k: int = 10
     rerank_lambdas: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8, 0.7])
     rerank_max_cost: float = 0.02
+    # the candidate counts served and the quality factor's levels (export.evaluation.stage_counts): the final
+    # list's validation NDCG@10 at these fractions of recall_n, prerank_keep and rank_n; level 0 is the cheapest
+    # point within stage_count_max_cost of the full counts (issue 26: at most 0.5%)
+    stage_count_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    stage_count_max_cost: float = 0.005
     recall_fit_users: int = 2000           # recall merge weights fitted on this many validation users (0: keep
                                            # recall_server's configured weights); export.recall.merge_fit
     make_current: bool = True
@@ -141,6 +146,9 @@ class ExportConfig:
             raise ValueError("valid_frac must be > 0: every choice is made on the validation part")
         if not 1 <= self.k <= self.rank_n <= self.recall_n:
             raise ValueError("need 1 <= k <= rank_n <= recall_n")
+        if (not self.stage_count_fractions or any(not 0.0 < f <= 1.0 for f in self.stage_count_fractions)
+                or 1.0 not in self.stage_count_fractions or not 0.0 <= self.stage_count_max_cost < 1.0):
+            raise ValueError("stage_count_fractions must lie in (0, 1] and hold 1.0; stage_count_max_cost in [0, 1)")
         if any(not 0.0 <= x <= 1.0 for x in self.rerank_lambdas) or not 0.0 <= self.rerank_max_cost < 1.0:
             raise ValueError("rerank_lambdas must lie in [0, 1] and rerank_max_cost in [0, 1)")
         if self.recall_fit_users < 0:
