@@ -44,7 +44,16 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import numpy as np
+import pyarrow as pa
 
+from export.data.columnar import (
+    PARQUET_SUFFIX,
+    ColumnarFallback,
+    InterColumns,
+    read_atomic_inter,
+    read_parquet_inter,
+    to_stream,
+)
 from export.data.dataset import Dataset, Interactions
 
 _INT = re.compile(r"-?[0-9]+")
@@ -112,23 +121,7 @@ def _parse_table(stream: TextIO, source: str) -> _Table:
         rows = list(csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
     except UnicodeDecodeError as e:
         raise DataError(f"{source}: not valid UTF-8 ({e}); re-encode the file as UTF-8") from e
-    if not rows or not any(rows[0]):
-        what = "file is empty" if not rows else "first line is blank"
-        raise DataError(f"{source}, line 1: {what}; the first line must be a typed header "
-                        f"such as 'user_id:token<TAB>item_id:token<TAB>timestamp:float'")
-    types: dict[str, str] = {}
-    for col in rows[0]:
-        name, sep, typ = col.strip().rpartition(":")
-        if not sep or not name:
-            raise DataError(f"{source}, line 1: header column '{col}' has no ':type' suffix; "
-                            f"write it as name:type with type one of {list(KNOWN_TYPES)}")
-        if typ not in KNOWN_TYPES:
-            raise DataError(f"{source}, line 1: header column '{col}' has unknown type "
-                            f"'{typ}'; use one of {list(KNOWN_TYPES)}")
-        if name in types:
-            raise DataError(f"{source}, line 1: header column '{name}' appears twice; "
-                            f"rename one of them")
-        types[name] = typ
+    types = _parse_header(rows[0] if rows else None, source)
 
     # Row i of the reader is line i+1 (QUOTE_NONE: no record spans lines).
     body = rows[1:]
@@ -145,6 +138,28 @@ def _parse_table(stream: TextIO, source: str) -> _Table:
                         f"the header has {len(types)}; fix the line (a stray or missing tab?)")
     cols = list(zip(*body)) if body else [()] * len(types)
     return _Table(source, types, {n: list(c) for n, c in zip(types, cols)}, lines)
+
+
+def _parse_header(header: list[str] | None, source: str) -> dict[str, str]:
+    """The typed header (``name:type`` per column) of an atomic file's first line, split at tabs."""
+    if header is None or not any(header):
+        what = "file is empty" if header is None else "first line is blank"
+        raise DataError(f"{source}, line 1: {what}; the first line must be a typed header "
+                        f"such as 'user_id:token<TAB>item_id:token<TAB>timestamp:float'")
+    types: dict[str, str] = {}
+    for col in header:
+        name, sep, typ = col.strip().rpartition(":")
+        if not sep or not name:
+            raise DataError(f"{source}, line 1: header column '{col}' has no ':type' suffix; "
+                            f"write it as name:type with type one of {list(KNOWN_TYPES)}")
+        if typ not in KNOWN_TYPES:
+            raise DataError(f"{source}, line 1: header column '{col}' has unknown type "
+                            f"'{typ}'; use one of {list(KNOWN_TYPES)}")
+        if name in types:
+            raise DataError(f"{source}, line 1: header column '{name}' appears twice; "
+                            f"rename one of them")
+        types[name] = typ
+    return types
 
 
 def _parse_float(table: _Table, column: str, what: str) -> np.ndarray:
@@ -232,31 +247,61 @@ def _categorical_block(table: _Table | None, rows: np.ndarray, names: list[str],
     return mat, list(names), [len(v) + 1 for v in vocabs], vocabs
 
 
-def _build(name: str, inter: _Table, user: _Table | None, item: _Table | None,
-           spec: AtomicSpec) -> Dataset:
-    """Assemble a Dataset from parsed tables."""
-    if len(inter) == 0:
-        raise DataError(f"{inter.source}, line 2: no interaction rows after the header; "
+def _plain_inter(table: _Table, spec: AtomicSpec) -> InterColumns:
+    """The interaction columns from the plain parser's table: every check names the line at fault."""
+    if len(table) == 0:
+        raise DataError(f"{table.source}, line 2: no interaction rows after the header; "
                         f"the .inter file needs at least one interaction")
-    inter_user = _require_ids(inter, "user_id")
-    inter_item = _require_ids(inter, "item_id")
-    # Floor before sorting so the stored int seconds follow the (timestamp, user) order.
-    ts = np.floor(_parse_float(inter, spec.timestamp_field, "interaction timestamp")).astype(np.int64)
-    if spec.rating_field is not None and spec.rating_field in inter.columns:
-        rating = _parse_float(inter, spec.rating_field, "rating").astype(np.float32)
-    else:  # implicit feedback: every logged interaction is a positive
-        rating = np.ones(len(inter), dtype=np.float32)
+    user = pa.chunked_array([pa.array(_require_ids(table, "user_id").tolist(), pa.string())])
+    item = pa.chunked_array([pa.array(_require_ids(table, "item_id").tolist(), pa.string())])
+    ts = _parse_float(table, spec.timestamp_field, "interaction timestamp")
+    rating = None
+    if spec.rating_field is not None and spec.rating_field in table.columns:
+        rating = _parse_float(table, spec.rating_field, "rating").astype(np.float32)
+    return InterColumns(table.source, user, item, ts, rating)
 
-    # Ids: union over all files, natural order, so the mapping is deterministic.
+
+def _read_inter(source: str, spec: AtomicSpec, columnar: bool, data: bytes | None = None,
+                path: Path | None = None) -> InterColumns:
+    """The ``.inter`` file's columns: pyarrow's columnar read (``export.data.columnar``), or the plain
+    parser when asked for (``columnar`` False, the reference) or when the columnar read hands the file back."""
+    if columnar:
+        try:
+            with (open(path, "rb") if data is None else io.BytesIO(data)) as fh:
+                first = fh.readline()
+            header = first.decode("utf-8-sig").rstrip("\r\n")
+            names = list(_parse_header(header.split("\t") if first else None, source))
+            inter = read_atomic_inter(source, names, spec.timestamp_field, spec.rating_field, data=data,
+                                      path=path)
+            if len(inter):
+                return inter
+        except (ColumnarFallback, UnicodeDecodeError, DataError):
+            pass   # the plain parser reads it exactly, or names the line at fault
+    if data is None:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return _plain_inter(_parse_table(f, source), spec)
+    return _plain_inter(_parse_table(to_stream(data), source), spec)
+
+
+def _build(name: str, inter: InterColumns, user: _Table | None, item: _Table | None,
+           spec: AtomicSpec) -> Dataset:
+    """Assemble a Dataset from the interaction columns and the parsed side tables."""
+    # Floor before sorting so the stored int seconds follow the (timestamp, user) order.
+    ts = np.floor(inter.timestamp).astype(np.int64)
+    # implicit feedback (no rating column): every logged interaction is a positive
+    rating = inter.rating if inter.rating is not None else np.ones(len(inter), dtype=np.float32)
+
+    # Ids: union over all files, natural order, so the mapping is deterministic. Only the distinct ids
+    # become Python strings; the rows are encoded in Arrow.
     side_user = _require_ids(user, "user_id") if user is not None else np.array([], dtype=str)
     side_item = _require_ids(item, "item_id") if item is not None else np.array([], dtype=str)
-    user_ids = _natural_sort(np.concatenate([inter_user, side_user]))
-    item_ids = _natural_sort(np.concatenate([inter_item, side_item]))
+    user_ids = _natural_sort(np.concatenate([InterColumns.distinct(inter.user), side_user]))
+    item_ids = _natural_sort(np.concatenate([InterColumns.distinct(inter.item), side_item]))
     enc_user, enc_item = _encoder(user_ids), _encoder(item_ids)
     n_users, n_items = len(user_ids), len(item_ids)
 
-    u = enc_user(inter_user)
-    i = enc_item(inter_item)
+    u = InterColumns.encode(inter.user, user_ids)
+    i = InterColumns.encode(inter.item, item_ids)
     order = np.lexsort((i, u, ts))  # lexsort is stable; the last key is the primary one
     interactions = Interactions(user=u[order], item=i[order], rating=rating[order],
                                 timestamp=ts[order])
@@ -297,31 +342,45 @@ def _build(name: str, inter: _Table, user: _Table | None, item: _Table | None,
 # --------------------------------------------------------------------------- entry points
 
 
-def load_atomic(directory: str | Path, name: str, spec: AtomicSpec | None = None) -> Dataset:
-    """Load ``<directory>/<name>.inter`` plus optional ``.user`` / ``.item`` tables.
+def load_atomic(directory: str | Path, name: str, spec: AtomicSpec | None = None,
+                columnar: bool = True) -> Dataset:
+    """Load ``<directory>/<name>.inter`` (or ``<name>.inter.parquet``) plus optional ``.user`` / ``.item`` tables.
 
     Missing side tables give zero feature columns; users and items are then
     taken from the interaction file alone. Raises :class:`DataError` on
-    missing or malformed files.
+    missing or malformed files. ``columnar`` False reads the log with the
+    plain parser (the reference ``tests/test_datasets.py`` compares against).
     """
     directory = Path(directory)
+    spec = spec or AtomicSpec()
     tables: dict[str, _Table | None] = {}
-    for suffix in ("inter", "user", "item"):
+    for suffix in ("user", "item"):
         path = directory / f"{name}.{suffix}"
         if not path.is_file():
-            if suffix == "inter":
-                raise DataError(f"{path} not found; point the loader at the directory holding "
-                                f"{name}.inter (for MovieLens set RECSYS_DATA_DIR or pass data_dir)")
             tables[suffix] = None
             continue
         with open(path, encoding="utf-8-sig", newline="") as f:
             tables[suffix] = _parse_table(f, str(path))
-    return _build(name, tables["inter"], tables["user"], tables["item"], spec or AtomicSpec())
+    path, parquet = directory / f"{name}.inter", directory / f"{name}{PARQUET_SUFFIX}"
+    if path.is_file():
+        inter = _read_inter(str(path), spec, columnar, path=path)
+    elif parquet.is_file():
+        try:
+            inter = read_parquet_inter(parquet, spec.timestamp_field, spec.rating_field)
+        except (ValueError, OSError, pa.ArrowException) as e:
+            raise DataError(str(e)) from e
+        if len(inter) == 0:
+            raise DataError(f"{parquet}: no interaction rows; the log needs at least one interaction")
+    else:
+        raise DataError(f"{path} not found; point the loader at the directory holding {name}.inter or "
+                        f"{parquet.name} (for MovieLens set RECSYS_DATA_DIR or pass data_dir)")
+    return _build(name, inter, tables["user"], tables["item"], spec)
 
 
 def load_from_wheel(wheel: str | Path, name: str = ML100K, spec: AtomicSpec | None = None,
-                    member_dir: str = WHEEL_MEMBER_DIR) -> Dataset:
+                    member_dir: str = WHEEL_MEMBER_DIR, columnar: bool = True) -> Dataset:
     """Load an atomic dataset straight out of a (recbole) wheel zip, without installing it."""
+    spec = spec or AtomicSpec()
     wheel = Path(wheel)
     try:
         zf = zipfile.ZipFile(wheel)
@@ -339,10 +398,13 @@ def load_from_wheel(wheel: str | Path, name: str = ML100K, spec: AtomicSpec | No
                                     f"{RECBOLE_VERSION}? set RECSYS_DATA_DIR to a local copy instead")
                 tables[suffix] = None
                 continue
+            if suffix == "inter":
+                inter = _read_inter(source, spec, columnar, data=zf.read(member))
+                continue
             with zf.open(member) as raw:
                 stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
                 tables[suffix] = _parse_table(stream, source)
-    return _build(name, tables["inter"], tables["user"], tables["item"], spec or AtomicSpec())
+    return _build(name, inter, tables["user"], tables["item"], spec)
 
 
 def _ml100k_dir(candidate: Path) -> Path | None:
