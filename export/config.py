@@ -101,7 +101,7 @@ class ExportConfig:
     # the candidate counts served and the quality factor's levels (export.evaluation.stage_counts): the final
     # list's validation NDCG@10 at these fractions of recall_n, prerank_keep and rank_n; level 0 is the cheapest
     # point within stage_count_max_cost of the full counts (issue 26: at most 0.5%)
-    stage_count_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    stage_count_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
     stage_count_max_cost: float = 0.005
     recall_fit_users: int = 2000           # recall merge weights fitted on this many validation users (0: keep
                                            # recall_server's configured weights); export.recall.merge_fit

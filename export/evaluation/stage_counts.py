@@ -45,7 +45,7 @@ from rerank_server.rerank import RerankParams, rerank_ruled
 
 # per-row cost weights of :func:`work` (a pre-rank row = 1): see the module docstring
 ROW_WEIGHTS = {"recall_n": 1.0, "prerank_keep": 4.0, "rank_n": 0.25}
-DEFAULT_GRID = {"recall_n": [1000, 500, 250], "prerank_keep": [200, 100, 50], "rank_n": [200, 100, 50]}
+DEFAULT_GRID = {"recall_n": [1000, 500, 250, 125], "prerank_keep": [200, 100, 50, 25], "rank_n": [200, 100, 50, 25]}
 
 
 def work(point: dict[str, int]) -> float:
