@@ -22,11 +22,27 @@ version for ``keep_previous_s`` after its switch (or until the next one), for re
 Draining: a retired version is never closed while a request uses it. Its LMDB environment is closed by a
 ``weakref.finalize`` on its ``Snapshot`` (not on the state: a request may hold only the snapshot, e.g. the
 gateway's funnel), that is when the last reference (a state, the reloader's or an in-flight request's
-local) goes away, so no explicit refcount is kept on the request path. What requests look up lazily
-(``Snapshot.item_index``) is built before the swap, not by the first request after it.
+local) goes away, so no explicit refcount is kept on the request path.
+
+A swap the tail does not see (issue 27; measured in docs/results/2026-12-06-swap-tail.md):
+
+- *Warm before the switch.* ``load_fn`` self-tests the new state with real calls (every ONNX session run,
+  every kernel called, on the stage's own code path), and what requests look up lazily
+  (``Snapshot.item_index``) is built here, before the gateway waits for the stages and before the switch.
+  After that a fresh state's first calls cost what later ones do (measured: within 0.3 CPU-ms per call,
+  rank's 1,000-candidate calls included), so no further warm-up runs.
+- *No full collection at the switch.* ``heap.freeze_new`` freezes the new state without walking the frozen
+  heap (the full walk held each server's GIL for 0.2-1 s on the 2-core VM, right after its switch).
+- *The old version freed off the request path.* The reloader drops the previous version on this thread
+  (``keep_previous_s`` after the switch, or at the next switch), long after the gateway stopped pinning
+  requests to it, so its memory, ONNX sessions and LMDB environment are freed here (``snapshot_retired``)
+  and not by a request's last reference. A state has no reference cycle, so that is immediate; one still
+  alive ``retire_grace_s`` later is held by a cycle (or a leak): one full collection then
+  (``heap.refreeze``) and a ``snapshot_retained`` warning, so it is neither kept forever nor hidden.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import weakref
@@ -58,7 +74,7 @@ class Reloader:
 
     def __init__(self, root: str | Path, load_fn: Callable[[Path], Any], log: Logger, poll_s: float = 2.0,
                  keep_previous_s: float = 60.0, ready_fn: Callable[[str], bool] | None = None,
-                 activate_timeout_s: float = 60.0):
+                 activate_timeout_s: float = 60.0, retire_grace_s: float = 30.0):
         self.root = Path(root)
         self.ready_fn = ready_fn                   # gateway: do the stages hold this version yet?
         self.activate_timeout_s = activate_timeout_s
@@ -67,10 +83,14 @@ class Reloader:
         self.log = log
         self.poll_s = poll_s
         self.keep_previous_s = keep_previous_s
+        # longer than any request runs (the gateway's max_deadline_ms is 10 s): a retired snapshot alive after
+        # this is held by a reference cycle, not by a request
+        self.retire_grace_s = retire_grace_s
         # a version directory (not a root with CURRENT) is pinned: nothing to watch
         self.watching = poll_s >= 0 and not (self.root / MANIFEST).is_file() and (self.root / CURRENT).is_file()
-        self._current = self._adopt(load_fn(self.root))
+        self._current = self._prepare(load_fn(self.root))
         self._previous: Any = None
+        self._retired: list[tuple[weakref.ref, str, float]] = []   # (snapshot, version, dropped at)
         self._switched_at = 0.0
         self._refused: str | None = None
         self._lock = threading.Lock()          # one load at a time (poll thread vs. an explicit check)
@@ -103,16 +123,51 @@ class Reloader:
             return previous
         return None
 
-    def _adopt(self, state: Any) -> Any:
+    def _prepare(self, state: Any) -> Any:
+        """Make a loaded ``state`` ready to serve before any request sees it."""
         snapshot = state.snapshot
         snapshot.item_index  # noqa: B018 - built now, before the swap, not by the first request after it
         weakref.finalize(snapshot, _close_snapshot, snapshot.__dict__, self.log, self.version_of(state))
         return state
 
+    def _release(self, holder: list) -> None:
+        """Let go of the retired state in ``holder`` (its only reference) here, on the reload thread: with
+        no request holding it (the gateway pins its live version, and this runs at a later switch or
+        ``keep_previous_s`` after this one) its arrays, sessions and LMDB environment are freed now, off the
+        request path. One still alive is watched by ``_check_retired``."""
+        state = holder.pop()
+        if state is None:
+            return
+        version = self.version_of(state)
+        alive = weakref.ref(state.snapshot)
+        started = time.perf_counter()
+        del state
+        freed = alive() is None
+        self.log.info("snapshot_retired", version=version, freed=freed,
+                      ms=round((time.perf_counter() - started) * 1e3, 1))
+        if not freed:   # a request still holds it (it frees it when it ends), or a reference cycle does
+            self._retired.append((alive, version, time.monotonic()))
+
+    def _check_retired(self) -> None:
+        """A retired snapshot still alive ``retire_grace_s`` after it was dropped is held by a cycle: collect
+        the whole heap once (the frozen part included) and say so."""
+        now = time.monotonic()
+        alive = [(ref, version, dropped) for ref, version, dropped in self._retired if ref() is not None]
+        self._retired = [entry for entry in alive if now - entry[2] < self.retire_grace_s]
+        held = [entry for entry in alive if now - entry[2] >= self.retire_grace_s]
+        if not held:
+            return
+        heap.refreeze(self.log)   # frozen cycles (a serving process froze its heap at start-up)
+        gc.collect()              # and unfrozen ones (a process that never froze: tools, tests)
+        for ref, version, dropped in held:
+            self.log.warning("snapshot_retained", version=version, held_s=round(now - dropped, 1),
+                             freed_by_full_collection=ref() is None)
+
     def check(self) -> bool:
         """Load and switch to the version CURRENT names if it is new; True when a switch happened."""
         with self._lock:
             self._expire_previous()
+            self._check_retired()
             try:
                 version = current_version(self.root)
             except SnapshotError as exc:
@@ -139,16 +194,20 @@ class Reloader:
                                serving=self.version_of(self._current))
                 return False
             self._refused = None
+            state = self._prepare(state)           # before the gateway's wait on the stages, not after it
             if self.ready_fn is not None and not self._await_ready(version):
                 return False
-            old = self._current
-            self._previous = old                   # kept for requests naming it; older one is dropped
-            self._current = self._adopt(state)     # the switch: one reference assignment
+            previous = self.version_of(self._current)
+            retiring = [self._previous]            # the older version: released below, after the switch
+            self._previous = self._current         # kept for requests naming it
+            self._current = state                  # the switch: one reference assignment
+            del state
             self._switched_at = time.monotonic()
-            self.log.info("snapshot_reloaded", version=version, previous=self.version_of(old),
+            self.log.info("snapshot_reloaded", version=version, previous=previous,
                           ms=round((time.perf_counter() - started) * 1000.0, 1))
             self._report_versions()
-            heap.refreeze(self.log)  # the retired version's cycles collected, the new state frozen
+            heap.freeze_new(self.log)  # the new state out of full passes; the frozen heap is not walked
+            self._release(retiring)
             return True
 
     def _await_ready(self, version: str) -> bool:
@@ -166,8 +225,10 @@ class Reloader:
 
     def _expire_previous(self) -> None:
         if self._previous is not None and time.monotonic() - self._switched_at > self.keep_previous_s:
+            retiring = [self._previous]
             self._previous = None
             self._report_versions()
+            self._release(retiring)
 
     def _report_versions(self) -> None:
         if self.on_versions is not None:

@@ -128,8 +128,8 @@ def test_new_version_under_load_fails_and_degrades_no_request(cluster, stub, roo
     """Issue 12: no timer orders the switch (the gateway pins each request's version and goes live once the
     stages hold the new one), so publishing under ~100 req/s neither fails nor degrades a single request.
 
-    The cluster's deadline is 3 s: on a shared 2-core test machine five processes verifying and self-testing
-    the new version at once starve serving past a 50 ms deadline (DEADLINE_EXCEEDED, never a version error)."""
+    The cluster's deadline is 3 s, so this test is about versions, not time: a version error would degrade a
+    request at any deadline. The production deadline (50 ms) is tests/test_swap_tail.py's."""
     v1 = current_version(root)
     v2 = v1 + "-b"
     replies: list[tuple[str, tuple[str, ...]]] = []
@@ -168,6 +168,8 @@ def test_new_version_under_load_fails_and_degrades_no_request(cluster, stub, roo
     assert degraded == [], f"{len(degraded)} of {len(replies) - published} degraded: {degraded}"
     for worker in ("recall", "recall.1", "rank", "rerank", "gateway"):
         assert [e["version"] for e in log_events(cluster, worker, "snapshot_reloaded")] == [v2], worker
+        # the swap froze only the new state: no full walk of the frozen heap (common.heap.freeze_new)
+        assert [e["full"] for e in log_events(cluster, worker, "heap_frozen") if "full" in e] == [False], worker
     assert log_events(cluster, "gateway", "snapshot_staged")[0]["version"] == v2  # it waited for the stages
 
 
