@@ -190,3 +190,22 @@ def test_split_known_is_train_plus_valid_in_log_order():
     split = make_split(ds, 0.2, valid_frac=0.1)
     assert (len(split.train), len(split.valid), len(split.test)) == (14, 2, 4)
     assert split.known.item.tolist() == [i for i in range(20) if i % 10 < 8]
+
+
+def test_parts_are_index_views_of_the_log_gathered_once():
+    inter = random_inter(3)
+    ds = Dataset("t", np.array([str(u) for u in range(60)]), np.array([str(i) for i in range(3000)]), inter,
+                 np.zeros((60, 0), np.int32), [], [], np.zeros((3000, 0), np.int32), [], [],
+                 np.zeros((3000, 0), np.uint8), [], np.array([""] * 3000))
+    split = make_split(ds, 0.2, valid_frac=0.1)
+    train_mask, valid_mask, test_mask = temporal_parts(inter, 0.2, 0.1)
+    for part, mask in ((split.train, train_mask), (split.valid, valid_mask), (split.test, test_mask),
+                       (split.known, ~test_mask)):
+        assert part._base is inter and part._index.dtype == np.int32 and part._columns == {}   # nothing copied yet
+        for name in Interactions.COLUMNS:
+            np.testing.assert_array_equal(getattr(part, name), getattr(inter, name)[mask])
+        assert part.user is part.user                                   # gathered once
+    cut = split.train.subset(np.arange(len(split.train)) % 2 == 0)      # a cut of a part: one index into the log
+    assert cut._base is inter
+    np.testing.assert_array_equal(cut.item, inter.item[train_mask][::2])
+    assert len(cut) == (len(split.train) + 1) // 2

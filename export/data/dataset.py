@@ -14,26 +14,59 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass
 class Interactions:
-    """Columnar interaction log; all arrays have the same length."""
+    """Columnar interaction log; all columns have the same length.
 
-    user: np.ndarray       # int32 dense user id
-    item: np.ndarray       # int32 dense item id
-    rating: np.ndarray     # float32 (1.0 when the source has no explicit label)
-    timestamp: np.ndarray  # int64 seconds since epoch
+    A subset (the split's parts, the training cut, a user sample) is a *view*: the index array of its rows
+    in the log it was cut from, with each column gathered from that log the first time it is read, once.
+    The split and the cuts then cost an index array each (4 bytes a row) instead of copies of all four
+    columns (20 bytes a row), and a column a consumer never reads (often ``rating``) is never copied.
+    """
+
+    __slots__ = ("_base", "_index", "_columns")
+    COLUMNS = ("user", "item", "rating", "timestamp")
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, rating: np.ndarray, timestamp: np.ndarray):
+        self._base: Interactions | None = None
+        self._index: np.ndarray | None = None
+        self._columns = {"user": user,            # int32 dense user id
+                         "item": item,            # int32 dense item id
+                         "rating": rating,        # float32 (1.0 when the source has no explicit label)
+                         "timestamp": timestamp}  # int64 seconds since epoch
+
+    @classmethod
+    def _view(cls, base: "Interactions", index: np.ndarray) -> "Interactions":
+        view = cls.__new__(cls)
+        view._base, view._index, view._columns = base, index, {}
+        return view
+
+    def _column(self, name: str) -> np.ndarray:
+        col = self._columns.get(name)
+        if col is None:
+            col = self._columns[name] = self._base._column(name)[self._index]
+        return col
+
+    user = property(lambda self: self._column("user"))
+    item = property(lambda self: self._column("item"))
+    rating = property(lambda self: self._column("rating"))
+    timestamp = property(lambda self: self._column("timestamp"))
 
     def __len__(self) -> int:
-        return int(self.user.shape[0])
+        return int(self._index.shape[0] if self._base is not None else self._columns["user"].shape[0])
 
     def subset(self, mask_or_index: np.ndarray) -> "Interactions":
-        """Rows selected by a boolean mask or an index array."""
-        return Interactions(
-            user=self.user[mask_or_index],
-            item=self.item[mask_or_index],
-            rating=self.rating[mask_or_index],
-            timestamp=self.timestamp[mask_or_index],
-        )
+        """Rows selected by a boolean mask or an index array, as a view (see the class docstring)."""
+        sel = np.asarray(mask_or_index)
+        index = np.flatnonzero(sel) if sel.dtype == bool else sel.astype(np.int64, copy=False)
+        if self._base is not None:   # a view of a view indexes the original log directly
+            base, index = self._base, self._index[index]
+        else:
+            base = self
+        # int32 indices while the log allows: half the memory of int64
+        return Interactions._view(base, index.astype(np.int32, copy=False) if len(base) < 2**31 else index)
+
+    def __repr__(self) -> str:
+        return f"Interactions({len(self)} rows{', view' if self._base is not None else ''})"
 
 
 @dataclass
