@@ -15,7 +15,7 @@ import pytest
 
 from export.config import ExportConfig
 from export.distributed.parity import save_tables, saved_digests, synthetic_interactions
-from export.recall.i2i import i2i_inputs, local_tables
+from export.recall.i2i import i2i_inputs, local_tables, ray_tables
 
 N_INTERACTIONS, N_ITEMS, N_USERS = 1_000_000, 100_000, 20_000
 
@@ -51,7 +51,7 @@ def test_ray_build_is_bitwise_the_local_build(log_and_local, tmp_path, workers):
     config.ray.object_store_mb = 512
     stats: dict = {}
     try:
-        save_tables(ray_i2i.ray_tables(inputs, config, stats), tmp_path)
+        save_tables(ray_tables(inputs, config, stats), tmp_path)
     finally:
         ray_i2i.shutdown()
     got = saved_digests(tmp_path)

@@ -6,7 +6,8 @@ set of inputs, on the configured engine:
 * ``local`` (the default): each kernel once over every item, in this process, on ``config.threads``
   Numba threads;
 * ``ray``: the same kernels as Ray tasks over ranges of anchor items of equal work
-  (``export.distributed.ray_i2i``), imported only then, so the default export never needs Ray.
+  (:func:`ray_tables` on ``export.distributed.ray_i2i``), imported only then, so the default export never
+  needs Ray.
 
 Both engines read the same :class:`I2IInputs` and produce bit-identical tables, because every kernel's rows
 depend only on these arrays (``kernels.i2i_ranges``). The CSRs are built once per build: Swing's serve ItemCF
@@ -24,6 +25,7 @@ from export.data.dataset import Interactions
 from export.data.history import latest_rows
 from export.recall.tables import sequence_tables
 from kernels.csr import build_csr, transpose_csr
+from kernels.i2i_ranges import item_work
 from kernels.itemcf import itemcf_topm
 from kernels.next_item import next_item_topm
 from kernels.swing import swing_topm
@@ -107,12 +109,26 @@ def local_tables(inputs: I2IInputs, config: ExportConfig) -> dict[str, object]:
             "popular": popular_order(np.bincount(seq[1], minlength=n), config.popular_n)}
 
 
+def ray_tables(inputs: I2IInputs, config: ExportConfig, stats: dict | None = None) -> dict[str, object]:
+    """The tables of :func:`local_tables`, built by Ray tasks over ranges of equal work
+    (``export.distributed.ray_i2i``); ``stats`` (when given) receives the ranges and the per-task CPU."""
+    from export.distributed.ray_i2i import RangeJob, run_ranges   # Ray only when asked for
+
+    n = inputs.n_items
+    ui, _, ii, iu = inputs.itemcf_csrs
+    su, _, si, sus = inputs.swing_csrs
+    sw = swing_params(config)
+    jobs = {ITEMCF_FILE: RangeJob("itemcf", inputs.itemcf_csrs, n, itemcf_params(config), item_work(ui, ii, iu)),
+            SWING_FILE: RangeJob("swing", inputs.swing_csrs, n, sw,
+                                 item_work(su, si, sus, sw["max_users_per_item"], pair_term=True)),
+            # next-item: a source item's cost is its occurrences (each looks span steps ahead)
+            NEXT_FILE: RangeJob("next", inputs.sequences, n, next_params(config), np.diff(inputs.sequences[2]))}
+    tables, counts = run_ranges(jobs, config.ray, count_arrays=inputs.sequences, n_items=n, stats=stats)
+    return {**{name: as_table(t) for name, t in tables.items()}, "popular": popular_order(counts, config.popular_n)}
+
+
 def i2i_tables(known: Interactions, n_users: int, n_items: int, config: ExportConfig) -> dict[str, object]:
     """``{i2i_itemcf.npz, i2i_swing.npz, i2i_next.npz: CSR table arrays, "popular": int32 ids}`` of ``known``
     on ``config.engine``."""
     inputs = i2i_inputs(known, n_users, n_items, config)
-    if config.engine == "ray":
-        from export.distributed.ray_i2i import ray_tables   # Ray only when asked for
-
-        return ray_tables(inputs, config)
-    return local_tables(inputs, config)
+    return ray_tables(inputs, config) if config.engine == "ray" else local_tables(inputs, config)
