@@ -284,7 +284,7 @@ async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Rank
             item_idx=wire.encode(cand, wire.INT32), snapshot_version=recalled.snapshot.version,
             fusion=req.exp.fusion, channel_masks=wire.encode(masks, wire.UINT32),
             channel_names=recalled.channel_names, recall_scores=wire.encode(cand_scores, wire.FLOAT32),
-            prerank_keep=req.counts.prerank_keep))
+            prerank_keep=req.counts.prerank_keep, prerank_order=req.counts.prerank_order))
         ranked = wire.decode(reply.item_idx, wire.INT32, "rank.item_idx")
         fused = wire.decode(reply.fused, wire.FLOAT32, "rank.fused", ranked.size)
         names = list(reply.task_names)
@@ -367,7 +367,7 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
     """
     counts = counts or Level(config.recall_n, 0, config.rank_n)
     counts = Level(max(counts.recall_n, k), max(counts.prerank_keep, k) if counts.prerank_keep else 0,
-                   max(counts.rank_n, k))
+                   max(counts.rank_n, k), counts.prerank_order)
     req = _Request(stages, config, user_id, k, context, exclude_ids, deadline,
                    config.reserve_ms / 1000.0 + extra_reserve_s, metadata, experiment or Assignment(), counts)
     budget_ms = (deadline - time.monotonic()) * 1000.0

@@ -33,7 +33,7 @@ class QualityConfig:
     step_down_fraction: float = 0.35   # requests take over this share of their deadline: one level down
     step_up_fraction: float = 0.2      # under this share: one level back up
     hold_s: float = 0.25               # at most one step per this long
-    max_level: int = 3                 # the deepest level used (levels past the manifest's are not made up)
+    max_level: int = 8                 # the deepest level used, of the snapshot's (0: always the full funnel)
 
     def validate(self) -> None:
         if not 0.0 < self.step_up_fraction < self.step_down_fraction <= 1.0:
@@ -44,11 +44,13 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class Level:
-    """The candidate counts of one quality level; ``prerank_keep`` 0 leaves the rank server's own."""
+    """The candidate counts of one quality level; ``prerank_keep`` 0 leaves the rank server's own.
+    ``prerank_order``: rank serves its pre-rank's order and skips the ranker (the deepest level)."""
 
     recall_n: int
     prerank_keep: int
     rank_n: int
+    prerank_order: bool = False
 
 
 def default_levels(exported: dict, recall_n: int, rank_n: int, depth: int = 3) -> list[Level]:
@@ -64,14 +66,15 @@ def levels_for(manifest: dict, recall_n: int, rank_n: int, max_level: int) -> li
     :func:`default_levels`), each count capped by the gateway's ``recall_n`` / ``rank_n``, and every level
     kept in order ``rank_n <= prerank_keep <= recall_n`` (a stage never gets more than the one before kept)."""
     measured = manifest.get("quality_levels") or []
-    raw = ([Level(*(int(level[key]) for key in COUNT_KEYS)) for level in measured] if measured
-           else default_levels(manifest.get("stage_counts") or {}, recall_n, rank_n, max_level))
+    raw = ([Level(*(int(level[key]) for key in COUNT_KEYS), bool(level.get("prerank_order", False)))
+            for level in measured] if measured
+           else default_levels(manifest.get("stage_counts") or {}, recall_n, rank_n))
     out = []
     for level in raw[: max_level + 1]:
         r = min(level.recall_n, recall_n)
         p = min(level.prerank_keep, r) if level.prerank_keep else 0
         n = min(level.rank_n, rank_n, p or r)
-        out.append(Level(r, p, n))
+        out.append(Level(r, p, n, level.prerank_order))
     return out
 
 

@@ -163,14 +163,15 @@ def _first_of_recall(recall: RecallInfo | None, known: np.ndarray, keep: int) ->
 
 def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarray, timestamp: int,
          recall: RecallInfo | None = None, fusion: dict[str, float] | None = None,
-         realtime: Realtime | None = None, prerank_keep: int = 0) -> RankResult:
+         realtime: Realtime | None = None, prerank_keep: int = 0, prerank_order: bool = False) -> RankResult:
     """Score ``item_idx`` (recall's order) for ``user_id``; unknown ids are dropped and counted, not fatal.
 
     ``recall``: recall's channel bits and scores per candidate (the dense features' recall columns);
     ``fusion``: per-task weights over the ones in force (experiments); ``realtime``: the worker's reader of
     the feedback store (the history then ends with the user's clicks since the snapshot); ``prerank_keep``:
     the request's pre-rank cut (the gateway's quality factor lowers it under load), 0 or above the
-    configured ``config.prerank_keep``: the configured one."""
+    configured ``config.prerank_keep``: the configured one; ``prerank_order``: serve the pre-rank's order instead
+    of the ranker's (another quality level), where the ranker's order is in force and the pre-rank can."""
     keep = min(prerank_keep, config.prerank_keep) if prerank_keep > 0 else config.prerank_keep
     known = (item_idx >= 0) & (item_idx < state.items.n_items)
     kept = item_idx[known].astype(np.int32)
@@ -181,6 +182,8 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
     form, weights = fusion_of(state.snapshot, config)
     weights = {**weights, **(fusion or {})}
     order = rank_order(state.snapshot, config)
+    if prerank_order and order == "model" and state.prerank is not None and state.prerank.task_names == tasks:
+        order = "prerank"
     recall_cut = 0
     if order == "recall":   # recall's own order: only the candidates served need features and task outputs
         recall, recall_cut = _first_of_recall(recall, known, keep)

@@ -67,7 +67,7 @@ class RankServicer(StageServicer, rank_grpc.RankServiceServicer):
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = rank(state, self.config, request.user_id, item_idx, request.context.timestamp, recall,
-                      dict(request.fusion), self.realtime, request.prerank_keep)
+                      dict(request.fusion), self.realtime, request.prerank_keep, request.prerank_order)
         return rank_pb2.RankResponse(
             item_idx=wire.encode(result.item_idx, wire.INT32),
             fused=wire.encode(result.fused, wire.FLOAT32),

@@ -85,3 +85,19 @@ def test_choose_counts_takes_the_cheapest_point_within_the_cost():
     assert [lv["level"] for lv in levels] == [0, 1, 2, 3]
     assert levels[0]["ndcg_cost"] == 0.0 and levels[3]["ndcg_cost"] == pytest.approx(0.05)
     assert all(a["work"] > b["work"] for a, b in zip(levels, levels[1:]))
+
+
+def test_the_deepest_level_skips_the_ranker_and_level_zero_never_does():
+    curve = _curve({})
+    smallest = curve["points"][-1]
+    skip = {**smallest, "prerank_order": True, "ndcg@10": 0.25}   # even a better score is never level 0
+    skip["work"] = work(skip)
+    curve["points"].append(skip)
+    assert skip["work"] < smallest["work"]
+    chosen = choose_counts(curve, max_cost=0.0)
+    assert not chosen.get("prerank_order")
+    levels = quality_levels(curve, chosen)
+    assert levels[-1]["prerank_order"] and not any(lv["prerank_order"] for lv in levels[:-1])
+    manifest = {"quality_levels": levels}
+    served = levels_for(manifest, 1000, 200, max_level=len(levels))
+    assert served[-1].prerank_order and served[-1].recall_n == smallest["recall_n"]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"recsys/stage/v1/rank_service.proto\x12\x0frecsys.stage.v1\" \n\x0bRankContext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\"\xbd\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.recsys.stage.v1.RankContext\x12\x10\n\x08item_idx\x18\x03 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x38\n\x06\x66usion\x18\x05 \x03(\x0b\x32(.recsys.stage.v1.RankRequest.FusionEntry\x12\x15\n\rchannel_masks\x18\x06 \x01(\x0c\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x15\n\rrecall_scores\x18\x08 \x01(\x0c\x12\x14\n\x0cprerank_keep\x18\t \x01(\x05\x1a-\n\x0b\x46usionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8b\x01\n\x0cRankResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\r\n\x05\x66used\x18\x02 \x01(\x0c\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64ropped_unknown\x18\x05 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t2R\n\x0bRankService\x12\x43\n\x04Rank\x12\x1c.recsys.stage.v1.RankRequest\x1a\x1d.recsys.stage.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"recsys/stage/v1/rank_service.proto\x12\x0frecsys.stage.v1\" \n\x0bRankContext\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\"\xd4\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.recsys.stage.v1.RankContext\x12\x10\n\x08item_idx\x18\x03 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12\x38\n\x06\x66usion\x18\x05 \x03(\x0b\x32(.recsys.stage.v1.RankRequest.FusionEntry\x12\x15\n\rchannel_masks\x18\x06 \x01(\x0c\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x15\n\rrecall_scores\x18\x08 \x01(\x0c\x12\x14\n\x0cprerank_keep\x18\t \x01(\x05\x12\x15\n\rprerank_order\x18\n \x01(\x08\x1a-\n\x0b\x46usionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8b\x01\n\x0cRankResponse\x12\x10\n\x08item_idx\x18\x01 \x01(\x0c\x12\r\n\x05\x66used\x18\x02 \x01(\x0c\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0btask_scores\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64ropped_unknown\x18\x05 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x06 \x01(\t2R\n\x0bRankService\x12\x43\n\x04Rank\x12\x1c.recsys.stage.v1.RankRequest\x1a\x1d.recsys.stage.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKCONTEXT']._serialized_start=55
   _globals['_RANKCONTEXT']._serialized_end=87
   _globals['_RANKREQUEST']._serialized_start=90
-  _globals['_RANKREQUEST']._serialized_end=407
-  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_start=362
-  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_end=407
-  _globals['_RANKRESPONSE']._serialized_start=410
-  _globals['_RANKRESPONSE']._serialized_end=549
-  _globals['_RANKSERVICE']._serialized_start=551
-  _globals['_RANKSERVICE']._serialized_end=633
+  _globals['_RANKREQUEST']._serialized_end=430
+  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_start=385
+  _globals['_RANKREQUEST_FUSIONENTRY']._serialized_end=430
+  _globals['_RANKRESPONSE']._serialized_start=433
+  _globals['_RANKRESPONSE']._serialized_end=572
+  _globals['_RANKSERVICE']._serialized_start=574
+  _globals['_RANKSERVICE']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class RankContext(_message.Message):
     def __init__(self, timestamp: _Optional[int] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "context", "item_idx", "snapshot_version", "fusion", "channel_masks", "channel_names", "recall_scores", "prerank_keep")
+    __slots__ = ("user_id", "context", "item_idx", "snapshot_version", "fusion", "channel_masks", "channel_names", "recall_scores", "prerank_keep", "prerank_order")
     class FusionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class RankRequest(_message.Message):
     CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     RECALL_SCORES_FIELD_NUMBER: _ClassVar[int]
     PRERANK_KEEP_FIELD_NUMBER: _ClassVar[int]
+    PRERANK_ORDER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: RankContext
     item_idx: bytes
@@ -39,7 +40,8 @@ class RankRequest(_message.Message):
     channel_names: _containers.RepeatedScalarFieldContainer[str]
     recall_scores: bytes
     prerank_keep: int
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[RankContext, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ..., fusion: _Optional[_Mapping[str, float]] = ..., channel_masks: _Optional[bytes] = ..., channel_names: _Optional[_Iterable[str]] = ..., recall_scores: _Optional[bytes] = ..., prerank_keep: _Optional[int] = ...) -> None: ...
+    prerank_order: bool
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[RankContext, _Mapping]] = ..., item_idx: _Optional[bytes] = ..., snapshot_version: _Optional[str] = ..., fusion: _Optional[_Mapping[str, float]] = ..., channel_masks: _Optional[bytes] = ..., channel_names: _Optional[_Iterable[str]] = ..., recall_scores: _Optional[bytes] = ..., prerank_keep: _Optional[int] = ..., prerank_order: _Optional[bool] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("item_idx", "fused", "task_names", "task_scores", "dropped_unknown", "snapshot_version")
