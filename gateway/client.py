@@ -45,6 +45,7 @@ class Recommendation:
     request_id: str
     eligible_items: int = 0       # with filters: catalogue items satisfying them
     fewer_than_k: bool = False    # the list is shorter than k (the filters left fewer eligible items)
+    quality_level: int = 0        # 0: the full funnel; higher: fewer candidates under load (gateway.quality)
     raw: recommend_pb2.RecommendResponse = field(repr=False, default=None)
 
 
@@ -54,7 +55,8 @@ def parse_response(reply: recommend_pb2.RecommendResponse) -> Recommendation:
                   {a.name: a.number if a.HasField("number") else list(a.values) for a in it.attributes})
              for it in reply.items]
     return Recommendation(items, {t.stage: t.ms for t in reply.stage_timings}, list(reply.degraded_stages),
-                          reply.snapshot_version, reply.request_id, reply.eligible_items, reply.fewer_than_k, reply)
+                          reply.snapshot_version, reply.request_id, reply.eligible_items, reply.fewer_than_k,
+                          reply.quality_level, reply)
 
 
 class RecommendClient:
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_recommendation(user_id: str, rec: Recommendation) -> str:
     """A readable table of one reply."""
-    lines = [f"user {user_id}  snapshot {rec.snapshot_version}  degraded: {', '.join(rec.degraded) or 'none'}",
+    lines = [f"user {user_id}  snapshot {rec.snapshot_version}  degraded: {', '.join(rec.degraded) or 'none'}"
+             + (f"  quality level {rec.quality_level}" if rec.quality_level else ""),
              "  " + "  ".join(f"{s} {ms:.2f} ms" for s, ms in rec.stage_ms.items())]
     if rec.eligible_items:
         lines.append(f"  filters keep {rec.eligible_items} items" + ("; fewer than k eligible for this user"

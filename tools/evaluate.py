@@ -55,7 +55,7 @@ def served_lists(recommend, ds, truth, snapshot: Snapshot, deadline_ms: int, k: 
     _, _, users, first_ts = truth_users(truth, ds.n_users)
     index = snapshot.item_index
     out = {k: np.full((users.size, k), -1, np.int64), 50: np.full((users.size, 50), -1, np.int64)}
-    counts = {"requests": 0, "degraded": 0, "errors": 0, "other_version": 0}
+    counts = {"requests": 0, "degraded": 0, "errors": 0, "other_version": 0, "below_level_0": 0}
     for row, u in enumerate(users.tolist()):
         for kk, grid in out.items():
             counts["requests"] += 1
@@ -65,6 +65,7 @@ def served_lists(recommend, ds, truth, snapshot: Snapshot, deadline_ms: int, k: 
                 counts["errors"] += 1
                 continue
             counts["degraded"] += bool(rec.degraded)
+            counts["below_level_0"] += rec.quality_level > 0   # served with fewer candidates (gateway.quality)
             counts["other_version"] += rec.snapshot_version != snapshot.version
             ids = [index.get(item.item_id, -1) for item in rec.items[:kk]]
             grid[row, :len(ids)] = ids
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     served = served_table(snapshot, truth, ds.n_users, lists, lists50)
     bad = compare(served, offline, args.tolerance)
     print(f"snapshot {snapshot.version}: {users.size} test users, {counts['requests']} requests in {seconds:.1f} s, "
-          f"{counts['degraded']} degraded, {counts['errors']} errors, {counts['other_version']} other version")
+          f"{counts['degraded']} degraded, {counts['errors']} errors, {counts['other_version']} other version, "
+          f"{counts['below_level_0']} below quality level 0")
     print("list".ljust(26) + "".join(m.rjust(11) for m in METRICS))
     for name, row in (("served (gateway)", served), ("manifest (export, test)", offline)):
         print(name.ljust(26) + "".join(f"{row[m]:11.4f}" for m in METRICS))
