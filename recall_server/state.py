@@ -116,14 +116,16 @@ def load_state(snapshot: Snapshot, config: RecallConfig) -> RecallState:
     dim = int(schema["embedding_dim"])
     index = hnswlib.Index(space="ip", dim=dim)
     path = snapshot.file("items.hnsw")
+    ann_items, ef = ann_params(snapshot, config)
+    # routing nodes (export.recall.ann_index): user vectors in the graph, marked deleted, so never returned
+    routing = int((snapshot.manifest.get("ann_index") or {}).get("routing_nodes", 0) or 0)
     try:
-        index.load_index(str(path), max_elements=int(schema["n_items"]))
+        index.load_index(str(path), max_elements=int(schema["n_items"]) + routing)
     except RuntimeError as exc:
         raise SnapshotError(f"HNSW index {path} cannot be loaded: {exc}") from None
-    ann_items, ef = ann_params(snapshot, config)
-    if index.get_current_count() != ann_items:
-        raise SnapshotError(f"HNSW index {path} holds {index.get_current_count()} items, "
-                            f"the manifest says {ann_items}; re-run export")
+    if index.get_current_count() != ann_items + routing:
+        raise SnapshotError(f"HNSW index {path} holds {index.get_current_count()} nodes, the manifest says "
+                            f"{ann_items} items and {routing} routing nodes; re-run export")
     index.set_ef(ef)
     index.set_num_threads(1)
     n_items = int(schema["n_items"])

@@ -97,19 +97,34 @@ def test_merge_quotas_and_ann_params_from_the_manifest():
         ann_params(_snap({"ann_index": {"items": 101}}), config)
 
 
-def test_choose_min_count_keeps_the_largest_faithful_index():
-    from export.recall.ann_index import choose_min_count
+def test_served_vectors_take_the_features_only_vector_below_min_count():
+    from export.recall.ann_index import served_vectors
 
-    rng = np.random.default_rng(2)
-    emb, queries = _unit(rng.standard_normal((2000, 16))), _unit(rng.standard_normal((30, 16)))
-    counts = rng.integers(0, 4, 2000)
-    choice, index, ids = choose_min_count(emb, counts, queries, [1, 2, 3], [16], [200], 100, 0.9, threads=1)
-    assert choice["min_count"] == 1 and len(choice["by_min_count"]) == 1
-    assert ids.tolist() == np.flatnonzero(counts >= 1).tolist() and index.get_current_count() == ids.size
-    # an unreachable target: every min_count is tried and the last (smallest) index is kept
-    choice, _, ids = choose_min_count(emb, counts, queries, [1, 3], [16], [20], 100, 1.01 - 1e-9, threads=1)
-    assert [r["min_count"] for r in choice["by_min_count"]] == [1, 3] and choice["min_count"] == 3
-    assert ids.tolist() == np.flatnonzero(counts >= 3).tolist()
-    # no training counts: every item
-    choice, _, ids = choose_min_count(emb, None, queries, [1, 3], [16], [200], 100, 0.9, threads=1)
-    assert ids.size == 2000 and choice["min_count"] == 0
+    tower, content = np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    got = served_vectors(tower, content, np.array([0, 1, 2, 5]), 2)
+    assert got[:, 0].tolist() == [0, 0, 1, 1] and got.dtype == np.float32
+    assert served_vectors(tower, content, None, 2).min() == 1.0   # no counts: the tower's everywhere
+
+
+def test_routing_nodes_are_walked_but_never_returned(tmp_path):
+    """Issue 28: training users' vectors join the graph as routing nodes marked deleted; a search returns items
+    only, even when every routing node is nearer to the query than any item, and the saved index keeps them."""
+    from export.recall.ann_index import build_hnsw, build_routing, load_hnsw, routing_count
+
+    rng = np.random.default_rng(3)
+    items = _unit(rng.standard_normal((1500, 16)) + 3.0)        # items in a cone, users on its far side
+    users = _unit(rng.standard_normal((400, 16)) - 1.0)
+    history = np.zeros((400, 5), np.int32)
+    history[:300, 0] = 1                                        # 300 users with a history
+    routing = build_routing(users, history, n=200)
+    assert routing.shape == (200, 16)
+    assert build_routing(users, history, n=350).shape[0] == 350   # topped up from users without a history
+    index = build_hnsw(items, np.arange(1500, dtype=np.int32), 16, 100, 1, tmp_path / "i.hnsw", routing=routing)
+    assert index.get_current_count() == 1700 and routing_count(index, 1500) == 200
+    index.set_ef(300)
+    labels, _ = index.knn_query(users[300:], k=100)
+    assert labels.max() < 1500
+    loaded = load_hnsw(tmp_path / "i.hnsw", 16, 1500)
+    assert loaded.get_current_count() == 1700 and loaded.knn_query(users[:5], k=100)[0].max() < 1500
+    exact = exact_topk(items, np.arange(1500, dtype=np.int32), users[300:], 100)
+    assert overlap(labels, exact) > 0.9

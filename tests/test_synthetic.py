@@ -103,9 +103,10 @@ def test_synthetic_snapshot_serves_recall(synthetic_snapshot):
     assert manifest["metrics"]["recall"]["users"] <= 60
     assert manifest["metrics"]["hnsw_recall@100_vs_exact"] > 0.9
     assert "i2i_content.npz" in manifest["files"]
-    # issue 16: the index holds the items the two-tower trained on, with M / ef chosen on validation
+    # issue 28: the index holds every item and the routing nodes, with M / ef chosen on validation
     ann = manifest["ann_index"]
-    assert 0 < ann["items"] <= 2000 and (ann["M"], ann["ef"]) in [(r["M"], r["ef"]) for r in ann["curve"]]
+    assert ann["items"] == 2000 and (ann["M"], ann["ef"]) in [(r["M"], r["ef"]) for r in ann["curve"]]
+    assert ann["routing_nodes"] == 300
     assert np.load(snap.path / "ann_items.npy").size == ann["items"]
     # merge weights and quotas fitted on validation, served; the oracle ceiling beside the channels
     merge = manifest["recall_merge"]
@@ -114,7 +115,7 @@ def test_synthetic_snapshot_serves_recall(synthetic_snapshot):
     assert recall_rows["oracle"]["recall@200"] >= recall_rows["merged"]["recall@200"]
     config = RecallConfig(snapshot=str(snap.path))
     state = load_state(snap, config)
-    assert state.quotas == {**config.quotas, **merge["quotas"]} and state.index.get_current_count() == ann["items"]
+    assert state.quotas == {**config.quotas, **merge["quotas"]} and state.index.get_current_count() == ann["items"] + 300
     user_id = str(snap.features.array("user_ids")[0])
     result = recall(state, config, user_id, 500)
     assert result.ids.size == 500 and np.unique(result.ids).size == 500 and not result.cold_start

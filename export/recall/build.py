@@ -21,7 +21,7 @@ from export.data.feedback_fold import user_last_ts
 from common.snapshot import ANN_IDS_FILE, FORMAT_VERSION, MANIFEST
 from export.config import ExportConfig
 from export.data.dataset import Dataset, Interactions
-from export.recall.ann_index import build_hnsw, informative_items
+from export.recall.ann_index import build_hnsw, build_routing, served_vectors
 from export.data.history import last_n
 from export.recall.i2i import i2i_tables
 from export.recall.tables import (
@@ -52,6 +52,8 @@ class RecallBuild:
     ann_ids: np.ndarray           # int32 dense ids held by items.hnsw, ascending
     history: np.ndarray           # int32 [n_users, history_len] codes
     two_tower_log: dict
+    # the training users' vectors inserted into items.hnsw as routing nodes (export.recall.ann_index)
+    routing: np.ndarray | None = None
 
 
 def sample_users(inter: Interactions, n_users: int, max_rows: int = 0, max_users: int = 0,
@@ -73,21 +75,14 @@ def sample_users(inter: Interactions, n_users: int, max_rows: int = 0, max_users
     return inter.subset(keep[inter.user])
 
 
-def ann_items(item_tower: ItemTower, n_items: int, config: ExportConfig) -> np.ndarray:
-    """The dense ids the ANN index holds: items the two-tower trained on at least ``hnsw.min_count`` times
-    (every item when the tower carries no training counts)."""
-    counts = item_tower.train_counts
-    if counts is None:
-        return np.arange(n_items, dtype=np.int32)
-    return informative_items(counts, config.hnsw.min_count)
-
-
 def rebuild_ann(build: "RecallBuild", n_items: int, min_count: int, M: int, config: ExportConfig) -> np.ndarray:
-    """Rewrite ``build``'s index (and ``ann_items.npy``) for another ``min_count`` / ``M``; returns the ids."""
-    counts = build.item_tower.train_counts
-    ids = informative_items(counts, min_count) if counts is not None else np.arange(n_items, dtype=np.int32)
+    """Rewrite ``build``'s index (and ``ann_items.npy``) for another ``M``: every item, with the build's routing
+    nodes (``build.routing``); returns the ids. ``min_count`` is the build's own (the
+    served vectors, ``item_emb.npy``, were chosen with it) and kept for the caller's signature."""
+    ids = np.arange(n_items, dtype=np.int32)
     np.save(build.path / ANN_IDS_FILE, ids, allow_pickle=False)
-    build_hnsw(build.item_emb, ids, M, config.hnsw.ef_construction, config.threads, build.path / "items.hnsw")
+    build_hnsw(build.item_emb, ids, M, config.hnsw.ef_construction, config.threads, build.path / "items.hnsw",
+               routing=build.routing)
     return ids
 
 
@@ -121,13 +116,13 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
 
     Two-tower (trained on a ``two_tower.max_train_rows`` (else ``max_train_rows``) user sample of ``known``
     unless ``towers`` are given),
-    its ONNX user tower, item vectors and the HNSW index over the informative ones (``export.recall.ann_index``; ``M``
-    = ``hnsw_M`` or ``config.hnsw.M``); ItemCF, Swing and next-item tables; popular lists
+    its ONNX user tower, every item's served vector and the HNSW index over all of them with training users'
+    vectors as routing nodes (``export.recall.ann_index``; ``M`` = ``hnsw_M`` or ``config.hnsw.M``); ItemCF, Swing and next-item tables; popular lists
     (global and per segment); content neighbours of cold items; the blocklist; item statistics; the LMDB
     features (every user's last-N history and seen set from ``known``); and a manifest with the schema, so
     the directory opens as a snapshot. ``lap(step)`` is called after each step (timings).
     ``build_index`` False leaves ``items.hnsw`` out, for a caller that builds it later with chosen parameters
-    (:func:`rebuild_ann`; at 10^6 items the default index over ~200k items costs a minute for nothing).
+    (:func:`rebuild_ann`; at 10^6 items a default index costs minutes for nothing).
     """
     lap = lap or (lambda step: None)
     path = Path(path)
@@ -137,17 +132,22 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
         rows = tt.max_train_rows or config.max_train_rows
         towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=rows, seed=1), tt)
     user_tower, item_tower, tt_log = towers
-    item_emb = item_embeddings(item_tower, ds)
+    tower_emb = item_embeddings(item_tower, ds)
     content_emb = item_embeddings(item_tower, ds, drop_ids=True)  # features only: new items' view
+    # every item is served and indexed; items the towers barely saw serve their features-only vector
+    item_emb = served_vectors(tower_emb, content_emb, item_tower.train_counts, config.hnsw.min_count)
+    del tower_emb
     history = last_n(known, ds.n_users, tt.history_len)
     export_user_tower_onnx(user_tower, str(path / "models/user_tower.onnx"), ds.user_cat.shape[1], tt.history_len)
     np.save(path / "item_emb.npy", item_emb, allow_pickle=False)
+    with torch.no_grad():
+        routing = build_routing(user_embeddings(user_tower, user_inputs(ds, history)), history)
     lap("two_tower")
-    ann_ids = ann_items(item_tower, ds.n_items, config)
+    ann_ids = np.arange(ds.n_items, dtype=np.int32)
     np.save(path / ANN_IDS_FILE, ann_ids, allow_pickle=False)
     if build_index:
         build_hnsw(item_emb, ann_ids, hnsw_M if hnsw_M else config.hnsw.M, config.hnsw.ef_construction,
-                   config.threads, path / "items.hnsw")
+                   config.threads, path / "items.hnsw", routing=routing)
         lap("hnsw")
 
     def npz(name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -173,9 +173,10 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     write_manifest(path, {"schema": base_schema(ds, config, int(item_emb.shape[1])),
                           "ann_index": {"items": int(ann_ids.size), "M": hnsw_M or config.hnsw.M,
                                         "ef_construction": config.hnsw.ef_construction,
-                                        "ef": config.hnsw.ef_eval, "min_count": config.hnsw.min_count}})
+                                        "ef": config.hnsw.ef_eval, "min_count": config.hnsw.min_count,
+                                        "routing_nodes": int(routing.shape[0]) if build_index else 0}})
     lap("features")
-    return RecallBuild(path, user_tower, item_tower, item_emb, ann_ids, history, tt_log)
+    return RecallBuild(path, user_tower, item_tower, item_emb, ann_ids, history, tt_log, routing)
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

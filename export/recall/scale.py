@@ -7,8 +7,8 @@
 part: an export's ``.replay-*/cut-train`` or ``cut-valid`` (a published snapshot has seen the validation rows
 and recall excludes them, so every row would read 0). Reports, on validation users:
 
-* the ANN index against exact search over the same vectors (``export.recall.ann_index.choose_hnsw`` over the index
-  the build holds, for its ``M`` and the default ``ef`` grid): recall@100 and single-query p50 / p99;
+* the ANN index against exact search over every item's vector (``export.recall.ann_index.choose_hnsw`` over the
+  index the build holds, for its ``M`` and the default ``ef`` grid): recall@100 and single-query p50 / p99;
 * the merge fitted as export fits it (``export.recall.merge_fit.fit_merge``): each channel alone, the start and the
   fitted merged list at K = 50, 200, 1,000;
 * on synthetic data, the generator's oracle row (``export.data.synthetic.oracle_metrics``).
@@ -32,19 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, metavar="N_ITEMS", help="the synthetic catalogue it was built from")
     parser.add_argument("--synthetic-users", type=int, metavar="U", help="as for python -m export")
     parser.add_argument("--users", type=int, default=400, help="validation users (seeded sample)")
-    parser.add_argument("--cut", choices=["train", "valid"], default="train",
-                        help="which cut DIR was built from (cut-train or cut-valid): the two-tower's training "
-                             "sample, whose item counts the ANN index choice needs, is drawn from it")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
 
     from common.config import load_config
     from common.snapshot import Snapshot
     from export.__main__ import synthetic_overrides
-    from export.recall.ann_index import choose_min_count, load_hnsw
-    from export.recall.build import sample_users
+    from export.recall.ann_index import choose_hnsw, load_hnsw
     from export.config import ExportConfig
-    from export.pipeline import load_dataset, training_cut
+    from export.pipeline import load_dataset
     from export.recall.merge_fit import fit_merge
     from export.data.split import make_split
     from recall_server.channels.ann import user_vector
@@ -73,16 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                             for u in users.tolist()]).astype(np.float32)
         emb = snapshot.load_array("item_emb.npy")
         ann = snapshot.manifest.get("ann_index", {})
-        M, built_mc = int(ann.get("M", config.hnsw.M)), int(ann.get("min_count", config.hnsw.min_count))
-        known = training_cut(split, config.rank_replay.label_frac)[0] if args.cut == "train" else split.train
-        sample = sample_users(known, ds.n_users, max_rows=config.two_tower.max_train_rows or config.max_train_rows,
-                              seed=1)
-        counts = np.bincount(sample.item, minlength=ds.n_items)
+        M = int(ann.get("M", config.hnsw.M))
         index = load_hnsw(build / "items.hnsw", emb.shape[1], ds.n_items)
         h = config.hnsw
-        report["ann_index"], _, _ = choose_min_count(
-            emb, counts, queries, sorted({h.min_count, *h.min_count_grid}), [M], list(h.ef_grid), h.ef_construction,
-            h.target_recall, config.threads, built={(built_mc, M): index})
+        # every item against the index the build holds (its routing nodes included), over the ef grid
+        report["ann_index"], _ = choose_hnsw(emb, np.arange(ds.n_items, dtype=np.int32), queries, [M],
+                                             list(h.ef_grid), h.ef_construction, h.target_recall, config.threads,
+                                             built={M: index})
+        report["ann_index"].update(items=int(ds.n_items), routing_nodes=int(ann.get("routing_nodes", 0)))
     finally:
         snapshot.close()
     report["merge"] = fit_merge(build, ds, split.valid, config.recall_n, ks=config.eval_k, max_users=args.users)
@@ -93,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         report["oracle"] = oracle_metrics(config.synthetic, sample, split.train, ds.n_users, config.eval_k)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     ann = report["ann_index"]
-    for r in ann["by_min_count"]:
-        print(f"ann index min_count {r['min_count']} ({r['items']} items), chosen M {r['M']} ef {r['ef']}: "
-              f"recall@100 vs exact {r['recall@100_vs_exact']}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
-    print("chosen min_count " + str(ann["min_count"]) + ", its curve: " + "; ".join(
-        f"ef {r['ef']}: {r['recall@100_vs_exact']} / p50 {r['p50_ms']} ms" for r in ann["curve"]))
+    print(f"ann index: {ann['items']} items, {ann['routing_nodes']} routing nodes, M {ann['M']}, chosen ef "
+          f"{ann['ef']}; recall@100 vs exact / p50: " + "; ".join(
+              f"ef {r['ef']}: {r['recall@100_vs_exact']} / {r['p50_ms']} ms" for r in ann["curve"]))
     merge = report["merge"]
     rows = {**merge["channels"], "merged (start)": merge["start"], "merged (fitted)": merge["validation"]}
     if "oracle" in report:
