@@ -11,9 +11,11 @@ Named databases (keys and values compact binary, never pickle):
 ``meta``   ``next_seq`` and ``first_seq`` (uint64); ``backfill_from`` while users written before the
            activity index existed are being indexed
 
-One write path (``append``): a Feedback batch is one write transaction, so on disk it is all or nothing,
-and ``append`` returns only after LMDB's commit has been fsynced (``sync=True``): an acknowledged event
-survives kill -9 of any process. Several writer processes are safe (LMDB serialises write transactions
+One write path (``append_batch``; ``append`` for ``Event`` objects): one call is one write transaction,
+so on disk it is all or nothing, and it returns only after LMDB's commit has been fsynced (``sync=True``):
+an acknowledged event survives kill -9 of any process. The gateway's writer (``feedback.writer``) passes
+several Feedback calls' batches in one call. The batch arrives as columns (``feedback.event_batch``) and
+each user's state is rewritten by one Numba pass for all users (``feedback.state_update``). Several writer processes are safe (LMDB serialises write transactions
 with its lock file); readers (every recall and rank worker) take short read transactions that never block
 the writer. Size is bounded per user (``history_len``, filter bytes) and in total: once the log holds more
 than ``max_log_events`` the oldest records and their event ids are deleted in the same transaction that
@@ -40,13 +42,15 @@ import numpy as np
 
 from common.metrics import FEEDBACK_EVICTED
 from feedback.config import FeedbackConfig
-from feedback.events import POSITIVE, Event, decode, encode
+from feedback.event_batch import EVENT, ITEM, USER, EventBatch
+from feedback.events import POSITIVE, Event, decode, record_event_id
+from feedback.state_update import CORRUPT, update_records
 from feedback.user_state import UserState
 from kernels.bloom import bloom_size
-from kernels.string_hash import hash_strings
 
 _SEQ = struct.Struct(">Q")
 _MS = struct.Struct(">Q")  # activity time, ms since the epoch: big-endian, so keys sort by time
+_POSITIVE = np.array(sorted(POSITIVE), np.int64)
 EVICT_SLACK = 256          # users a transaction may evict beyond the ones its batch added
 BACKFILL = 4096            # users written before the activity index, indexed per transaction (once)
 
@@ -75,8 +79,8 @@ class FeedbackStoreFull(FeedbackStoreError):
 class AppendResult:
     """What one ``append`` did: sequence numbers of the events written, indices of duplicates skipped."""
 
-    seqs: list[int] = field(default_factory=list)
-    duplicates: list[int] = field(default_factory=list)
+    seqs: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    duplicates: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     compacted: int = 0
     evicted: dict[str, int] = field(default_factory=dict)  # users whose state was evicted, by reason
 
@@ -135,58 +139,95 @@ class FeedbackStore:
 
     # -- the write path -------------------------------------------------------------------------------
     def append(self, events: list[Event], now: float | None = None) -> AppendResult:
-        """Write ``events`` (already validated) in one durable transaction; events whose ``event_id`` is
+        """Write ``events`` (already validated) in one durable transaction: ``append_batch`` of their columns."""
+        return self.append_batch(EventBatch.from_events(events), now)
+
+    def append_batch(self, batch: EventBatch, now: float | None = None) -> AppendResult:
+        """Write ``batch`` (already validated) in one durable transaction; events whose ``event_id`` is
         already stored (or repeated in the batch) are skipped and reported as duplicates. Exposure ages by
-        ``now`` (the server's clock), so replayed old timestamps do not expire impressions on arrival."""
+        ``now`` (the server's clock), so replayed old timestamps do not expire impressions on arrival.
+        Columns throughout (``feedback.event_batch``): Python objects only for LMDB's keys and values."""
         now = time.time() if now is None else now
         stamp = _MS.pack(max(int(now * 1000), 0))
+        n = len(batch)
+        records, record_at = batch.records()          # raises on what the log's layout cannot hold
+        item_hash = batch.hashes(ITEM)
+        has_id = batch.length[:, EVENT] > 0
+        duplicate = has_id & (batch.first_equal(EVENT) != np.arange(n))   # repeated inside the batch
+        user_rep = batch.first_equal(USER)
         result = AppendResult()
         added = 0
-        hashes = hash_strings([e.item_id for e in events]) if events else np.empty(0, np.uint64)
-        window = self.config.exposure_window_s
         try:
             with self.env.begin(write=True) as txn:
                 next_seq = self._meta(txn, b"next_seq", 1)
-                by_user: dict[str, list[int]] = {}   # accepted event indices per user, in arrival order
-                seq_of: dict[int, int] = {}
-                in_batch: set[bytes] = set()
-                log_rows, id_rows = [], []
-                for i, event in enumerate(events):
-                    key = event.event_id.encode("utf-8")
-                    if key and (key in in_batch or txn.get(key, db=self.ids) is not None):
-                        result.duplicates.append(i)
-                        continue
-                    seq_of[i] = seq = next_seq
-                    next_seq += 1
-                    log_rows.append((_SEQ.pack(seq), encode(event)))
-                    if key:
-                        in_batch.add(key)
-                        id_rows.append((key, _SEQ.pack(seq)))
-                    by_user.setdefault(event.user_id, []).append(i)
-                    result.seqs.append(seq)
-                txn.cursor(db=self.log).putmulti(log_rows, append=True)  # keys ascend: appended in place
-                if id_rows:
-                    txn.cursor(db=self.ids).putmulti(id_rows)
-                for user_id, idx in by_user.items():  # one read-modify-write of each user's state
-                    ukey = user_id.encode("utf-8")
-                    state, existed = self._state(txn, ukey, now)
-                    added += not existed
-                    # shown, clicked or rated: not shown again (one kernel call for the user's items)
-                    state.expose(hashes[np.asarray(idx)], now, window)
-                    for i in idx:
-                        if events[i].type in POSITIVE:
-                            state.add_history(seq_of[i], events[i].timestamp or now, events[i].item_id,
-                                              self.config.history_len)
-                    txn.put(ukey, state.encode(), db=self.users)
-                    self._touch(txn, ukey, stamp)
+                ask = np.flatnonzero(has_id & ~duplicate)
+                id_keys = batch.keys(ask, EVENT)
+                if ask.size:                            # stored before: one lookup call for the batch
+                    stored = {key for key, _ in txn.cursor(db=self.ids).getmulti(id_keys)}
+                    if stored:
+                        before = np.fromiter((key in stored for key in id_keys), np.bool_, ask.size)
+                        duplicate[ask[before]] = True
+                        id_keys = [key for key in id_keys if key not in stored]
+                keep = np.flatnonzero(~duplicate)
+                seqs = np.arange(next_seq, next_seq + keep.size, dtype=np.int64)
+                next_seq += keep.size
+                seq_keys = seqs.astype(">u8").tobytes()
+                data = records.tobytes()
+                txn.cursor(db=self.log).putmulti(   # keys ascend: appended in place
+                    [(seq_keys[8 * j:8 * j + 8], data[a:b])
+                     for j, (a, b) in enumerate(zip(record_at[keep].tolist(), record_at[keep + 1].tolist()))],
+                    append=True)
+                with_id = np.flatnonzero(has_id[keep])   # the same events as id_keys, in the same order
+                if with_id.size:
+                    txn.cursor(db=self.ids).putmulti(
+                        list(zip(id_keys, [seq_keys[8 * j:8 * j + 8] for j in with_id.tolist()])))
+                if keep.size:
+                    added = self._update_users(txn, batch, keep, user_rep[keep], item_hash[keep], seqs, now, stamp)
                 txn.put(b"next_seq", _SEQ.pack(next_seq), db=self.meta)
                 result.compacted = self._compact(txn, next_seq)
                 result.evicted = self._evict(txn, added, now)
         except lmdb.MapFullError:
-            raise FeedbackStoreFull(self._full_message(len(result.seqs), added)) from None
-        for reason, n in result.evicted.items():  # committed: count them
-            FEEDBACK_EVICTED.labels(reason).inc(n)
+            raise FeedbackStoreFull(self._full_message(int((~duplicate).sum()), added)) from None
+        except lmdb.Error as exc:   # disk trouble, mostly: nothing of the batch is written; a retry may pass
+            raise FeedbackStoreError(f"the feedback store at {self.config.path} failed a write: {exc}") from None
+        result.seqs, result.duplicates = seqs, np.flatnonzero(duplicate)
+        for reason, count in result.evicted.items():  # committed: count them
+            FEEDBACK_EVICTED.labels(reason).inc(count)
         return result
+
+    def _update_users(self, txn, batch: EventBatch, keep: np.ndarray, user_rep: np.ndarray,
+                      item_hash: np.ndarray, seqs: np.ndarray, now: float, stamp: bytes) -> int:
+        """One read-modify-write of each user's state for the stored events ``keep`` (all users in one
+        ``feedback.state_update`` pass); returns how many users are new."""
+        first, user_of_event = np.unique(user_rep, return_inverse=True)  # users in order of first event
+        ukeys = batch.keys(first, USER)
+        users = self.users
+        old = [txn.get(key, db=users) for key in ukeys]
+        ts = batch.timestamp[keep]
+        records, offsets, status = update_records(
+            old, user_of_event.astype(np.int64), len(ukeys), item_hash, np.isin(batch.type[keep], _POSITIVE),
+            seqs, np.where(ts == 0, now, ts), (batch.buf, batch.start[keep, ITEM], batch.length[keep, ITEM]),
+            self.m_bytes, self.k, now, self.config.exposure_window_s, self.config.history_len)
+        if (status == CORRUPT).any():
+            bad = ukeys[int(np.flatnonzero(status == CORRUPT)[0])].decode("utf-8", "replace")
+            raise FeedbackStoreError(f"the feedback store at {self.config.path} holds an unreadable state for "
+                                     f"user {bad[:64]!r}; the store needs repair (nothing of this batch was written)")
+        data = records.tobytes()
+        txn.cursor(db=users).putmulti(list(zip(ukeys, [data[a:b] for a, b in zip(offsets[:-1].tolist(),
+                                                                                 offsets[1:].tolist())])))
+        self._touch_all(txn, ukeys, stamp)
+        return int((status == 0).sum())
+
+    def _touch_all(self, txn, ukeys: list[bytes], stamp: bytes) -> None:
+        """Move ``ukeys`` to ``stamp`` in the activity index (kept in step with ``users``)."""
+        last = dict(txn.cursor(db=self.last_active).getmulti(ukeys))
+        moved = [key for key in ukeys if last.get(key) != stamp]
+        for key in moved:
+            old = last.get(key)
+            if old is not None:
+                txn.delete(old + key, db=self.by_active)
+        txn.cursor(db=self.by_active).putmulti([(stamp + key, b"") for key in moved])
+        txn.cursor(db=self.last_active).putmulti([(key, stamp) for key in moved])
 
     def _full_message(self, events: int, new_users: int) -> str:
         c = self.config
@@ -195,19 +236,6 @@ class FeedbackStore:
                 f"to feedback.max_log_events={c.max_log_events} events; this batch of {events} events for "
                 f"{new_users} new users did not fit. A retry fails the same way: raise feedback.map_size_mb, or "
                 f"lower feedback.max_users or feedback.max_log_events (or send smaller batches)")
-
-    def _state(self, txn, ukey: bytes, now: float) -> tuple[UserState, bool]:
-        """The user's state to update, and whether the user had one stored."""
-        data = txn.get(ukey, db=self.users)
-        if data is not None:
-            state = UserState.decode(data)
-            if state.current.shape[0] == self.m_bytes and state.k == self.k:
-                return state, True
-            # filter re-sized by config: keep the history, start the exposure filter afresh
-            fresh = UserState.empty(self.m_bytes, self.k, now)
-            fresh.hist_seq, fresh.hist_ts, fresh.hist_items = state.hist_seq, state.hist_ts, state.hist_items
-            return fresh, True
-        return UserState.empty(self.m_bytes, self.k, now), False
 
     def _touch(self, txn, ukey: bytes, stamp: bytes) -> None:
         """Move the user to ``stamp`` in the activity index (kept in step with ``users``)."""
@@ -292,9 +320,9 @@ class FeedbackStore:
         cursor = txn.cursor(db=self.log)
         if cursor.set_range(_SEQ.pack(first)):
             while removed < excess:
-                event = decode(cursor.value())
-                if event.event_id:
-                    txn.delete(event.event_id.encode("utf-8"), db=self.ids)
+                event_id = record_event_id(cursor.value())
+                if event_id:
+                    txn.delete(event_id, db=self.ids)
                 removed += 1
                 if not cursor.delete():  # delete moves to the next record; False at the end
                     break

@@ -26,10 +26,10 @@ from common.reload import Reloader, version_service
 from common.server import channel_options
 from common.snapshot import Snapshot, check_stage_counts
 from common.tls import aio_channel, open_channel
-from feedback.events import Event
-from feedback.ingest import check_batch, ingest
+from feedback.ingest import check_batch
 from feedback.realtime import Realtime, SnapshotKeys
 from feedback.store import FeedbackStoreError
+from feedback.writer import FeedbackWriter
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.experiments import assign, check_tasks
@@ -98,13 +98,13 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         self._lag_probe: asyncio.Task | None = None
         log.info("stages", **{stage: "local" if stage in self.local else getattr(config, f"{stage}_addr")
                               for stage in ("recall", "rank", "rerank")})
-        # the one write path of the feedback store (the recall and rank servers read it). Writes run on one
-        # thread of their own: a batch's Python work and its fsync never stall the event loop, and LMDB
-        # serialises write transactions anyway. The same handle is read (``realtime``) by the popular fallback,
-        # which drops the user's real-time clicks and exposures as recall does
+        # the one write path of the feedback store (the recall and rank servers read it): a thread that
+        # group-commits Feedback calls (feedback.writer), so the event loop never waits on a write or its
+        # fsync. The same handle is read (``realtime``) by the popular fallback, which drops the user's
+        # real-time clicks and exposures as recall does
         self.realtime = Realtime(config.feedback) if config.feedback.path else None
         self.feedback = self.realtime.store if self.realtime is not None else None
-        self._feedback_writer = ThreadPoolExecutor(1, thread_name_prefix="feedback") if self.feedback else None
+        self._feedback_writer = FeedbackWriter(self.feedback, log) if self.feedback else None
         # the gateway pins each request's version, so it switches last: once the stages hold the new one
         self.reloader = Reloader(config.snapshot, self.load, log, config.reload_poll_s, ready_fn=self.stages_hold,
                                  activate_timeout_s=config.reload_activate_timeout_s)
@@ -147,7 +147,7 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         if self._local_pool is not None:
             self._local_pool.shutdown(wait=True)
         if self._feedback_writer is not None:
-            self._feedback_writer.shutdown(wait=True)  # an acknowledged batch is committed; let a running one end
+            self._feedback_writer.close()  # writes what is queued: every call handed over gets its answer
             self.realtime.close()
 
     def load(self, path) -> GatewayState:
@@ -256,25 +256,24 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         return v2_reply(served, request.k, request.debug)
 
     async def Feedback(self, request, context):
-        """Validate the batch, store its valid events durably (feedback.ingest), say what happened to each."""
-        problem = check_batch(len(request.events), self.config.feedback)
+        """Hand the batch to the feedback writer, which checks each event and stores the valid ones durably,
+        grouped with other calls (feedback.writer); say what happened to each event."""
+        n_events = len(request.events)
+        problem = check_batch(n_events, self.config.feedback)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self.feedback is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "feedback is off on this gateway: set feedback.path (and the same path on recall and rank)")
-        events = [Event(e.user_id, e.item_id, int(e.type), e.value, e.timestamp, e.request_id, e.event_id)
-                  for e in request.events]
-        index = self.reloader.current.snapshot.item_index
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._feedback_writer, ingest, self.feedback, events, index.__contains__, time.time())
+        try:  # the request's bytes, not its events: no Python object per event on the event loop
+            result = await self._feedback_writer.write(request.SerializeToString(), n_events,
+                                                       self.reloader.current.snapshot, time.time())
         except FeedbackStoreError as exc:
             self.log.error("feedback_store_error", error=str(exc))
             # a full store is RESOURCE_EXHAUSTED (retrying fails the same way); other store errors UNAVAILABLE
             await context.abort(getattr(grpc.StatusCode, exc.grpc_status), str(exc))
         observe_feedback(result.accepted, len(result.duplicates), len(result.rejected), len(result.unknown_items))
-        self.log.debug("feedback", events=len(events), accepted=result.accepted, rejected=len(result.rejected),
+        self.log.debug("feedback", events=n_events, accepted=result.accepted, rejected=len(result.rejected),
                        duplicates=len(result.duplicates), unknown_items=len(result.unknown_items))
         return recommend_pb2.FeedbackResponse(
             accepted=result.accepted, duplicate_indices=result.duplicates,

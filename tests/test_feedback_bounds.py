@@ -157,7 +157,12 @@ def test_a_store_full_even_after_eviction_is_resource_exhausted_naming_the_keys(
 
 
 def test_the_gateway_answers_a_full_store_with_resource_exhausted(tmp_path):
-    """gateway/server.py's Feedback handler, run on a stand-in servicer: the store's full error's status."""
+    """gateway/server.py's Feedback handler, run on a stand-in servicer with the real feedback writer: the
+    store's full error's status."""
+    import io
+
+    from common.log import Logger
+    from feedback.writer import FeedbackWriter
     from gateway.server import GatewayServicer
 
     store = FeedbackStore.open(FeedbackConfig(path=str(tmp_path / "small"), map_size_mb=1))
@@ -170,17 +175,21 @@ def test_the_gateway_answers_a_full_store_with_resource_exhausted(tmp_path):
             self.code, self.details = code, details
             raise Aborted()
 
-    servicer = SimpleNamespace(config=SimpleNamespace(feedback=store.config), feedback=store, _feedback_writer=None,
+    log = Logger("test", stream=io.StringIO())
+    writer = FeedbackWriter(store, log)
+    servicer = SimpleNamespace(config=SimpleNamespace(feedback=store.config), feedback=store, _feedback_writer=writer,
                                reloader=SimpleNamespace(current=SimpleNamespace(snapshot=SimpleNamespace(
-                                   item_index={"x" * 200: 0}))),
-                               log=SimpleNamespace(error=lambda *a, **k: None))
+                                   version="v1", item_ids=np.array(["x" * 200])))), log=log)
     from recsys.v2 import recommend_service_pb2 as pb
 
     request = pb.FeedbackRequest(events=[pb.FeedbackEvent(user_id=f"user{i}", item_id="x" * 200, type=2,
                                                           event_id=f"ev{i}" * 20) for i in range(2000)])
     context = Context()
-    with pytest.raises(Aborted):
-        asyncio.run(GatewayServicer.Feedback(servicer, request, context))
+    try:
+        with pytest.raises(Aborted):
+            asyncio.run(GatewayServicer.Feedback(servicer, request, context))
+    finally:
+        writer.close()
     assert "is full" in context.details
     assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED, (
         "gateway/server.py maps FeedbackStoreError to UNAVAILABLE: a full store is permanent "

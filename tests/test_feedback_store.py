@@ -29,9 +29,9 @@ def test_append_is_idempotent_by_event_id_and_builds_user_state(tmp_path):
              Event("u1", "b", EventType.CLICK, event_id="e2"),  # repeated inside the batch
              Event("u2", "c", EventType.RATING, 4.0, 123.0)]
     result = store.append(batch, now=1000.0)
-    assert result.seqs == [1, 2, 3] and result.duplicates == [2]
+    assert result.seqs.tolist() == [1, 2, 3] and result.duplicates.tolist() == [2]
     again = store.append(batch[:2], now=1001.0)  # a retried call applies nothing twice
-    assert again.seqs == [] and again.duplicates == [0, 1]
+    assert again.seqs.tolist() == [] and again.duplicates.tolist() == [0, 1]
     state = store.user_state("u1")
     assert state.hist_items == ["b"]
     assert state.exposed(hash_strings(["a", "b", "zzz"]), 1002.0, store.config.exposure_window_s).tolist() == \
@@ -56,7 +56,7 @@ def test_history_keeps_the_newest_and_compaction_bounds_the_log(tmp_path):
     # compacted event ids are forgotten with their records; retained ones still deduplicate
     result = store.append([Event("u", "x", EventType.CLICK, event_id="e0"),
                            Event("u", "x", EventType.CLICK, event_id="e299")])
-    assert result.seqs == [301] and result.duplicates == [1]
+    assert result.seqs.tolist() == [301] and result.duplicates.tolist() == [1]
 
 
 def test_a_full_store_refuses_the_whole_batch(tmp_path):
