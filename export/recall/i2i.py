@@ -109,21 +109,32 @@ def local_tables(inputs: I2IInputs, config: ExportConfig) -> dict[str, object]:
             "popular": popular_order(np.bincount(seq[1], minlength=n), config.popular_n)}
 
 
-def ray_tables(inputs: I2IInputs, config: ExportConfig, stats: dict | None = None) -> dict[str, object]:
-    """The tables of :func:`local_tables`, built by Ray tasks over ranges of equal work
-    (``export.distributed.ray_i2i``); ``stats`` (when given) receives the ranges and the per-task CPU."""
-    from export.distributed.ray_i2i import RangeJob, run_ranges   # Ray only when asked for
+def ray_jobs(inputs: I2IInputs, config: ExportConfig) -> dict:
+    """What the Ray engine runs per table: kernel, inputs, parameters and the work per anchor item its
+    ranges are cut by (``export.distributed.ray_i2i.RangeJob``)."""
+    from export.distributed.ray_i2i import RangeJob   # Ray only when asked for
 
     n = inputs.n_items
     ui, _, ii, iu = inputs.itemcf_csrs
     su, _, si, sus = inputs.swing_csrs
     sw = swing_params(config)
-    jobs = {ITEMCF_FILE: RangeJob("itemcf", inputs.itemcf_csrs, n, itemcf_params(config), item_work(ui, ii, iu)),
+    return {ITEMCF_FILE: RangeJob("itemcf", inputs.itemcf_csrs, n, itemcf_params(config), item_work(ui, ii, iu)),
             SWING_FILE: RangeJob("swing", inputs.swing_csrs, n, sw,
                                  item_work(su, si, sus, sw["max_users_per_item"], pair_term=True)),
             # next-item: a source item's cost is its occurrences (each looks span steps ahead)
             NEXT_FILE: RangeJob("next", inputs.sequences, n, next_params(config), np.diff(inputs.sequences[2]))}
-    tables, counts = run_ranges(jobs, config.ray, count_arrays=inputs.sequences, n_items=n, stats=stats)
+
+
+def ray_tables(inputs: I2IInputs, config: ExportConfig, stats: dict | None = None,
+               jobs: dict | None = None) -> dict[str, object]:
+    """The tables of :func:`local_tables`, built by Ray tasks over ranges of equal work
+    (``export.distributed.ray_i2i``); ``jobs`` defaults to :func:`ray_jobs`; ``stats`` (when given)
+    receives the ranges and the per-task CPU."""
+    from export.distributed.ray_i2i import run_ranges
+
+    jobs = jobs if jobs is not None else ray_jobs(inputs, config)
+    tables, counts = run_ranges(jobs, config.ray, count_arrays=inputs.sequences, n_items=inputs.n_items,
+                                stats=stats)
     return {**{name: as_table(t) for name, t in tables.items()}, "popular": popular_order(counts, config.popular_n)}
 
 
