@@ -209,3 +209,9 @@ def test_parts_are_index_views_of_the_log_gathered_once():
     assert cut._base is inter
     np.testing.assert_array_equal(cut.item, inter.item[train_mask][::2])
     assert len(cut) == (len(split.train) + 1) // 2
+    import pickle
+
+    plain = pickle.loads(pickle.dumps(cut))                             # pickled: its own rows only
+    assert plain._base is None and len(plain) == len(cut)
+    for name in Interactions.COLUMNS:
+        np.testing.assert_array_equal(getattr(plain, name), getattr(cut, name))

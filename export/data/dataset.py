@@ -65,6 +65,10 @@ class Interactions:
         # int32 indices while the log allows: half the memory of int64
         return Interactions._view(base, index.astype(np.int32, copy=False) if len(base) < 2**31 else index)
 
+    def __reduce__(self):
+        # a pickled view is a plain log of its own rows, not the whole log it indexes
+        return Interactions, tuple(self._column(name) for name in self.COLUMNS)
+
     def __repr__(self) -> str:
         return f"Interactions({len(self)} rows{', view' if self._base is not None else ''})"
 

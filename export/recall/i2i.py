@@ -3,8 +3,7 @@
 Their cost is what grows past one machine (time ~ sum_u |I(u)|^2), so they are built in one place from one
 set of inputs, on the configured engine:
 
-* ``local`` (the default): each kernel once over every item, in this process, on ``config.threads``
-  Numba threads;
+* ``local`` (the default): each kernel once over every item, in this process, on its Numba threads;
 * ``ray``: the same kernels as Ray tasks over ranges of anchor items of equal work
   (:func:`ray_tables` on ``export.distributed.ray_i2i``), imported only then, so the default export never
   needs Ray.
