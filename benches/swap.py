@@ -8,12 +8,13 @@ server reloads as it would in production: it polls CURRENT, loads and warms the 
 live one and switches.
 
 Each request is classed by when it was scheduled: **before** the first flip, **during** a swap (from a
-flip until ``--settle-s`` after the gateway's switch: the stages load first, the gateway last, then heaps
-are refrozen), or **after** (the rest). For each class it prints sent, failed, degraded, late and the
+flip until ``--settle-s`` after the gateway's switch: the stages load and switch first, the gateway
+last), or **after** (the rest). For each class it prints sent, failed, degraded, late and the
 latency percentiles. For each swap it prints the servers' reload events (``snapshot_loaded``,
 ``snapshot_reloaded``, ``heap_frozen``, ``snapshot_retired``, ``snapshot_closed``) against the flip,
-and the slowest requests of the swap window with the event each one overlapped: what the tail of a swap
-is made of. The JSON report (``--out``) holds every sample and event.
+and the slowest requests of the swap window with the event each one overlapped; and requests by whether a
+stage's load or a heap freeze ran while they did: what the tail of a swap is made of. The JSON report
+(``--out``) holds every sample and event.
 """
 from __future__ import annotations
 
@@ -143,6 +144,28 @@ def around_switch(samples: list[Sample], start_wall: float, flips: list[tuple[fl
     return rows
 
 
+def overlapping(samples: list[Sample], start_wall: float, events: list[dict], deadline_ms: float) -> dict:
+    """Requests by what of a reload ran while they did: a stage server's load (``snapshot_reloaded`` minus
+    its ``ms``: verify, load, self-test), a heap freeze at a switch (``heap_frozen`` after start-up), or
+    neither. Which part of a swap the degraded requests overlap names what costs the tail."""
+    loads = [(e["ts"] - e["ms"] / 1e3, e["ts"]) for e in events
+             if e["event"] == "snapshot_reloaded" and e["worker"] != "gateway"]
+    started = {e["worker"]: e["ts"] for e in reversed(events) if e["event"] == "heap_frozen"}  # the first each
+    freezes = [(e["ts"] - e["ms"] / 1e3, e["ts"]) for e in events
+               if e["event"] == "heap_frozen" and e["ts"] > started[e["worker"]]]
+    classes: dict[str, list[Sample]] = {"a_stage_load": [], "a_heap_freeze": [], "neither": []}
+    for s in samples:
+        a = start_wall + s.at_s
+        b = a + s.ms / 1e3
+        if any(x < b and a < y for x, y in freezes):
+            classes["a_heap_freeze"].append(s)
+        elif any(x < b and a < y for x, y in loads):
+            classes["a_stage_load"].append(s)
+        else:
+            classes["neither"].append(s)
+    return {name: summarize(group, deadline_ms) for name, group in classes.items()}
+
+
 def nearest_event(at: float, events: list[dict]) -> str:
     """The reload event nearest before ``at`` (wall clock), as ``worker:event +ms``."""
     before = [e for e in events if e["ts"] <= at]
@@ -230,6 +253,8 @@ def run(args) -> int:
                              "last_event": nearest_event(start_wall[0] + s.at_s + s.ms / 1e3, events)}
                             for s in slow]})
         report["around_switch"] = around_switch(samples, start_wall[0], flips, events, args.deadline_ms)
+        report["overlapping"] = overlapping(samples, start_wall[0], events, args.deadline_ms)
+        report["start_wall"] = start_wall[0]
         report["samples"] = [[round(s.at_s, 4), round(s.ms, 2), s.status, list(s.degraded)] for s in samples]
         report["events"] = events
         print_report(report)
@@ -258,6 +283,11 @@ def print_report(report: dict) -> None:
         print(f"  [{r['from_s']:+.1f}, {r['to_s']:+.1f}) {r['sent']:>5} sent {r['failed']:>3} failed {r['degraded']:>3} "
               f"degraded  p50 {lat.get('p50', np.nan):6.1f}  p99 {lat.get('p99', np.nan):6.1f}  max "
               f"{lat.get('max', np.nan):6.1f}")
+    print("by what of a reload ran while a request did:")
+    for name, r in report["overlapping"].items():
+        lat = r["latency_ms"] or {}
+        print(f"  {name:<14} {r['sent']:>6} sent {r['failed']:>4} failed {r['degraded']:>5} degraded  "
+              f"p99 {lat.get('p99', np.nan):6.1f}")
     for i, swap in enumerate(report["swaps"], 1):
         lat = swap["latency_ms"] or {}
         print(f"swap {i} ({swap['version']}): window {swap['window_s']} s, {swap['sent']} sent, {swap['failed']} "
