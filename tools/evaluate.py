@@ -99,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-ms", type=int, default=2000,
                         help="per request: generous, so the table measures the lists, not the machine's load")
     parser.add_argument("--tolerance", type=float, default=0.002)
+    parser.add_argument("--set", action="append", default=[], metavar="SERVER:KEY=VALUE",
+                        help="with --start: a server setting, e.g. gateway:quality.enabled=false (the full funnel "
+                             "on every request even when a busy machine runs slow)")
     args = parser.parse_args(argv)
+    overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        server, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            print(f"evaluate: --set {item!r} must look like SERVER:KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides.setdefault(server, []).append(setting)
     try:
         snapshot = Snapshot.open(args.snapshot)
         offline = snapshot.manifest["metrics"]["funnel"]["test"]["rows"]["rerank"]
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.launcher import Cluster, ClusterConfig
 
         cluster = Cluster(ClusterConfig(snapshot=str(snapshot.path.parent)
-                                        if (snapshot.path.parent / "CURRENT").exists() else str(snapshot.path)))
+                                        if (snapshot.path.parent / "CURRENT").exists() else str(snapshot.path),
+                                        overrides=overrides))
         try:
             cluster.start()
         except (RuntimeError, TimeoutError) as exc:
