@@ -74,7 +74,9 @@ def summary(manifest: dict) -> str:
              f"ann index: {json.dumps({k: ann.get(k) for k in ('items', 'M', 'ef', 'min_count')})}, "
              f"test query {json.dumps(m.get('ann_query'))}",
              "recall (test): " + "; ".join(f"{name} {json.dumps({k: v for k, v in row.items() if k.startswith('recall@')})}"
-                                           for name, row in m["recall"].items() if name != "users"),
+                                           for name, row in m["recall"].items()
+                                           if name != "users" and isinstance(row, dict) and row
+                                           and any(k.startswith("recall@") for k in row)),
              f"hnsw recall@100 vs exact: {m['hnsw_recall@100_vs_exact']}; export {manifest['timings_s']['total']:.0f} s"]
     return "\n".join(lines)
 
