@@ -5,7 +5,10 @@ as the server does (sparse, bag and the dense candidate features), scored in one
 one thread: torch eager teacher and student, ONNX fp32 (teacher and student), ONNX int8
 student, and DeepFM; the pre-rank models on 1,000 candidates; the served student and pre-rank on one row (a
 call's fixed cost: what micro-batching concurrent requests could save); and the whole rank stage
-(``rank_server.rank.rank``: features, pre-rank 1,000 → 200, ranker, fusion) as the server runs it.
+(``rank_server.rank.rank``: features, pre-rank 1,000 → 200, ranker, fusion) as the server runs it, in wall time
+and in CPU-ms per call (issue 26's unit). A snapshot serving the sequence score (issue 30) adds the encoder's
+rows: one history encoded (once per request), the score of 1,000 candidates, and the rank stage with that column
+stubbed out (zeros, no encoding): the stage's cost without the sequence.
 
 The snapshot holds ONNX files only, so the torch eager rows time freshly
 initialised models of the exported architecture (the config in the manifest):
@@ -15,6 +18,7 @@ are noisy: read p50, and compare rows of the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,6 +42,16 @@ def _time(fn, repeats: int, warmup: int) -> dict[str, float]:
     return _percentiles(t)
 
 
+def _cpu_ms(fn, repeats: int, warmup: int) -> float:
+    """CPU-ms (this process, all threads) per call of ``fn``."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return round((time.process_time() - t0) / repeats * 1e3, 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", default="snapshots", help="snapshot root (CURRENT) or version directory")
@@ -48,14 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from common.candidate_features import CandidateTables, candidate_features, channels_of
     from common.rank_features import RankSchema
     from common.snapshot import Snapshot
     from export.config import ExportConfig
     from export.models.mmoe import MMoE
     from export.models.quantize import session
     from rank_server.config import RankConfig
-    from rank_server.features import ItemFeatures, rank_inputs
+    from rank_server.features import ItemFeatures, dense_features, load_dense, rank_inputs
     from rank_server.rank import load_state, rank
 
     torch.set_num_threads(1)
@@ -66,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     item_idx = np.random.default_rng(0).choice(items.n_items, size=n, replace=False).astype(np.int32)
     user = snap.features.user(str(snap.features.array("user_ids")[0]))
     sparse, bag = rank_inputs(schema, items, user, len(snap.schema["user_cat_names"]), item_idx, 10**9)
-    tables = CandidateTables.load(snap, channels_of(schema.dense_names)) if schema.dense_names else None
+    tables, sequence = load_dense(snap, schema, threads=1)
 
     def dense_of(idx):
-        return candidate_features(tables, user.hist, user.seen.size, idx) if tables is not None else None
+        return dense_features(tables, sequence, user.hist, user.seen.size, idx) if tables is not None else None
 
     dense = dense_of(item_idx)
 
@@ -134,12 +147,29 @@ def main(argv: list[str] | None = None) -> int:
         rows[f"{name} x1"] = _time(lambda one=one, feed=feed: one.run(None, feed), args.repeats, 20)
     state = load_state(snap, RankConfig(snapshot=str(snap.path), onnx_threads=1))
     user_id = str(snap.features.array("user_ids")[0])
-    rows[f"rank stage x{n_pre} (features, pre-rank, ranker)"] = _time(
-        lambda: rank(state, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)
+    stage = f"rank stage x{n_pre} (features, pre-rank, ranker)"
+    rows[stage] = _time(lambda: rank(state, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)
+    cpu = {stage: _cpu_ms(lambda: rank(state, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)}
+    if state.sequence is not None:
+        seq, hist = state.sequence, snap.features.user(user_id).hist
+        rows["sequence encode (1 history)"] = _time(lambda: seq.state(hist), args.repeats, 20)
+        rows[f"sequence encode + score x{n_pre}"] = _time(lambda: seq.column(hist, pre_idx), args.repeats, 20)
+        cpu["sequence encode + score"] = _cpu_ms(lambda: seq.column(hist, pre_idx), args.repeats, 20)
+
+        class _Zeros:   # the same column width, no encoding: the stage's cost without the sequence
+            @staticmethod
+            def append(dense, hist, cand):
+                return np.concatenate([dense, np.zeros((dense.shape[0], 1), np.float32)], axis=1)
+
+        stubbed = dataclasses.replace(state, sequence=_Zeros())
+        label = f"rank stage x{n_pre}, sequence stubbed"
+        rows[label] = _time(lambda: rank(stubbed, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)
+        cpu[label] = _cpu_ms(lambda: rank(stubbed, RankConfig(), user_id, pre_idx, 10**9), args.repeats, 20)
     quant = snap.manifest.get("metrics", {}).get("selection", {}).get("int8", {}).get("choice")
     result = {"candidates": n, "prerank_candidates": n_pre, "threads": 1,
               "serving_model": snap.manifest.get("rank_serving_model"), "quantization": quant,
-              "prerank_serving_model": pre_serving, "latency": rows}
+              "prerank_serving_model": pre_serving, "sequence": state.sequence is not None, "latency": rows,
+              "cpu_ms_per_call": cpu}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -151,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<26}  {r['error'][:60]}")
         else:
             print(f"{name:<26}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+    for name, ms in cpu.items():
+        print(f"CPU-ms per call, {name}: {ms:.3f}")
     print(json.dumps(result))
     return 0
 

@@ -7,6 +7,7 @@ from export.models.deepfm import DeepFMConfig
 from export.data.feedback_fold import FoldConfig
 from export.models.mmoe import DistillConfig, MMoEConfig, MMoETeacherConfig
 from export.models.prerank import PrerankConfig
+from export.models.sequence import SequenceConfig
 from export.ranking.replay import ReplayConfig
 from export.ranking.ranker import RankerConfig
 from export.data.synthetic import SyntheticConfig
@@ -122,6 +123,7 @@ class ExportConfig:
     ranker: RankerConfig = field(default_factory=RankerConfig)        # choices on validation (export.ranking.ranker)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when dataset = "synthetic"
     feedback: FoldConfig = field(default_factory=FoldConfig)  # logged feedback folded in (export.data.feedback_fold)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)  # the seq_score rank feature (export.ranking.sequence)
 
     def validate(self) -> None:
         if not 0.0 < self.holdout_frac < 1.0:
@@ -162,6 +164,7 @@ class ExportConfig:
         self.ranker.validate()
         self.prerank.validate()
         self.hnsw.validate()
+        self.sequence.validate()
         if self.dataset == "synthetic":
             self.synthetic.validate()
         for name in ("two_tower", "deepfm", "mmoe", "mmoe_teacher", "prerank"):

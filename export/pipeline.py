@@ -70,6 +70,7 @@ from export.recall.build import (
     write_manifest,
 )
 from export.recall.merge_fit import fit_merge
+from export.ranking.sequence import add_sequence, publish_sequence
 from export.data.split import Split, make_split, temporal_parts
 from export.models.two_tower import user_inputs
 from rank_server.config import RankConfig
@@ -558,6 +559,8 @@ def run_export(config: ExportConfig) -> Path:
     try:
         # ---- the two cuts: recall artifacts from the log before each cut, then serving replayed
         cuts = replay_cuts(data.ds, data.split, config, data.schema, work, clock.lap)
+        # the seq_score column where it pays on validation (the schema then ends with it; issue 30)
+        data, cuts, sequence = add_sequence(config, data, cuts, clock.lap)
 
         # ---- choices on validation: epochs, fusion, int8 mode, rank gate, rerank defaults
         ranker = fit_ranker(config, data, cuts)
@@ -570,6 +573,8 @@ def run_export(config: ExportConfig) -> Path:
 
         # ---- the published snapshot: everything before the test part
         build = publish_recall(config, data, cuts, builder.path, clock.lap)
+        sequence = publish_sequence(config, data, sequence, builder.path, build.history)
+        clock.lap("sequence_publish")
         final, parity = publish_ranker(config, data, cuts, ranker, int8, funnel.order, builder.path)
         clock.lap("ranker_publish")
         deepfm = publish_deepfm(config, data, builder.path)
@@ -592,7 +597,7 @@ def run_export(config: ExportConfig) -> Path:
         published = Published(build, final, parity, deepfm, torch_users, onnx_users)
         test = TestResults(test_funnel, recall_metrics, peers, models)
         manifest["metrics"] = {**report_metrics(config, cuts, ranker, int8, funnel, published, test),
-                               "stage_counts": counts}
+                               "stage_counts": counts, "sequence": sequence}
         manifest["timings_s"] = {**clock.timings, "total": round(clock.elapsed(), 3)}
         manifest["peak_rss_mb"] = {**clock.peak_rss_mb, "total": peak_rss()}
         log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))

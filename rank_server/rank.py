@@ -5,12 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.candidate_features import CandidateTables, candidate_features, channels_of
+from common.candidate_features import CandidateTables
 from common.rank_features import RankSchema
 from common.snapshot import Snapshot, SnapshotError, check_stage_counts
 from feedback.realtime import Realtime, SnapshotKeys, history_codes
 from rank_server.config import RANK_ORDERS, RankConfig
-from rank_server.features import ItemFeatures, rank_inputs
+from common.sequence_features import SequenceScorer
+from rank_server.features import ItemFeatures, dense_features, load_dense, rank_inputs
 from rank_server.fusion import DEFAULT_WEIGHTS, fuse
 from rank_server.model import RankModel
 from rank_server.prerank import SPEC_FILE, ThreeTowerPrerank, has_three_tower
@@ -28,6 +29,7 @@ class RankState:
     prerank: RankModel | ThreeTowerPrerank | None = None
     tables: CandidateTables | None = None    # dense candidate features, when the models take them
     keys: SnapshotKeys | None = None         # what the real-time history needs of the snapshot (feedback on)
+    sequence: SequenceScorer | None = None   # the sequence encoder, when the dense columns end with seq_score
 
 
 @dataclass
@@ -112,12 +114,7 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
             prerank = RankModel(snapshot.file(pre_path), schema, tasks, config.onnx_threads)
         if not set(tasks) <= set(prerank.outputs):  # a single-score model (e.g. the label-trained DeepFM)
             prerank.task_names = ["prerank"]
-    tables = None
-    if schema.dense_names:
-        tables = CandidateTables.load(snapshot, channels_of(schema.dense_names))
-        if tables.names != schema.dense_names:
-            raise SnapshotError(f"{snapshot.path}: rank schema dense_names {schema.dense_names} do not match "
-                                f"this build's candidate features {tables.names}; re-run export")
+    tables, sequence = load_dense(snapshot, schema, config.onnx_threads)
     order = rank_order(snapshot, config)
     if order not in RANK_ORDERS[1:]:
         raise SnapshotError(f"{snapshot.path}: manifest rank_order {order!r} is none of "
@@ -127,7 +124,7 @@ def load_state(snapshot: Snapshot, config: RankConfig) -> RankState:
                             f"({', '.join(model.task_names)}); set prerank_model, or order=model")
     return RankState(snapshot, schema, items if items is not None else ItemFeatures.load(snapshot), model,
                      len(snapshot.schema["user_cat_names"]), prerank, tables,
-                     SnapshotKeys.of(snapshot) if config.feedback.path else None)
+                     SnapshotKeys.of(snapshot) if config.feedback.path else None, sequence)
 
 
 def fusion_of(snapshot: Snapshot, config: RankConfig) -> tuple[str, dict[str, float]]:
@@ -205,7 +202,8 @@ def rank(state: RankState, config: RankConfig, user_id: str, item_idx: np.ndarra
             view = realtime.view(state.snapshot, state.keys, user_id, user.dense_id if user is not None else None)
             hist = history_codes(hist, view, int(state.snapshot.schema["history_len"]))
             n_seen += int(view.recent_dense.size)
-        dense = candidate_features(state.tables, hist, n_seen, kept, masks, recall.channel_names, scores)
+        dense = dense_features(state.tables, state.sequence, hist, n_seen, kept, masks, recall.channel_names,
+                               scores)
     if order == "recall":
         # task outputs from the pre-rank where it has the ranker's tasks (cheaper), else from the ranker
         model = state.prerank if state.prerank is not None and state.prerank.task_names == tasks else state.model
