@@ -33,15 +33,17 @@ from common.snapshot import MANIFEST, current_version, flip_current
 MODES = ("now", "full")
 
 
-def publish_copies(source_root: Path, n: int, into: Path) -> tuple[Path, list[str]]:
-    """A root under ``into`` with the source's current version and ``n`` renamed copies; CURRENT: the first."""
+def publish_copies(source_root: Path, n: int, into: Path, suffix: str = "r") -> tuple[Path, list[str]]:
+    """A root under ``into`` with the source's current version and ``n`` renamed copies of it (each a valid
+    version: the manifest's hashes do not cover the manifest itself), named ``<version>-<suffix><i>``;
+    CURRENT names the first. Returns the root and the versions in swap order."""
     version = current_version(source_root)
     root = into / "snapshots"
     root.mkdir(parents=True)
     shutil.copytree(source_root / version, root / version)
     versions = [version]
     for i in range(1, n + 1):
-        name = f"{version}-r{i}"
+        name = f"{version}-{suffix}{i}"
         shutil.copytree(root / version, root / name)
         manifest = json.loads((root / name / MANIFEST).read_text())
         manifest["version"] = name

@@ -31,32 +31,13 @@ import numpy as np
 
 from benches.loadgen import Sample, percentiles, run_rate, run_schedule
 from benches.peers import machine_info
+from benches.reload_stall import publish_copies
 from benches.report import save_json
 from cluster.launcher import Cluster, ClusterConfig
-from common.snapshot import MANIFEST, Snapshot, SnapshotError, current_version, flip_current
+from common.snapshot import Snapshot, SnapshotError, flip_current
 
 EVENTS = ("snapshot_staged", "snapshot_loaded", "snapshot_reloaded", "heap_frozen", "snapshot_closed",
           "snapshot_retired", "snapshot_retained")
-
-
-def private_copy(source_root: Path, swaps: int, into: Path) -> tuple[Path, list[str]]:
-    """A snapshot root under ``into`` holding the source's current version and ``swaps`` renamed copies of
-    it (each a valid version: the manifest's hashes do not cover the manifest itself); CURRENT names the
-    first. Returns the root and the versions in swap order."""
-    version = current_version(source_root)
-    root = into / "snapshots"
-    root.mkdir(parents=True)
-    shutil.copytree(source_root / version, root / version)
-    versions = [version]
-    for i in range(1, swaps + 1):
-        name = f"{version}-swap{i}"
-        shutil.copytree(root / version, root / name)
-        manifest = json.loads((root / name / MANIFEST).read_text())
-        manifest["version"] = name
-        (root / name / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        versions.append(name)
-    flip_current(root, version)
-    return root, versions
 
 
 def find_saturation(addr: str, users: list[str], rates: list[float], seconds: float, k: int,
@@ -192,7 +173,7 @@ def run(args) -> int:
         overrides.setdefault(stage, []).append(setting)
     work = Path(tempfile.mkdtemp(prefix="recsys-swap-bench-"))
     try:
-        root, versions = private_copy(source, args.swaps, work)
+        root, versions = publish_copies(source, args.swaps, work, suffix="swap")
         config = ClusterConfig(snapshot=str(root), gateway_port=0, run_dir=str(work / "run"), overrides=overrides)
         with Cluster(config) as cluster:
             addr = cluster.gateway_target
