@@ -14,14 +14,14 @@ from tests.fake_stages import start_fake_stages, start_gateway, stop
 def rig(snapshot, snapshot_root, tmp_path_factory):
     server, fake, port = start_fake_stages(snapshot.version, snapshot.item_ids.shape[0])
     addr = f"127.0.0.1:{port}"
-    # a slow stage (150 ms) takes 7.5% of this 2 s deadline: over step_down_fraction (100 ms), far under
-    # shedding's 50%; a fast funnel on a busy 2-core machine (5-30 ms) stays under step_up_fraction (40 ms)
-    fake.slow_s = 0.15
+    # a slow stage (500 ms) takes 5% of this 10 s deadline: over step_down_fraction (300 ms), far under
+    # shedding's 50%; the fast funnel on a busy 2-core machine (5-60 ms) stays under step_up_fraction (100 ms).
+    # Admission's estimate needs 3 completions in its window: 5 s holds 10 of the slow calls
+    fake.slow_s = 0.5
     proc, gw_port = start_gateway(snapshot_root, tmp_path_factory.mktemp("quality"), [
-        f"recall_addr={addr}", f"rank_addr={addr}", f"rerank_addr={addr}", "deadline_ms=2000",
-        "quality.step_down_fraction=0.05", "quality.step_up_fraction=0.02", "quality.hold_s=0.05",
-        # sequential 150 ms calls complete ~6 times in admission's 1 s window: an estimate from 3 of them
-        "admission.min_samples=3"])
+        f"recall_addr={addr}", f"rank_addr={addr}", f"rerank_addr={addr}", "deadline_ms=10000",
+        "quality.step_down_fraction=0.03", "quality.step_up_fraction=0.01", "quality.hold_s=0.05",
+        "admission.min_samples=3", "admission.window_s=5"])
     channel = grpc.insecure_channel(f"127.0.0.1:{gw_port}")
     try:
         yield fake, recommend_grpc.RecommendServiceStub(channel), snapshot
@@ -46,7 +46,7 @@ def test_levels_step_down_while_slow_and_back_up_after(rig):
     assert fake.last["recall"].n == full["recall_n"]
 
     fake.mode["rank"] = "slow"
-    levels = _levels(stub, 25)
+    levels = _levels(stub, 20)
     assert max(levels) > 0, levels
     assert levels == sorted(levels[: levels.index(max(levels)) + 1]) + levels[levels.index(max(levels)) + 1:]
     # the last request's counts are its level's: fewer recall candidates, a pre-rank cut sent to rank
