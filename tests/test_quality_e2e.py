@@ -7,6 +7,7 @@ import pytest
 
 from recsys.v2 import recommend_service_pb2 as recommend_pb2
 from recsys.v2 import recommend_service_pb2_grpc as recommend_grpc
+from gateway.quality import levels_for
 from tests.fake_stages import start_fake_stages, start_gateway, stop
 
 
@@ -39,21 +40,29 @@ def _levels(stub, n: int) -> list[int]:
 
 def test_levels_step_down_while_slow_and_back_up_after(rig):
     fake, stub, snapshot = rig
-    full = snapshot.manifest["stage_counts"]
+    # the snapshot's levels as this gateway serves them (default recall_n 1000, rank_n 200); k = 10 floors them
+    levels = levels_for(snapshot.manifest, 1000, 200, 8)
+    assert len(levels) > 1, levels   # the pre-rank-order level at least, below a ranker-ordered level 0
+
+    def sent_at(level: int) -> None:   # the last request's counts are its level's
+        want = levels[level]
+        assert fake.last["recall"].n == max(want.recall_n, 10)
+        assert fake.last["rank"].prerank_keep == (max(want.prerank_keep, 10) if want.prerank_keep else 0)
+        assert fake.last["rank"].prerank_order == want.prerank_order
+
     fake.mode.update(recall="ok", rank="ok", rerank="ok")
     warm = _levels(stub, 300)   # the first calls (channels connecting, a busy machine) may run slow
     assert warm[-3:] == [0, 0, 0], warm
-    assert fake.last["recall"].n == full["recall_n"]
+    sent_at(0)
 
     fake.mode["rank"] = "slow"
-    levels = _levels(stub, 20)
-    assert max(levels) > 0, levels
-    assert levels == sorted(levels[: levels.index(max(levels)) + 1]) + levels[levels.index(max(levels)) + 1:]
-    # the last request's counts are its level's: fewer recall candidates, a pre-rank cut sent to rank
-    assert fake.last["recall"].n < full["recall_n"]
-    assert 0 < fake.last["rank"].prerank_keep < full["prerank_keep"]
+    served = _levels(stub, 20)
+    assert max(served) > 0, served
+    top = served.index(max(served))
+    assert served[: top + 1] == sorted(served[: top + 1]), served   # one level at a time, downward
+    sent_at(served[-1])
 
     fake.mode["rank"] = "ok"
     recovered = _levels(stub, 200)
     assert recovered[-1] == 0, recovered
-    assert fake.last["recall"].n == full["recall_n"]
+    sent_at(0)
