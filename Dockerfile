@@ -2,6 +2,7 @@
 # Two images from one file (README "Deploy on Kubernetes"):
 #   docker build --target serving -t recsys-serving:0.1.0 .   recall, rank, rerank, gateway (no torch)
 #   docker build --target export  -t recsys-export:0.1.0 .    python -m export (adds torch CPU + onnx)
+#   docker build --target export-ray -t recsys-export-ray:0.1.0 .   the same plus Ray (deploy/k8s/ray: KubeRay)
 # One image runs any server through its command (python -m recall_server|rank_server|rerank_server|gateway).
 # Build stages hold the compilers (hnswlib builds from source); runtime stages get only the venv.
 # checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; deploy/k8s probes grpc.health.v1 natively
@@ -56,6 +57,17 @@ USER 10001:10001
 
 FROM runtime AS export
 COPY --from=build-export /opt/recsys /opt/recsys
+ENTRYPOINT ["python", "-m", "export"]
+
+FROM build-export AS build-export-ray
+# Ray with its train (TorchTrainer) and default (the dashboard's job server a RayJob submits to) extras
+RUN /opt/recsys/bin/pip install --no-cache-dir --require-hashes \
+        --extra-index-url https://download.pytorch.org/whl/cpu -r requirements/kuberay.txt
+
+# the head, the workers and the RayJob's submitter of deploy/k8s/ray (KubeRay sets each container's command:
+# ray start on the nodes, ray job submit in the submitter; the job's entrypoint runs python -m export)
+FROM runtime AS export-ray
+COPY --from=build-export-ray /opt/recsys /opt/recsys
 ENTRYPOINT ["python", "-m", "export"]
 
 # last, so a plain `docker build .` gives the serving image

@@ -28,6 +28,7 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml --extra export $(LOCK_FLAGS) -o requirements/export.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements/dev.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra bench $(LOCK_FLAGS) -o requirements/bench.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra kuberay $(LOCK_FLAGS) -o requirements/kuberay.txt
 
 demo: install
 	$(PY) -m tools.demo

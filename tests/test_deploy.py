@@ -3,6 +3,9 @@
 * every manifest validates strictly against the newest Kubernetes schemas kubernetes-validate ships;
 * hadolint passes over the Dockerfile;
 * checkov fails no check over both (each skipped check carries its reason in the file);
+* the KubeRay overlay's RayJob (deploy/k8s/ray/) validates strictly against the RayJob CRD's published schema,
+  vendored with its KubeRay version (deploy/schemas/ray.io_rayjobs.yaml), and its pod templates against the
+  Kubernetes schemas;
 * the manifests agree with the code: the ConfigMap's files load with each process's own config class, and
   ports, health service names, probes, drain/grace times vs deadlines, snapshot paths, env keys, images
   and labels line up, so a change on one side that the other does not follow fails here.
@@ -31,6 +34,12 @@ from rerank_server.config import RerankConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+RAY = K8S / "ray"   # the overlay with the export on KubeRay (issue 29)
+RAYJOB_CRD = ROOT / "deploy" / "schemas" / "ray.io_rayjobs.yaml"
+KUBERAY_VERSION = "v1.7.0"   # the release the vendored CRD comes from (its header names tag and commit)
+# sha256 of the vendored CRD below its header: the file as KubeRay published it, not edited here
+RAYJOB_CRD_SHA256 = "01a5cf3b17c1769fda44af7e82debcd98722f0c27b9ab84d084681c6649121f5"
+RAY_PATCHES = {"drop-export-cronjob.yaml"}   # kustomize patches in ray/, not objects
 DOCKERFILE = ROOT / "Dockerfile"
 NAMESPACE = "recsys"
 CONFIGS = {"recall": RecallConfig, "rank": RankConfig, "rerank": RerankConfig, "gateway": GatewayConfig}
@@ -50,8 +59,15 @@ def tool(name: str) -> str:
 
 
 def manifest_files() -> list[Path]:
-    """Every Kubernetes object file: the base and the mtls overlay's patch (not the kustomizations)."""
-    return sorted(p for p in [*K8S.glob("*.yaml"), *K8S.glob("mtls/*.yaml")] if p.name != "kustomization.yaml")
+    """Every Kubernetes object file: the base, the mtls overlay's patch and the ray overlay's objects (not the
+    kustomizations, nor the ray overlay's delete patch)."""
+    return sorted(p for p in [*K8S.glob("*.yaml"), *K8S.glob("mtls/*.yaml"), *RAY.glob("*.yaml")]
+                  if p.name != "kustomization.yaml" and p.name not in RAY_PATCHES)
+
+
+def is_custom(doc: dict) -> bool:
+    """An object of a CRD (KubeRay's ray.io), which the Kubernetes schemas do not know."""
+    return doc["apiVersion"].split("/")[0].endswith("ray.io")
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +109,15 @@ def test_manifests_validate_strictly_against_the_newest_schemas():
     count = 0
     for path in manifest_files():
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
+            if doc and is_custom(doc):
+                # a CRD's object: its own schema (below); the pod templates it holds, as Pods
+                for template in rayjob_pod_templates(doc).values():
+                    utils.validate({"apiVersion": "v1", "kind": "Pod", **template}, version, strict=True)
+                    count += 1
+            elif doc:
                 utils.validate(doc, version, strict=True)  # raises ValidationError naming the field
                 count += 1
-    assert count >= 20
+    assert count >= 24
 
 
 def test_dockerfile_passes_hadolint():
@@ -104,10 +125,21 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_checkov_fails_no_check_and_every_skip_has_a_reason():
+def test_checkov_fails_no_check_and_every_skip_has_a_reason(tmp_path):
+    # checkov skips custom resources, so the RayJob's pod templates go to it as Pods (with their annotations)
+    pods = tmp_path / "rayjob-pods.yaml"
+    for path in manifest_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and is_custom(doc):
+                pods.write_text(yaml.safe_dump_all([
+                    {"apiVersion": "v1", "kind": "Pod", "spec": template["spec"],
+                     "metadata": {**template["metadata"], "name": f"{doc['metadata']['name']}-{role}",
+                                  "namespace": doc["metadata"]["namespace"]}}
+                    for role, template in rayjob_pod_templates(doc).items()]))
+    assert pods.exists()
     result = subprocess.run(
-        [tool("checkov"), "-f", *map(str, manifest_files()), str(DOCKERFILE), "--framework", "kubernetes", "dockerfile",
-         "--skip-download", "--compact", "-o", "json"],
+        [tool("checkov"), "-f", *map(str, manifest_files()), str(pods), str(DOCKERFILE), "--framework", "kubernetes",
+         "dockerfile", "--skip-download", "--compact", "-o", "json"],
         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, BC_SKIP_MAPPING="TRUE"))
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
@@ -116,7 +148,10 @@ def test_checkov_fails_no_check_and_every_skip_has_a_reason():
     assert failed == []
     skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
     assert all(len(c["check_result"].get("suppress_comment") or "") > 20 for c in skipped), skipped
-    assert sum(r["summary"]["passed"] for r in reports) > 400
+    assert sum(r["summary"]["passed"] for r in reports) > 600
+    # the RayJob's three pods were checked
+    assert {c["resource"] for r in reports for c in r["results"]["passed_checks"]
+            if c["file_path"].endswith(pods.name)} >= {f"Pod.recsys.export-{role}" for role in ("submitter", "head")}
 
 
 def container(deployment: dict) -> dict:
@@ -317,3 +352,165 @@ def test_mtls_overlay_only_adds_tls_and_loads_with_real_certificates(docs, tmp_p
         path.write_text(text)
         cfg = load_config(cls, path)
         assert cfg.server.tls_client_ca == pki["ca.pem"]
+
+
+# ---- the export on KubeRay (deploy/k8s/ray, issue 29) ----
+
+def rayjob_pod_templates(job: dict) -> dict[str, dict]:
+    """The pod templates of a RayJob: its submitter, the head and each worker group."""
+    spec = job["spec"]
+    out = {"submitter": spec["submitterPodTemplate"], "head": spec["rayClusterSpec"]["headGroupSpec"]["template"]}
+    for group in spec["rayClusterSpec"].get("workerGroupSpecs", []):
+        out[f"worker-{group['groupName']}"] = group["template"]
+    return out
+
+
+def strict_crd_schema(schema: dict) -> dict:
+    """A CRD's structural openAPIV3Schema as JSON Schema that rejects unknown fields, as the API server does
+    for a custom resource under ``kubectl apply --validate=strict`` (fields a schema does not declare are
+    errors, except under ``x-kubernetes-preserve-unknown-fields``); ``x-kubernetes-int-or-string`` is the
+    anyOf it means. The ``x-kubernetes-validations`` (CEL) rules are not evaluated here."""
+    if isinstance(schema, list):
+        return [strict_crd_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_crd_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def rayjob_schema() -> dict:
+    import hashlib
+
+    text = RAYJOB_CRD.read_text()
+    header, body = text.split("\n---\n", 1)
+    assert KUBERAY_VERSION in header
+    assert hashlib.sha256(("---\n" + body).encode()).hexdigest() == RAYJOB_CRD_SHA256, "the vendored CRD was edited"
+    crd = yaml.safe_load(body)
+    assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == "RayJob"
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    assert v1["served"] and v1["storage"]
+    return strict_crd_schema(v1["schema"]["openAPIV3Schema"])
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict:
+    (job,) = [d for d in yaml.safe_load_all((RAY / "export-rayjob.yaml").read_text()) if d]
+    return job
+
+
+def test_rayjob_validates_strictly_against_the_vendored_crd_schema(rayjob, rayjob_schema):
+    import jsonschema
+
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    validator = jsonschema.Draft7Validator(rayjob_schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(rayjob)]
+    assert errors == []
+    # the check is strict: a misspelt field, a wrong type, or a field in the wrong place fails it
+    import copy
+
+    for path, key, value in [((), "shutdownAfterJobFinish", True), (("rayClusterSpec",), "rayVersion", 2.52),
+                             (("rayClusterSpec", "headGroupSpec", "template", "spec"), "containerz", [])]:
+        bad = copy.deepcopy(rayjob)
+        node = bad["spec"]
+        for p in path:
+            node = node[p]
+        node[key] = value
+        assert list(validator.iter_errors(bad)), (path, key)
+
+
+def test_ray_overlay_replaces_the_export_pod_with_the_rayjob(docs):
+    kustomization = yaml.safe_load((RAY / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "../"
+    assert sorted(kustomization["resources"][1:]) == sorted(p.name for p in RAY.glob("*.yaml")
+                                                            if p.name != "kustomization.yaml" and p.name not in RAY_PATCHES)
+    assert kustomization["patches"] == [{"path": name} for name in sorted(RAY_PATCHES)]
+    (patch,) = yaml.safe_load_all((RAY / "drop-export-cronjob.yaml").read_text())
+    cron = find(docs, "CronJob", "export")
+    assert patch == {"$patch": "delete", "apiVersion": cron["apiVersion"], "kind": "CronJob",
+                     "metadata": {"name": "export", "namespace": NAMESPACE}}
+
+
+def test_rayjob_publishes_where_the_servers_read(docs, configs, rayjob):
+    """The same contract as the single pod's (test_export_job_publishes_where_the_servers_read): the driver (on
+    the head) writes the snapshot to the shared volume the servers read, from the data volume; the entrypoint's
+    --set keys load with ExportConfig and ask for the Ray engine on the RayJob's own cluster, with as many
+    workers as the worker groups offer CPUs."""
+    from export.config import ExportConfig
+
+    assert rayjob["metadata"]["namespace"] == NAMESPACE
+    spec = rayjob["spec"]
+    argv = spec["entrypoint"].split()
+    assert argv[:3] == ["python", "-m", "export"]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert len(sets) * 2 == len(argv) - 3
+    cfg = load_config(ExportConfig, None, sets)   # unknown keys or wrong types raise here
+    assert cfg.engine == "ray" and cfg.ray.address == "auto"
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert cfg.ray.workers == sum(g["replicas"] * int(g["rayStartParams"]["num-cpus"]) for g in groups)
+    assert all(g["minReplicas"] == g["replicas"] == g["maxReplicas"] for g in groups)
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"   # tasks and Train workers never share the driver's CPUs
+    templates = rayjob_pod_templates(rayjob)
+    pod = templates["head"]["spec"]
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert cfg.out == mounts["snapshots"]["mountPath"] and not mounts["snapshots"].get("readOnly")
+    assert volumes["snapshots"]["persistentVolumeClaim"]["claimName"] == "recsys-snapshots"
+    assert all(conf.snapshot == cfg.out for conf in configs.values())
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["RECSYS_DATA_DIR"] == mounts["data"]["mountPath"] and mounts["data"]["readOnly"]
+    # Ray Train's checkpoint goes back to the driver through <out>/.ray-train-*: every worker mounts <out> too
+    for name, template in templates.items():
+        if name.startswith("worker-"):
+            (w,) = template["spec"]["containers"]
+            wm = {m["name"]: m for m in w["volumeMounts"]}
+            assert wm["snapshots"]["mountPath"] == cfg.out, name
+            wv = {v["name"]: v for v in template["spec"]["volumes"]}
+            assert wv["snapshots"]["persistentVolumeClaim"]["claimName"] == "recsys-snapshots", name
+            assert wv["shm"]["emptyDir"]["medium"] == "Memory", name
+
+
+def test_rayjob_pods_run_the_export_ray_image_locked_down(rayjob):
+    from tests.test_lock import _pins
+
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    user = next(line.split()[1] for line in lines if line.startswith("USER "))
+    targets = {line.split()[-1] for line in lines if line.startswith("FROM ") and " AS " in line}
+    assert "export-ray" in targets and "-r requirements/kuberay.txt" in DOCKERFILE.read_text()
+    ray_pin = _pins(ROOT / "requirements" / "kuberay.txt")["ray"]
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == ray_pin
+    for name, template in rayjob_pod_templates(rayjob).items():
+        labels = template["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "export", name
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        ctx = pod["securityContext"]
+        assert f"{ctx['runAsUser']}:{ctx['runAsGroup']}" == user and ctx["runAsNonRoot"], name
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in pod["containers"]:
+            assert c["image"].startswith("recsys-export-ray:"), name
+            assert "command" not in c and "args" not in c, name   # KubeRay sets them (ray start, ray job submit)
+            sec = c["securityContext"]
+            assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"], name
+            assert sec["capabilities"]["drop"] == ["ALL"], name
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert "/tmp" in mounts, name   # HOME, Ray's session dir and numba's cache on a read-only root
+
+
+def test_ray_network_policy_admits_only_the_exports_own_pods(rayjob):
+    (policy,) = yaml.safe_load_all((RAY / "network-policy-ray.yaml").read_text())
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for name, template in rayjob_pod_templates(rayjob).items():
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer == {"podSelector": {"matchLabels": selector}}   # no namespace selector: this namespace only

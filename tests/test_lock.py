@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = {"serving": [], "export": ["export"], "dev": ["dev"], "bench": ["dev", "bench"]}
+LOCKS = {"serving": [], "export": ["export"], "dev": ["dev"], "bench": ["dev", "bench"], "kuberay": ["kuberay"]}
 
 
 def _name(requirement: str) -> str:
