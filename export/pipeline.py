@@ -553,6 +553,10 @@ def run_export(config: ExportConfig) -> Path:
     clock = StepClock()
     data = load_and_split(config)
     clock.lap("load_and_split")
+    if config.engine == "ray":
+        from export.distributed.ray_i2i import phases
+
+        phases(reset=True)   # this export's phases only
 
     builder = SnapshotBuilder(config.out)
     work = Path(config.out).resolve() / f".replay-{builder.version}"   # absolute: model paths below name it
@@ -599,7 +603,12 @@ def run_export(config: ExportConfig) -> Path:
         manifest["metrics"] = {**report_metrics(config, cuts, ranker, int8, funnel, published, test),
                                "stage_counts": counts, "sequence": sequence}
         manifest["timings_s"] = {**clock.timings, "total": round(clock.elapsed(), 3)}
-        manifest["peak_rss_mb"] = {**clock.peak_rss_mb, "total": peak_rss()}
+        manifest["peak_rss_mb"] = {**clock.peak_rss_mb, "total": peak_rss()}   # this process's
+        if config.engine == "ray":   # the Ray workers': CPU seconds and peak RSS of each distributed phase
+            from export.distributed.ray_i2i import phases
+
+            manifest["ray"] = {"address": config.ray.address, "workers": config.ray.workers,
+                               "phases": phases(reset=True)}
         log.info("funnel", part="test", table="\n" + format_funnel(test_funnel, peers.get("rows")))
         final_path = builder.publish(manifest, make_current=config.make_current)
     except BaseException:

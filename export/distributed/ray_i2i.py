@@ -30,6 +30,21 @@ from kernels.i2i_ranges import split_ranges
 
 log = get_logger("export.ray")
 _session_key: tuple | None = None
+# each distributed phase of this process, in order: its workers' CPU and peak memory (the manifest's "ray")
+_phases: list[dict] = []
+
+
+def record_phase(name: str, load: dict) -> None:
+    """Note one distributed phase (an i2i build's range tasks, a Ray Train run) for :func:`phases`."""
+    _phases.append({"phase": name, **load})
+
+
+def phases(reset: bool = False) -> list[dict]:
+    """The phases recorded since the last reset, in the order they ran."""
+    out = list(_phases)
+    if reset:
+        _phases.clear()
+    return out
 
 
 @dataclass
@@ -137,6 +152,8 @@ def run_ranges(jobs: dict[str, RangeJob], rc, count_arrays: tuple | None = None,
     load = worker_load(task_stats)
     log.info("ray_ranges_built", tables=list(jobs), ranges=n_parts, put_s=round(put_s, 3),
              seconds=round(time.perf_counter() - started, 3), **load)
+    record_phase("i2i", {"tables": list(jobs), "ranges": n_parts, "wall_s": round(time.perf_counter() - started, 3),
+                         **load})
     if stats is not None:
         stats.update({"bounds": {k: v.tolist() for k, v in bounds.items()}, "put_s": put_s, "done_s": done,
                       "wall_s": time.perf_counter() - started, "tasks": task_stats, **load})

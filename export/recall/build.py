@@ -115,7 +115,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     """Write every recall artifact of ``known`` (the log slice this build may see) into ``path``.
 
     Two-tower (trained on a ``two_tower.max_train_rows`` (else ``max_train_rows``) user sample of ``known``
-    unless ``towers`` are given),
+    unless ``towers`` are given; with ``engine = "ray"`` on Ray Train, ``export.distributed.ray_train``, with
+    that many rows per worker),
     its ONNX user tower, every item's served vector and the HNSW index over all of them with training users'
     vectors as routing nodes (``export.recall.ann_index``; ``M`` = ``hnsw_M`` or ``config.hnsw.M``); ItemCF, Swing and next-item tables; popular lists
     (global and per segment); content neighbours of cold items; the blocklist; item statistics; the LMDB
@@ -130,7 +131,13 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     tt = config.two_tower
     if towers is None:
         rows = tt.max_train_rows or config.max_train_rows
-        towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=rows, seed=1), tt)
+        if config.engine == "ray":   # Ray Train: ray.workers data-parallel workers, each on as many rows
+            from export.distributed.ray_train import train_two_tower_ray
+
+            sample = sample_users(known, ds.n_users, max_rows=rows * config.ray.workers, seed=1)
+            towers = train_two_tower_ray(ds, sample, tt, config.ray, config.out)
+        else:
+            towers = train_two_tower(ds, sample_users(known, ds.n_users, max_rows=rows, seed=1), tt)
     user_tower, item_tower, tt_log = towers
     tower_emb = item_embeddings(item_tower, ds)
     content_emb = item_embeddings(item_tower, ds, drop_ids=True)  # features only: new items' view
