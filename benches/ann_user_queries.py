@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef", default="50,100,200,400,800")
     parser.add_argument("--nprobe", default="4,8,16,32")
     parser.add_argument("--routing", default="", help="--synthetic / --vectors: routing-node counts to build "
-                                                      "(default: export's ROUTING_NODES)")
+                                                      "(default: export's hnsw.routing_nodes)")
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--no-items-only", action="store_true", help="skip building the items-only HNSW")
     parser.add_argument("--threads", type=int, default=2, help="build threads")
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
-    from export.recall.ann_index import ROUTING_NODES, build_hnsw, build_routing, exact_topk, load_hnsw, overlap
+    from export.config import HnswConfig
+    from export.recall.ann_index import build_hnsw, build_routing, exact_topk, load_hnsw, overlap
 
     efs = [int(x) for x in args.ef.split(",") if x]
     report: dict = {"rows": []}
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         history[qu] = 0            # query users are not training users here: never routing nodes
         report.update(source=args.vectors or f"synthetic {args.synthetic}",
                       trained_share=round(float(np.mean(vec["trained"])), 4))
-        for r in [int(x) for x in args.routing.split(",") if x] or [ROUTING_NODES]:
+        for r in [int(x) for x in args.routing.split(",") if x] or [HnswConfig().routing_nodes]:
             t0 = time.perf_counter()
             routing = build_routing(users, history, r)
             routing = routing[(routing @ queries.T).max(axis=1) < 0.9999] if routing.size else routing
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             built.append((f"hnsw (M {M}, {routing.shape[0]} routing nodes, build {time.perf_counter() - t0:.0f} s)",
                           idx))
     ids = np.arange(n, dtype=np.int32)
-    report.update(items=n, dim=dim, queries=int(queries.shape[0]))
+    report.update(items=n, dim=dim, queries=int(queries.shape[0]),
+                  distinct_vectors=int(np.unique(emb.view(np.dtype((np.void, emb.dtype.itemsize * dim))).ravel()).size))
     exact = exact_topk(emb, ids, queries, 100)
     ic, uc = emb.mean(0), queries.mean(0)
     report["centroid_cosine"] = round(float(ic @ uc / np.linalg.norm(ic) / np.linalg.norm(uc)), 4)
@@ -191,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         plain = build_hnsw(emb, ids, M, efc, args.threads)
         hnsw_rows(f"hnsw (items only, M {M}, build {time.perf_counter() - t0:.0f} s)", plain)
         del plain
+    nprobes = [int(x) for x in args.nprobe.split(",") if x]     # empty (--nprobe ''): no IVF peer
     try:
         import faiss
     except ImportError:
+        faiss = None
         print("faiss not installed (pip install faiss-cpu): no IVF peer", file=sys.stderr)
-    else:
+    if faiss is not None and nprobes:
         nlist = max(1, int(4 * np.sqrt(n)))
         faiss.omp_set_num_threads(args.threads)
         t0 = time.perf_counter()
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ivf.add(emb)
         name = f"faiss ivf-flat ({nlist} lists, build {time.perf_counter() - t0:.0f} s)"
         faiss.omp_set_num_threads(1)
-        for nprobe in [int(x) for x in args.nprobe.split(",") if x]:
+        for nprobe in nprobes:
             ivf.nprobe = nprobe
             got = ivf.search(queries, 100)[1]
             row = {"index": name, "nprobe": nprobe, "recall@100_vs_exact": round(overlap(got, exact), 4),

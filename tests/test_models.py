@@ -142,6 +142,27 @@ def test_tower_outputs_are_unit_norm(ds, towers):
     np.testing.assert_allclose(cold.norm(dim=1).numpy(), 1.0, atol=1e-5)
 
 
+def test_item_content_is_a_tower_input(ds):
+    """A dataset with dense item content vectors (issue 28 step 4): the item tower takes them, so the
+    features-only vectors (id code 0) of items with equal categorical features differ, and they still train."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+    group = np.arange(N_ITEMS) % N_GROUPS
+    content = (np.eye(N_GROUPS, 8)[group] + 0.3 * rng.standard_normal((N_ITEMS, 8))).astype(np.float32)
+    with_content = replace(ds, item_content=content)
+    user_tower, item_tower, log = train_two_tower(with_content, with_content.interactions, TT_CFG)
+    assert item_tower.content_dim == 8 and log["epoch_loss"][-1] < log["epoch_loss"][0]
+    plain = item_embeddings(item_tower, with_content, drop_ids=True)
+    np.testing.assert_allclose(np.linalg.norm(plain, axis=1), 1.0, atol=1e-5)
+    same = np.flatnonzero((ds.item_cat[:, 0] == ds.item_cat[0, 0])
+                          & (ds.item_bag == ds.item_bag[0]).all(axis=1))
+    assert same.size > 2 and np.unique(plain[same].round(5), axis=0).shape[0] == same.size
+    # without content vectors the tower has no content input, as before
+    _, no_content, _ = train_two_tower(ds, ds.interactions, replace(TT_CFG, epochs=1))
+    assert no_content.content is None and no_content.content_dim == 0
+
+
 def test_history_padding_is_excluded_from_mean(ds, towers):
     user_tower, _, _ = towers
     code = torch.tensor([3, 3], dtype=torch.int64)

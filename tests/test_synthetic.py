@@ -33,8 +33,51 @@ def test_synthetic_dataset_shape_and_signal():
     assert np.array_equal(again.interactions.item, inter.item)  # seeded
 
 
+def test_synthetic_content_vectors():
+    """Issue 28 step 4: every synthetic item has a content vector (its latent vector plus noise), seeded, and
+    from its own random stream: the log and the other features are those of a catalogue without one."""
+    from export.data.synthetic import make_world
+
+    cfg = SyntheticConfig(n_items=3000, n_users=200, n_interactions=8000, seed=3)
+    ds = make_dataset(cfg)
+    content = ds.item_content
+    assert content.shape == (3000, 32) and content.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(content, axis=1), 1.0, atol=1e-5)
+    assert np.unique(content, axis=0).shape[0] == 3000          # every item its own vector
+    np.testing.assert_array_equal(make_dataset(cfg).item_content, content)
+    cluster = make_world(cfg).catalog.cluster                    # it says what the item is: its cluster
+    sim = content @ content.T
+    np.fill_diagonal(sim, -2)
+    assert (cluster[sim.argmax(1)] == cluster).mean() > 0.9
+    plain = make_dataset(SyntheticConfig(n_items=3000, n_users=200, n_interactions=8000, seed=3, content_dim=0))
+    assert plain.item_content is None
+    np.testing.assert_array_equal(plain.interactions.item, ds.interactions.item)
+    np.testing.assert_array_equal(plain.item_cat, ds.item_cat)
+
+
+def test_content_table_with_content_vectors():
+    """With content vectors every item has its own row, and the HNSW path (past ``exact_pairs``) finds what
+    exact search finds."""
+    ds = make_dataset(SyntheticConfig(n_items=1500, n_users=100, n_interactions=3000, seed=1))
+    split = make_split(ds)
+    cold = np.flatnonzero(np.bincount(split.train.item, minlength=ds.n_items) == 0)
+    assert cold.size > 20
+    exact = content_table(ds.item_content, ds, split.train, top_m=10)
+    approx = content_table(ds.item_content, ds, split.train, top_m=10, exact_pairs=0)
+    np.testing.assert_array_equal(exact["row"], np.arange(ds.n_items))
+    np.testing.assert_array_equal(approx["row"], exact["row"])
+    np.testing.assert_array_equal(approx["indptr"], np.arange(ds.n_items + 1) * 10)
+    assert np.isin(approx["indices"], cold).all()
+    hits = [np.intersect1d(exact["indices"][i * 10:(i + 1) * 10], approx["indices"][i * 10:(i + 1) * 10]).size
+            for i in range(ds.n_items)]
+    assert np.mean(hits) >= 9.5
+    ref = ds.item_content[cold] @ ds.item_content[5]
+    np.testing.assert_allclose(exact["scores"][50:60], np.sort(ref)[::-1][:10], atol=1e-5)
+
+
 def test_content_table_matches_brute_force():
-    ds = make_dataset(SyntheticConfig(n_items=600, n_users=60, n_interactions=1500, n_categories=8, n_tags=5))
+    ds = make_dataset(SyntheticConfig(n_items=600, n_users=60, n_interactions=1500, n_categories=8, n_tags=5,
+                                      content_dim=0))   # categorical features only: items share rows
     split = make_split(ds)
     emb = np.random.default_rng(0).standard_normal((ds.n_items, 8)).astype(np.float32)
     # equal features must give equal vectors (as the item tower without ids does)

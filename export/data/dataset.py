@@ -92,6 +92,10 @@ class Dataset:
     item_titles: np.ndarray         # str array, display titles ("" when unknown)
     user_cat_values: list[list[str]] = field(default_factory=list)  # per field: raw value of code c at [c-1]
     item_cat_values: list[list[str]] = field(default_factory=list)
+    # float32 [n_items, D] dense content vector per item (a text or image embedding; the synthetic generator's
+    # stands in for one), an input of the item tower and the content channel's space. None: the data has none
+    # (ML-100K, atomic files), and the towers use the categorical fields and the bag only
+    item_content: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:

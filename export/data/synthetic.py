@@ -146,6 +146,11 @@ class SyntheticConfig:
     zipf: float = 1.0              # item popularity exponent
     p_home: float = 0.7            # share of a user's interactions inside the home cluster
     p_segment_taste: float = 0.6   # share of users whose home cluster is one their segment prefers
+    # per-item content vector (Dataset.item_content; issue 28 step 4), standing in for a text or image embedding:
+    # the item's latent vector rotated into content_dim dimensions plus Gaussian noise of norm ~content_noise,
+    # L2-normalised. 0: none (the catalogue is described by its category, price band and tags only)
+    content_dim: int = 32
+    content_noise: float = 0.5
     seed: int = 0
 
     def resolved(self) -> "SyntheticConfig":
@@ -162,6 +167,8 @@ class SyntheticConfig:
             raise ValueError("synthetic: n_categories and n_tags must be >= 1")
         if not (0 <= self.p_home <= 1 and 0 <= self.p_segment_taste <= 1):
             raise ValueError("synthetic: p_home and p_segment_taste must be in [0, 1]")
+        if self.content_dim < 0 or self.content_noise < 0:
+            raise ValueError("synthetic: content_dim and content_noise must be >= 0")
 
 
 AGES = (18, 25, 35, 45, 50, 56)      # numeric, so export's segment edges bucket them as for ML-100K
@@ -247,11 +254,33 @@ def oracle_metrics(config: SyntheticConfig, truth, known, n_users: int, ks: list
     return out
 
 
+def content_vectors(catalog: SyntheticCatalog, dim: int, noise: float, seed: int,
+                    block: int = 1 << 18) -> np.ndarray | None:
+    """Each item's content vector, float32 [n_items, dim] (None when ``dim`` is 0): its latent vector
+    (``catalog.emb``) mapped by a seeded random isometry into ``dim`` dimensions (zero-padded when ``dim`` is
+    smaller than the latent's), plus Gaussian noise of expected norm ``noise``, L2-normalised. Its own random
+    stream, so the log and every other feature are those of a catalogue without content vectors."""
+    if dim <= 0:
+        return None
+    rng = np.random.default_rng([seed, 0xC0_7E_47])
+    latent = catalog.emb.shape[1]
+    q, _ = np.linalg.qr(rng.standard_normal((max(dim, latent), latent)))   # orthonormal columns
+    proj = q[:dim].T.astype(np.float32)                                      # [latent, dim]
+    out = np.empty((catalog.emb.shape[0], dim), np.float32)
+    scale = noise / np.sqrt(dim)
+    for start in range(0, out.shape[0], block):
+        stop = min(start + block, out.shape[0])
+        out[start:stop] = _normalise(catalog.emb[start:stop] @ proj
+                                     + scale * rng.standard_normal((stop - start, dim)).astype(np.float32))
+    return out
+
+
 def make_dataset(config: SyntheticConfig):
     """A full :class:`export.data.dataset.Dataset` from the generator, ready for ``export.pipeline``.
 
     * Items: ids ``i<n>``, titles ``item <n>``; ``item_cat`` = category (from the cluster) and a price
-      band (cluster-skewed); ``item_bag`` = multi-hot tags (the category's tag, sometimes one more).
+      band (cluster-skewed); ``item_bag`` = multi-hot tags (the category's tag, sometimes one more);
+      ``item_content`` = :func:`content_vectors` (``content_dim`` 0: none).
     * Users: ids ``u<n>``; ``user_cat`` = age (numeric), gender, region. Each (age, gender) segment
       prefers a few clusters and most users take their home cluster from them, so segment popularity
       and the user profile carry signal.
@@ -295,4 +324,5 @@ def make_dataset(config: SyntheticConfig):
         item_titles=ids("item ", cfg.n_items),
         user_cat_values=[[str(a) for a in AGES], list(GENDERS), [f"r{r:02d}" for r in range(N_REGIONS)]],
         item_cat_values=[[f"c{c:02d}" for c in range(cfg.n_categories)], [f"p{p}" for p in range(1, PRICE_BANDS + 1)]],
+        item_content=content_vectors(cat, cfg.content_dim, cfg.content_noise, cfg.seed),
     )

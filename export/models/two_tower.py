@@ -104,17 +104,21 @@ class UserTower(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """Item id, item categorical fields and multi-hot bag → unit vector.
+    """Item id, item categorical fields, multi-hot bag and (when the data has one) the dense content vector
+    (``Dataset.item_content``, through a linear layer) → unit vector. The content vector makes the features-only
+    vector (id code 0) of every item its own, where categorical fields alone give many items one vector.
 
     After :func:`train_two_tower`, ``train_counts`` (int64 [n_items]) holds each item's rows in the training
     sample: an item with none kept its random id embedding."""
 
-    def __init__(self, n_items: int, item_cat_vocab: list[int], n_bag: int, cfg: TwoTowerConfig) -> None:
+    def __init__(self, n_items: int, item_cat_vocab: list[int], n_bag: int, cfg: TwoTowerConfig,
+                 content_dim: int = 0) -> None:
         super().__init__()
         self.train_counts: np.ndarray | None = None   # set by train_two_tower
         self.n_items = int(n_items)
         self.item_cat_vocab = [int(v) for v in item_cat_vocab]
         self.n_bag = int(n_bag)
+        self.content_dim = int(content_dim)
         d = cfg.dim
         self.item_id = nn.Embedding(self.n_items + 1, d)
         nn.init.normal_(self.item_id.weight, std=0.05)
@@ -122,18 +126,41 @@ class ItemTower(nn.Module):
         # Bag embedding = mean of the embeddings of the bag's active entries,
         # i.e. a bias-free linear layer over the count-normalised multi-hot.
         self.bag = nn.Linear(max(self.n_bag, 1), d, bias=False)
-        self.mlp = _mlp(d * (2 + len(self.item_cat_vocab)), cfg.hidden, d)
+        self.mlp = _mlp(d * (2 + len(self.item_cat_vocab) + (self.content_dim > 0)), cfg.hidden, d)
+        # built last, and only with content, so a tower without it initialises as it always did
+        self.content = nn.Linear(self.content_dim, d) if self.content_dim > 0 else None
 
-    def forward(self, item_code: torch.Tensor, item_cat: torch.Tensor, item_bag: torch.Tensor) -> torch.Tensor:
-        """item_code int64 [B], item_cat int64 [B, Fi], item_bag float32 [B, G] → float32 [B, dim], unit norm."""
+    def forward(self, item_code: torch.Tensor, item_cat: torch.Tensor, item_bag: torch.Tensor,
+                item_content: torch.Tensor | None = None) -> torch.Tensor:
+        """item_code int64 [B], item_cat int64 [B, Fi], item_bag float32 [B, G], item_content float32 [B, C]
+        (required when the tower has ``content_dim``) → float32 [B, dim], unit norm."""
         iid = self.item_id(valid_codes(item_code, self.n_items + 1))
         cat = self.item_cat(item_cat)
         if self.n_bag > 0:
             bag = self.bag(bag_weights(item_bag))
         else:
             bag = torch.zeros_like(iid)
-        out = self.mlp(torch.cat([iid, cat, bag], dim=1))
+        parts = [iid, cat, bag]
+        if self.content is not None:
+            parts.append(self.content(item_content))
+        out = self.mlp(torch.cat(parts, dim=1))
         return F.normalize(out, dim=-1)
+
+
+def content_dim(ds: Dataset) -> int:
+    """Width of the dataset's item content vectors (0: it has none)."""
+    content = getattr(ds, "item_content", None)
+    return 0 if content is None else int(content.shape[1])
+
+
+def item_content(ds: Dataset) -> torch.Tensor | None:
+    """The dataset's item content vectors as float32 [n_items, C], or None."""
+    content = getattr(ds, "item_content", None)
+    if content is None:
+        return None
+    if content.shape[0] != ds.n_items:
+        raise ValueError(f"item_content has {content.shape[0]} rows, dataset has {ds.n_items} items")
+    return torch.from_numpy(np.ascontiguousarray(content, np.float32))
 
 
 def _drop_ids(codes: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -163,7 +190,7 @@ def train_two_tower(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     user_tower = UserTower(ds.n_users, ds.user_cat_vocab, ds.n_items, cfg)
-    item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg)
+    item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg, content_dim(ds))
     opt = EmbeddingAdam([user_tower, item_tower], cfg.lr, cfg.weight_decay, cfg.sparse, decoupled=True)
 
     users = torch.from_numpy(train.user.astype(np.int64))
@@ -172,6 +199,7 @@ def train_two_tower(
     user_cat = torch.from_numpy(ds.user_cat.astype(np.int64)).reshape(ds.n_users, -1)
     item_cat = torch.from_numpy(ds.item_cat.astype(np.int64)).reshape(ds.n_items, -1)
     item_bag = torch.from_numpy(ds.item_bag.astype(np.float32)).reshape(ds.n_items, -1)
+    content = item_content(ds)
     counts = np.bincount(train.item, minlength=ds.n_items).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / max(len(train), 1)).astype(np.float32))
 
@@ -185,13 +213,14 @@ def train_two_tower(
             return None  # a softmax over one item has nothing to learn
         u, i = users[idx], items[idx]
         u_vec = user_tower(_drop_ids(u + 1, cfg.id_dropout, gen), user_cat[u], hist[idx])
-        i_vec = item_tower(_drop_ids(i + 1, cfg.id_dropout, gen), item_cat[i], item_bag[i])
+        i_vec = item_tower(_drop_ids(i + 1, cfg.id_dropout, gen), item_cat[i], item_bag[i],
+                           None if content is None else content[i])
         cand = i
         if cfg.uniform_negatives > 0:
             extra = torch.randint(0, ds.n_items, (cfg.uniform_negatives,), generator=gen)
             cand = torch.cat([i, extra])
             i_vec = torch.cat([i_vec, item_tower(_drop_ids(extra + 1, cfg.id_dropout, gen), item_cat[extra],
-                                                 item_bag[extra])])
+                                                 item_bag[extra], None if content is None else content[extra])])
         logits = u_vec @ i_vec.T / cfg.temperature
         if cfg.logq_correction and cfg.uniform_negatives > 0:
             # log of each candidate's expected count among the batch's negatives, over both draws
@@ -228,8 +257,10 @@ def item_embeddings(item_tower: ItemTower, ds: Dataset, batch_size: int = 8192, 
         codes = torch.zeros_like(codes)
     cat = torch.from_numpy(ds.item_cat.astype(np.int64)).reshape(ds.n_items, -1)
     bag = torch.from_numpy(ds.item_bag.astype(np.float32)).reshape(ds.n_items, -1)
+    content = item_content(ds) if getattr(item_tower, "content", None) is not None else None
     out = [
-        item_tower(codes[s:s + batch_size], cat[s:s + batch_size], bag[s:s + batch_size])
+        item_tower(codes[s:s + batch_size], cat[s:s + batch_size], bag[s:s + batch_size],
+                   None if content is None else content[s:s + batch_size])
         for s in range(0, ds.n_items, batch_size)
     ]
     item_tower.train(was_training)

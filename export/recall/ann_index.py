@@ -10,11 +10,12 @@ kept items under ``min_count`` out of the index: at 10^6 items it held 1.2% of t
 Graph search for user queries. User vectors lie away from the item vectors (cosine between the two centroids
 0.2; on the 10^5 catalogue the items sit within a cone, mean norm of their centroid 0.81), and HNSW over items
 alone finds 0.71 / 0.82 of exact search's top-100 at ef 100 / 400 for user queries, against 0.99 for item
-queries. So the graph is made query-aware: :func:`routing_vectors`, a seeded sample of training users' vectors,
-are inserted as extra nodes (labels ``n_items ..``) and then marked deleted. hnswlib still walks through
-deleted nodes but never returns them (``mark_deleted``), so a user query enters the graph among user nodes
-whose links lead to their best items, and results hold only items, with no filter callback in Python (a
-``knn_query(filter=...)`` callable costs a GIL round trip per visited node: 4 ms a query at 10^5 items).
+queries. So the graph is made query-aware: :func:`routing_vectors`, a seeded sample of ``hnsw.routing_nodes``
+(export.config.HnswConfig) training users' vectors, are inserted as extra nodes (labels ``n_items ..``) and then
+marked deleted. hnswlib still walks through deleted nodes but never returns them (``mark_deleted``), so a user
+query enters the graph among user nodes whose links lead to their best items, and results hold only items, with
+no filter callback in Python (a ``knn_query(filter=...)`` callable costs a GIL round trip per visited node: 4 ms
+a query at 10^5 items).
 Measured in docs/results/2026-12-06-catalogue-reachable.md.
 
 HNSW parameters (``M`` at build time, ``ef`` at query time) are chosen on the validation cut
@@ -31,12 +32,6 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
-
-# Training users' vectors inserted as routing nodes (0: items only). On the 10^5 synthetic catalogue (10^4
-# users, user queries held out of the sample) recall@100 vs exact at ef 200 went 0.79 (none) -> 0.85 (250) ->
-# 0.99 (2,000); more nodes than needed slow the queries that wander among them (the search continues until ef
-# live items are found). The results note gives the curve.
-ROUTING_NODES = 2000
 
 
 def informative_items(train_counts: np.ndarray, min_count: int) -> np.ndarray:
@@ -185,7 +180,8 @@ def select_on_validation(build, ds, user_vecs: np.ndarray, valid, config, seed: 
     h = config.hnsw
     _, queries = validation_queries(user_vecs, valid, h.select_users, seed)
     current = load_hnsw(build.path / "items.hnsw", build.item_emb.shape[1], ds.n_items)
-    routing = build.routing if getattr(build, "routing", None) is not None else build_routing(user_vecs, build.history)
+    routing = (build.routing if getattr(build, "routing", None) is not None
+               else build_routing(user_vecs, build.history, h.routing_nodes))
     ids = np.arange(ds.n_items, dtype=np.int32)
     choice, index = choose_hnsw(build.item_emb, ids, queries, list(h.M_grid) or [h.M], list(h.ef_grid) or [h.ef_eval],
                                 h.ef_construction, h.target_recall, config.threads, built={h.M: current},
@@ -194,7 +190,7 @@ def select_on_validation(build, ds, user_vecs: np.ndarray, valid, config, seed: 
              "routing_nodes": routing_count(index, ds.n_items)}, index, ids)
 
 
-def build_routing(user_vecs: np.ndarray, history: np.ndarray, n: int = ROUTING_NODES, seed: int = 0) -> np.ndarray:
+def build_routing(user_vecs: np.ndarray, history: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """A recall build's routing nodes (:func:`routing_vectors`) from every user's vector and the build's
     history codes (int32 [n_users, N]): training users (those with a history) first, topped up with the others
     when fewer than ``n`` have one, so that every cut of one dataset holds ``min(n, n_users)`` nodes (the

@@ -148,7 +148,8 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     export_user_tower_onnx(user_tower, str(path / "models/user_tower.onnx"), ds.user_cat.shape[1], tt.history_len)
     np.save(path / "item_emb.npy", item_emb, allow_pickle=False)
     with torch.no_grad():
-        routing = build_routing(user_embeddings(user_tower, user_inputs(ds, history)), history)
+        routing = build_routing(user_embeddings(user_tower, user_inputs(ds, history)), history,
+                                config.hnsw.routing_nodes)
     lap("two_tower")
     ann_ids = np.arange(ds.n_items, dtype=np.int32)
     np.save(path / ANN_IDS_FILE, ann_ids, allow_pickle=False)
@@ -170,7 +171,7 @@ def build_recall(ds: Dataset, known: Interactions, config: ExportConfig, path: P
     npz("popular_segments.npz", popular_segments(ds, known, config.segment_fields, config.segment_edges,
                                                  config.segment_popular_n))
     np.save(path / "blocklist.npy", blocklist_ids(ds, config.blocklist), allow_pickle=False)
-    npz("i2i_content.npz", content_table(content_emb, ds, known, config.content_top_m))
+    npz("i2i_content.npz", content_table(content_emb, ds, known, config.content_top_m, threads=config.threads))
     lap("popular_content")
     write_feature_store(path / "features.lmdb", {
         "item_ids": ds.item_ids.astype(str), "item_titles": ds.item_titles.astype(str),

@@ -89,25 +89,33 @@ def blocklist_ids(ds: Dataset, external: list[str]) -> np.ndarray:
 
 
 def content_table(content_emb: np.ndarray, ds: Dataset, train: Interactions, top_m: int,
-                  block_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
+                  block_bytes: int = 64 << 20, threads: int = 2, exact_pairs: int = 1 << 30) -> dict[str, np.ndarray]:
     """``i2i_content.npz``: per item, the ``top_m`` *cold* items (no training interaction) nearest in content space.
 
     ``content_emb`` are item-tower vectors computed with the id code dropped (features only), so they
-    depend only on the item's features: items with equal features (``item_cat`` and ``item_bag``) share
-    one table row, which keeps the table small at 10^6 items::
+    depend only on the item's features: items with equal features (``item_cat``, ``item_bag`` and, when the data
+    has one, the content vector ``item_content``) share one table row, which keeps the table small at 10^6 items
+    when the features are categorical only. With content vectors every item has its own row::
 
         row      int32 [n_items]  item -> table row
         indptr   int64 [R + 1]    CSR over rows
         indices  int32            cold dense item ids, most similar first (equal features: smaller id first)
         scores   float32          cosine of the content vectors
 
-    Exact search by blocked matmul over the distinct feature rows (R x distinct cold rows x dim).
+    Exact search by blocked matmul over the distinct feature rows (R x distinct cold rows x dim) while that is at
+    most ``exact_pairs`` scores; beyond it (content vectors at 10^5 items and more) an HNSW index over the
+    distinct cold rows (inner product, M 16, ef max(2 top_m, 100), ``threads`` threads) finds each row's nearest.
     """
     n = ds.n_items
-    feats = np.concatenate([ds.item_cat.reshape(n, -1).astype(np.int64), ds.item_bag.reshape(n, -1).astype(np.int64),
-                            np.zeros((n, 1), np.int64)], axis=1)
-    _, first, row = np.unique(feats, axis=0, return_index=True, return_inverse=True)
-    row = row.reshape(-1).astype(np.int32)
+    content = getattr(ds, "item_content", None)
+    if content is not None:     # continuous vectors: every item's features are its own
+        row = np.arange(n, dtype=np.int32)
+        first = np.arange(n)
+    else:
+        feats = np.concatenate([ds.item_cat.reshape(n, -1).astype(np.int64), ds.item_bag.reshape(n, -1).astype(np.int64),
+                                np.zeros((n, 1), np.int64)], axis=1)
+        _, first, row = np.unique(feats, axis=0, return_index=True, return_inverse=True)
+        row = row.reshape(-1).astype(np.int32)
     vec = content_emb[first].astype(np.float32)
     vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
     n_rows = first.size
@@ -118,18 +126,37 @@ def content_table(content_emb: np.ndarray, ds: Dataset, train: Interactions, top
     order = np.argsort(row[cold], kind="stable")     # cold items grouped by row, ids ascending inside
     cold_sorted, cold_rows = cold[order], row[cold][order]
     groups, start, size = np.unique(cold_rows, return_index=True, return_counts=True)
-    gvec = vec[groups]
+    gvec = np.ascontiguousarray(vec[groups])
     m = min(top_m, groups.size)                      # every group holds >= 1 item, so m groups fill top_m
     block = max(1, block_bytes // (4 * groups.size))
+    index = None
+    if n_rows * groups.size > exact_pairs:
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=gvec.shape[1])
+        index.init_index(max_elements=groups.size, M=16, ef_construction=200, random_seed=0)
+        index.set_num_threads(threads)
+        index.add_items(gvec, np.arange(groups.size, dtype=np.int64))
+        index.set_ef(max(2 * m, 100))
+        block = 1 << 16
     indptr = np.zeros(n_rows + 1, np.int64)
     out_ids, out_scores = [], []
     for s in range(0, n_rows, block):
-        sim = vec[s:s + block] @ gvec.T
-        top = np.argpartition(-sim, m - 1, axis=1)[:, :m] if m < groups.size else np.tile(np.arange(m), (len(sim), 1))
-        top_sim = np.take_along_axis(sim, top, 1)
+        if index is not None:
+            labels, dist = index.knn_query(vec[s:s + block], k=m)
+            top, top_sim = labels.astype(np.int64), (1.0 - dist).astype(np.float32)
+        else:
+            sim = vec[s:s + block] @ gvec.T
+            top = np.argpartition(-sim, m - 1, axis=1)[:, :m] if m < groups.size else np.tile(np.arange(m), (len(sim), 1))
+            top_sim = np.take_along_axis(sim, top, 1)
         rank = np.argsort(-top_sim, axis=1, kind="stable")
         top, top_sim = np.take_along_axis(top, rank, 1), np.take_along_axis(top_sim, rank, 1)
-        for r in range(len(sim)):
+        if m >= top_m and (size[top] == 1).all():   # one cold item per group (content vectors): no expansion
+            out_ids.append(cold_sorted[start[top[:, :top_m]]].reshape(-1))
+            out_scores.append(top_sim[:, :top_m].astype(np.float32).reshape(-1))
+            indptr[s + 1:s + len(top) + 1] = indptr[s] + top_m * np.arange(1, len(top) + 1)
+            continue
+        for r in range(len(top)):
             sz = size[top[r]]
             need = int(np.searchsorted(np.cumsum(sz), top_m)) + 1   # groups needed to reach top_m items
             sz, sel = sz[:need], top[r, :need]
