@@ -17,6 +17,10 @@
   item is gone from the list (clicked items count as seen); the time from sending the click to the first list
   without it, over ``--trials`` trials spread round-robin over the recall and rank replicas; measured idle
   and again while Feedback ingests ``--ingest-rate`` events/s (the click then shares a write with them).
+  Each is split into the click's Feedback call (``feedback_ack_ms``: until its write is durable) and the
+  last Recommend call (``last_recommend_ms``: the list without the item), with how many trials needed more
+  than one Recommend after the acknowledgement (``recommend_calls_over_1``: 0 when every replica reads the
+  committed write at once). ``--rounds 0`` skips the ingest-under-load windows (click to visible only).
 """
 from __future__ import annotations
 
@@ -183,23 +187,37 @@ def ingest_under_load(addr: str, gateway_pid: int, store_path: str, items: list[
 
 def click_to_visible(addr: str, users: list[str], trials: int, timeout_s: float = 5.0, tag: str = "idle") -> dict:
     """Click a user's top item, then ask again until it is gone: seconds from the click's send."""
-    latencies, misses = [], 0
+    latencies, acks, lists, asks, misses = [], [], [], [], 0
     with RecommendClient(addr, timeout_s=10.0) as client:
         for t in range(trials):
             user = f"visible-{tag}-{users[t % len(users)]}-{t}"
             top = client.recommend(user, k=10, deadline_ms=1000).items[0].item_id
             start = time.perf_counter()
             client.feedback([Event(user, top, EventType.CLICK)])
+            acked = time.perf_counter()
+            n = 0
             while True:
+                asked = time.perf_counter()
                 items = [it.item_id for it in client.recommend(user, k=10, deadline_ms=1000).items]
+                n += 1
                 if top not in items:
-                    latencies.append((time.perf_counter() - start) * 1000.0)
+                    done = time.perf_counter()
+                    latencies.append((done - start) * 1000.0)
+                    acks.append((acked - start) * 1000.0)
+                    lists.append((done - asked) * 1000.0)
+                    asks.append(n)
                     break
                 if time.perf_counter() - start > timeout_s:
                     misses += 1
                     break
+    # where the time goes: the click's Feedback call (until its events are durable), then the Recommend
+    # calls until the item is gone (1 when the first list after the acknowledgement already drops it)
     return {"trials": trials, "not_visible_within_s": misses, "timeout_s": timeout_s,
-            "latency_ms": {k: round(v, 2) for k, v in percentiles(latencies).items()}}
+            "latency_ms": {k: round(v, 2) for k, v in percentiles(latencies).items()},
+            "feedback_ack_ms": {k: round(v, 2) for k, v in percentiles(acks).items()},
+            "last_recommend_ms": {k: round(v, 2) for k, v in percentiles(lists).items()},
+            "recommend_calls_max": max(asks, default=0),
+            "recommend_calls_over_1": sum(a > 1 for a in asks)}
 
 
 def repeated_exposures(addr: str, users: list[str], rounds: int, k: int = 10) -> dict:
@@ -255,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             senders.stop()
             exposures = (repeated_exposures(addr, users[:args.exposure_users],
                                             args.exposure_rounds) if args.exposure_rounds else None)
-            ingest = ingest_under_load(addr, cluster.procs["gateway"].pid, config.feedback_path, items, users,
+            ingest = None if args.rounds <= 0 else ingest_under_load(addr, cluster.procs["gateway"].pid, config.feedback_path, items, users,
                                        args.rate, args.seconds, args.batch, args.writers, args.ingest_rate,
                                        args.rounds)
             disk = (Path(tmp) / "feedback" / "data.mdb").stat().st_blocks * 512

@@ -12,8 +12,15 @@ Named databases (keys and values compact binary, never pickle):
            activity index existed are being indexed
 
 One write path (``append_batch``; ``append`` for ``Event`` objects): one call is one write transaction,
-so on disk it is all or nothing, and it returns only after LMDB's commit has been fsynced (``sync=True``):
-an acknowledged event survives kill -9 of any process. The gateway's writer (``feedback.writer``) passes
+so on disk it is all or nothing, and it returns only after the commit is durable: an acknowledged event
+survives kill -9 of any process (and a crash of the host). The environment is opened ``metasync=False``
+(MDB_NOMETASYNC): LMDB's commit fsyncs the data pages, then writes the meta page that publishes the
+transaction (readers see it from then on) without syncing it; ``sync`` (one ``fdatasync`` of the data
+file) makes it durable. ``append_batch`` calls it before returning; the gateway's writer passes
+``durable=False`` and syncs in a thread of its own, so the next transaction is built and committed while
+the last one's meta page reaches the disk (the data pages always reach it before the meta page that
+points at them: LMDB's integrity on a host crash is kept, and only what was not yet acknowledged can
+be lost). The gateway's writer (``feedback.writer``) passes
 several Feedback calls' batches in one call. The batch arrives as columns (``feedback.event_batch``) and
 each user's state is rewritten by one Numba pass for all users (``feedback.state_update``). Several writer processes are safe (LMDB serialises write transactions
 with its lock file); readers (every recall and rank worker) take short read transactions that never block
@@ -114,14 +121,17 @@ class FeedbackStore:
                 entry = _open.get(key)
                 if entry is None:
                     env = lmdb.open(key, map_size=config.map_size_mb << 20, subdir=True, max_dbs=8, lock=True,
-                                    sync=True, metasync=True, readahead=False)
-                    entry = _open[key] = [env, 0]
+                                    sync=True, metasync=False, readahead=False)
+                    # the data file's own descriptor for ``sync``: fdatasync releases the GIL, and it
+                    # flushes the meta page LMDB wrote through its descriptor (the same file)
+                    fd = os.open(os.path.join(key, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+                    entry = _open[key] = [env, 0, fd]
                 entry[1] += 1
         except (OSError, lmdb.Error) as exc:
             raise FeedbackStoreError(f"cannot open the feedback store at {path}: {exc}; check the path and "
                                      f"its permissions") from None
         store = cls(entry[0], config)
-        store._key = key
+        store._key, store._fd = key, entry[2]
         return store
 
     def close(self) -> None:
@@ -135,18 +145,30 @@ class FeedbackStore:
                 entry[1] -= 1
                 if entry[1] <= 0:
                     entry[0].close()
+                    os.close(entry[2])
                     del _open[key]
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: one ``fdatasync`` of the data file (the meta
+        pages of ``append_batch(durable=False)`` calls; nothing else is left unsynced). Raises
+        ``FeedbackStoreError`` when the disk refuses it (those transactions are visible but not durable)."""
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise FeedbackStoreError(f"the feedback store at {self.config.path} failed to sync: {exc}") from None
 
     # -- the write path -------------------------------------------------------------------------------
     def append(self, events: list[Event], now: float | None = None) -> AppendResult:
         """Write ``events`` (already validated) in one durable transaction: ``append_batch`` of their columns."""
         return self.append_batch(EventBatch.from_events(events), now)
 
-    def append_batch(self, batch: EventBatch, now: float | None = None) -> AppendResult:
+    def append_batch(self, batch: EventBatch, now: float | None = None, durable: bool = True) -> AppendResult:
         """Write ``batch`` (already validated) in one durable transaction; events whose ``event_id`` is
         already stored (or repeated in the batch) are skipped and reported as duplicates. Exposure ages by
         ``now`` (the server's clock), so replayed old timestamps do not expire impressions on arrival.
-        Columns throughout (``feedback.event_batch``): Python objects only for LMDB's keys and values."""
+        Columns throughout (``feedback.event_batch``): Python objects only for LMDB's keys and values.
+        ``durable=False``: return once committed (visible to readers, data pages on disk) and leave the
+        meta page's sync to the caller's ``sync``, which must run before anyone is told it is stored."""
         now = time.time() if now is None else now
         stamp = _MS.pack(max(int(now * 1000), 0))
         n = len(batch)
@@ -190,6 +212,8 @@ class FeedbackStore:
             raise FeedbackStoreFull(self._full_message(int((~duplicate).sum()), added)) from None
         except lmdb.Error as exc:   # disk trouble, mostly: nothing of the batch is written; a retry may pass
             raise FeedbackStoreError(f"the feedback store at {self.config.path} failed a write: {exc}") from None
+        if durable:
+            self.sync()
         result.seqs, result.duplicates = seqs, np.flatnonzero(duplicate)
         for reason, count in result.evicted.items():  # committed: count them
             FEEDBACK_EVICTED.labels(reason).inc(count)

@@ -16,6 +16,7 @@ import pytest
 
 from common.log import Logger
 from feedback.config import FeedbackConfig
+from feedback.event_batch import EventBatch
 from feedback.events import Event, EventType
 from feedback.store import FeedbackStore, FeedbackStoreFull
 from feedback.writer import FeedbackWriter
@@ -39,11 +40,35 @@ class GatedStore:
         self.store, self.config, self.gate, self.writes = store, store.config, threading.Event(), []
         self.started = threading.Event()
 
-    def append_batch(self, batch, now=None):
+    def append_batch(self, batch, now=None, durable=True):
         self.writes.append(len(batch))
         self.started.set()
         self.gate.wait(30)
-        return self.store.append_batch(batch, now)
+        return self.store.append_batch(batch, now, durable)
+
+    def sync(self):
+        self.store.sync()
+
+
+class SlowSyncStore:
+    """A store whose ``sync`` waits for ``gate``: a committed group's calls stay unanswered meanwhile."""
+
+    def __init__(self, store: FeedbackStore):
+        self.store, self.config, self.gate, self.syncing, self.syncs = store, store.config, threading.Event(), \
+            threading.Event(), 0
+        self.committed: list[int] = []   # last_txnid after each write
+
+    def append_batch(self, batch, now=None, durable=True):
+        assert not durable   # the writer leaves the sync to its syncer thread
+        result = self.store.append_batch(batch, now, durable)
+        self.committed.append(self.store.env.info()["last_txnid"])
+        return result
+
+    def sync(self):
+        self.syncing.set()
+        self.gate.wait(30)
+        self.syncs += 1
+        self.store.sync()
 
 
 @pytest.fixture
@@ -84,6 +109,44 @@ def test_calls_waiting_on_a_commit_share_one_transaction_and_keep_their_own_answ
     assert [e.event_id for _, e in store.events()] == ["a1", "b1", "c1", ""]
     assert store.user_state("b").hist_items == ["i2", "i8"] and store.user_state("c").hist_items == ["i6"]
     assert [r.last_seq for r in results] == [1, 2, 3, 4, 0]
+
+
+def test_a_call_is_answered_after_the_sync_and_the_next_group_commits_meanwhile(store):
+    slow = SlowSyncStore(store)
+    writer = FeedbackWriter(slow, Logger("test", stream=io.StringIO()))
+    try:
+        first = writer.submit(*request([Event("a", "i1", EventType.CLICK, event_id="a1")]), SNAPSHOT, 1000.0)
+        assert slow.syncing.wait(30)   # committed: readers see it; not yet durable, so not answered
+        assert store.user_state("a") is not None and not first.done()
+        second = writer.submit(*request([Event("b", "i2", EventType.CLICK, event_id="b1")]), SNAPSHOT, 1001.0)
+        again = writer.submit(*request([Event("a", "i1", EventType.CLICK, event_id="a1")]), SNAPSHOT, 1001.0)
+        for _ in range(3000):   # the writer does not wait for the sync: the next group commits meanwhile
+            if len(slow.committed) == 2:
+                break
+            threading.Event().wait(0.01)
+        assert len(slow.committed) == 2 and store.user_state("b") is not None
+        assert not (first.done() or second.done() or again.done())   # a duplicate waits for the first copy too
+        slow.gate.set()
+        results = [f.result(30) for f in (first, second, again)]
+    finally:
+        writer.close()
+    assert [(r.accepted, r.duplicates) for r in results] == [(1, []), (1, []), (0, [0])]
+    assert 1 <= slow.syncs <= 2   # one fdatasync may serve the groups committed while the last one ran
+
+
+def test_the_store_syncs_before_append_returns_and_publishes_without_metasync(tmp_path):
+    store = FeedbackStore.open(FeedbackConfig(path=str(tmp_path / "feedback"), map_size_mb=16))
+    try:
+        assert store.env.flags()["metasync"] is False   # the meta page is synced by ``sync``, not by LMDB
+        synced = []
+        real = store.sync
+        store.sync = lambda: (synced.append(1), real())
+        store.append([Event("u", "i1", EventType.CLICK)])
+        assert synced == [1]
+        store.append_batch(EventBatch.from_events([Event("v", "i2", EventType.CLICK)]), durable=False)
+        assert synced == [1] and store.user_state("v") is not None   # committed, visible, its sync left to us
+    finally:
+        store.close()
 
 
 def test_a_failed_group_writes_each_call_alone(tmp_path):
