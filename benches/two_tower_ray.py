@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=30000, help="two-tower sampled rows (per worker on Ray)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.0, help="two_tower.lr (0: the config's)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the local training")
+    p.add_argument("--same-total", action="store_true",
+                   help="also train each worker count > 1 on the local build's --rows in all (fewer rows per worker)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -76,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config = load_config(ExportConfig, None, [*synthetic_overrides(args.synthetic, args.users, args.interactions),
                                               f"two_tower.epochs={args.epochs}",
-                                              f"two_tower.batch_size={args.batch_size}"])
+                                              f"two_tower.batch_size={args.batch_size}",
+                                              *([f"two_tower.lr={args.lr}"] if args.lr else [])])
     data = load_and_split(config)
     ds, split = data.ds, data.split
     seeds = [int(s) for s in args.seeds.split(",")]
     report = {"items": ds.n_items, "users": ds.n_users, "train_rows": len(split.train),
               "valid_rows": len(split.valid), "rows_per_worker": args.rows, "epochs": args.epochs,
-              "batch_size": args.batch_size, "runs": []}
+              "batch_size": args.batch_size, "lr": config.two_tower.lr, "runs": []}
     print(f"{ds.n_items:,} items, {ds.n_users:,} users, {len(split.train):,} training rows", file=sys.stderr)
 
     def record(engine: str, workers: int, seed: int, towers, wall: float, rows: int) -> None:
@@ -102,16 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         towers = train_two_tower(ds, sample, cfg)
         record("local", 1, seed, towers, time.perf_counter() - t, len(sample))
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in [int(w) for w in args.workers.split(",") if w]:
         rc = dataclasses.replace(config.ray, address="local", workers=workers)
         try:
-            for seed in seeds:
-                cfg = dataclasses.replace(config.two_tower, seed=seed)
-                sample = sample_users(split.train, ds.n_users, max_rows=args.rows * workers, seed=1)
-                t = time.perf_counter()
-                with tempfile.TemporaryDirectory() as storage:
-                    towers = train_two_tower_ray(ds, sample, cfg, rc, storage)
-                record("ray", workers, seed, towers, time.perf_counter() - t, len(sample))
+            for engine, rows in [("ray", args.rows * workers)] + (
+                    [("ray-same-total", args.rows)] if args.same_total and workers > 1 else []):
+                for seed in seeds:
+                    cfg = dataclasses.replace(config.two_tower, seed=seed)
+                    sample = sample_users(split.train, ds.n_users, max_rows=rows, seed=1)
+                    t = time.perf_counter()
+                    with tempfile.TemporaryDirectory() as storage:
+                        towers = train_two_tower_ray(ds, sample, cfg, rc, storage)
+                    record(engine, workers, seed, towers, time.perf_counter() - t, len(sample))
         finally:
             shutdown()
     summary = {}
