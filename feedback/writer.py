@@ -20,14 +20,17 @@ for the map (RESOURCE_EXHAUSTED) would fail every call that happened to share it
 call gets exactly the outcome it would have had without grouping; the retries cost one transaction per call,
 on the failure path only.
 
-Durability is pipelined: a group's transaction is committed without syncing LMDB's meta page
+A group's transaction is committed without syncing LMDB's meta page
 (``FeedbackStore.append_batch(durable=False)``: its data pages are fsynced, and readers see its events from
-the commit on), and its outcomes go to a second thread, the syncer, which runs one ``fdatasync`` for every
-group committed since its last one and only then resolves their futures. Meanwhile the writer builds and
-commits the next group: the meta page's synchronous write (about a third of a small commit's time on this
-VM's disk) is off the writer's critical path, so under load the writer is busy less of the time and a
-click waits less behind other calls. Futures resolve in commit order; so do duplicates (an event id met
-in a group not yet synced is answered after that group's sync, never before its first copy is durable).
+the commit on); ``store.sync()`` (one ``fdatasync``) then makes it durable, and only then are its calls
+answered. With ``feedback.sync_pipeline`` off (the default) the writer does that itself before its next
+group. With it on, the outcomes go to a second thread, the syncer, which runs one ``fdatasync`` for every
+group committed since its last one and then resolves their futures, while the writer builds and commits the
+next group: the meta page's sync (about a third of a small commit's time on this VM's disk) is off the
+writer's critical path, so under load the writer is busy less of the time and a click waits less behind
+other calls, at the cost of smaller groups (more transactions, more CPU per event). Futures resolve in
+commit order; so do duplicates (an event id met in a group not yet synced is answered after that group's
+sync, never before its first copy is durable).
 
 Checking and encoding run here too, as columns (``feedback.wire``, ``feedback.event_batch``): this thread
 shares the interpreter with the event loop, and Numba passes release it.
@@ -76,8 +79,10 @@ class FeedbackWriter:
         self._closing = threading.Lock()   # a call is queued before close's end mark, or refused
         warm_up(log)   # Numba's passes loaded (or compiled) now, not inside the first Feedback calls
         self._synced: queue.SimpleQueue = queue.SimpleQueue()   # committed groups' outcomes, in commit order
-        self._syncer = threading.Thread(target=self._sync_run, name="feedback-syncer", daemon=True)
-        self._syncer.start()
+        self._syncer = None
+        if getattr(store.config, "sync_pipeline", False):
+            self._syncer = threading.Thread(target=self._sync_run, name="feedback-syncer", daemon=True)
+            self._syncer.start()
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
         self._thread.start()
 
@@ -110,8 +115,9 @@ class FeedbackWriter:
             self._closed = True
             self._queue.put(None)
         self._thread.join()
-        self._synced.put(None)   # after the writer's last group: every call handed over gets its answer
-        self._syncer.join()
+        if self._syncer is not None:
+            self._synced.put(None)   # after the writer's last group: every call handed over gets its answer
+            self._syncer.join()
 
     def _run(self) -> None:
         held = None   # a call that did not fit the last group: it starts the next one
@@ -139,7 +145,10 @@ class FeedbackWriter:
             except Exception as exc:  # noqa: BLE001 - a bug here must fail these calls, not stop the writer
                 self.log.error("feedback_writer_error", calls=len(group), error=repr(exc)[:300])
                 outcomes = [(call, None, exc) for call in group if not call.future.done()]
-            self._synced.put(outcomes)
+            if self._syncer is not None:
+                self._synced.put(outcomes)
+            else:
+                self._sync_and_resolve([outcomes])
             if stop:
                 return
 
@@ -159,16 +168,20 @@ class FeedbackWriter:
                     stop = True
                     break
                 groups.append(more)
-            failed = None
-            try:
-                self.store.sync()
-            except Exception as exc:  # noqa: BLE001 - these calls fail (retryable), the syncer goes on
-                failed = exc
-                self.log.error("feedback_sync_error", groups=len(groups), error=str(exc)[:300])
-            for outcomes in groups:
-                resolve(outcomes, failed)
+            self._sync_and_resolve(groups)
             if stop:
                 return
+
+    def _sync_and_resolve(self, groups: list[list["Outcome"]]) -> None:
+        """One ``fdatasync`` for ``groups`` (committed), then their calls' answers, in commit order."""
+        failed = None
+        try:
+            self.store.sync()
+        except Exception as exc:  # noqa: BLE001 - these calls fail (retryable), the writer goes on
+            failed = exc
+            self.log.error("feedback_sync_error", groups=len(groups), error=str(exc)[:300])
+        for outcomes in groups:
+            resolve(outcomes, failed)
 
     def known_items(self, items) -> KnownItems:
         """The item set of the snapshot ``items`` (built once per version; the two newest kept)."""

@@ -111,7 +111,10 @@ def test_calls_waiting_on_a_commit_share_one_transaction_and_keep_their_own_answ
     assert [r.last_seq for r in results] == [1, 2, 3, 4, 0]
 
 
-def test_a_call_is_answered_after_the_sync_and_the_next_group_commits_meanwhile(store):
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_call_is_answered_only_after_its_sync(tmp_path, pipeline):
+    store = FeedbackStore.open(FeedbackConfig(path=str(tmp_path / "feedback"), map_size_mb=64,
+                                              sync_pipeline=pipeline))
     slow = SlowSyncStore(store)
     writer = FeedbackWriter(slow, Logger("test", stream=io.StringIO()))
     try:
@@ -120,16 +123,19 @@ def test_a_call_is_answered_after_the_sync_and_the_next_group_commits_meanwhile(
         assert store.user_state("a") is not None and not first.done()
         second = writer.submit(*request([Event("b", "i2", EventType.CLICK, event_id="b1")]), SNAPSHOT, 1001.0)
         again = writer.submit(*request([Event("a", "i1", EventType.CLICK, event_id="a1")]), SNAPSHOT, 1001.0)
-        for _ in range(3000):   # the writer does not wait for the sync: the next group commits meanwhile
+        # pipelined, the writer does not wait for the sync: the next group commits meanwhile; else it waits
+        for _ in range(300 if pipeline else 30):
             if len(slow.committed) == 2:
                 break
             threading.Event().wait(0.01)
-        assert len(slow.committed) == 2 and store.user_state("b") is not None
+        assert len(slow.committed) == (2 if pipeline else 1)
+        assert (store.user_state("b") is not None) == pipeline
         assert not (first.done() or second.done() or again.done())   # a duplicate waits for the first copy too
         slow.gate.set()
         results = [f.result(30) for f in (first, second, again)]
     finally:
         writer.close()
+        store.close()
     assert [(r.accepted, r.duplicates) for r in results] == [(1, []), (1, []), (0, [0])]
     assert 1 <= slow.syncs <= 2   # one fdatasync may serve the groups committed while the last one ran
 
@@ -197,7 +203,7 @@ from feedback.config import FeedbackConfig
 from feedback.store import FeedbackStore
 from feedback.writer import FeedbackWriter
 from recsys.v2 import recommend_service_pb2 as pb
-store = FeedbackStore.open(FeedbackConfig(path=sys.argv[1], map_size_mb=512))
+store = FeedbackStore.open(FeedbackConfig(path=sys.argv[1], map_size_mb=512, sync_pipeline=sys.argv[2] == "1"))
 writer = FeedbackWriter(store, Logger("w", stream=io.StringIO()))
 snapshot = SimpleNamespace(version="v", item_ids=np.array([f"i{j}" for j in range(1700)]))
 lock = threading.Lock()
@@ -218,10 +224,11 @@ for t in threads:
 """
 
 
-@pytest.mark.parametrize("round_", range(2))
-def test_no_acknowledged_call_is_lost_when_a_group_committing_writer_is_killed(tmp_path, round_):
+@pytest.mark.parametrize("round_,pipeline", [(0, False), (1, False), (0, True), (1, True)])
+def test_no_acknowledged_call_is_lost_when_a_group_committing_writer_is_killed(tmp_path, round_, pipeline):
     path = tmp_path / "feedback"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(int(pipeline))], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     acked: list[int] = []
     for line in proc.stdout:
         acked.append(int(line))
