@@ -17,10 +17,10 @@ survives kill -9 of any process (and a crash of the host). The environment is op
 (MDB_NOMETASYNC): LMDB's commit fsyncs the data pages, then writes the meta page that publishes the
 transaction (readers see it from then on) without syncing it; ``sync`` (one ``fdatasync`` of the data
 file) makes it durable. ``append_batch`` calls it before returning; the gateway's writer passes
-``durable=False`` and syncs in a thread of its own, so the next transaction is built and committed while
-the last one's meta page reaches the disk (the data pages always reach it before the meta page that
-points at them: LMDB's integrity on a host crash is kept, and only what was not yet acknowledged can
-be lost). The gateway's writer (``feedback.writer``) passes
+``durable=False`` and calls ``sync`` itself before answering, or with ``feedback.sync_pipeline`` in a
+thread of its own, so the next transaction is built and committed while the last one's meta page reaches
+the disk (the data pages always reach it before the meta page that points at them: LMDB's integrity on a
+host crash is kept, and only what was not yet acknowledged can be lost). The gateway's writer (``feedback.writer``) passes
 several Feedback calls' batches in one call. The batch arrives as columns (``feedback.event_batch``) and
 each user's state is rewritten by one Numba pass for all users (``feedback.state_update``). Several writer processes are safe (LMDB serialises write transactions
 with its lock file); readers (every recall and rank worker) take short read transactions that never block
