@@ -205,6 +205,8 @@ def resolve(outcomes: list[Outcome], failed: Exception | None = None) -> None:
     for call, result, exc in outcomes:
         if exc is None and failed is not None:
             exc = failed
+        if call.future.done():   # cancelled before it ran (only on the writer's error path): nothing to say
+            continue
         if exc is not None:
             call.future.set_exception(exc)
         else:
