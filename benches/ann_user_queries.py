@@ -131,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         queries = served_queries(snapshot, args.queries + (routing_n and args.queries // 2), args.seed)
         snapshot.close()
         if routing_n:   # users that are routing nodes query with their own node's vector: left out
-            routing = index.get_items(np.arange(n, n + routing_n)).astype(np.float32)
+            labels = list(range(n, n + routing_n))
+            for label in labels:        # hnswlib does not hand out deleted nodes' vectors: unmark, read, mark
+                index.unmark_deleted(label)
+            routing = np.asarray(index.get_items(labels), np.float32)
+            for label in labels:
+                index.mark_deleted(label)
             queries = queries[~((queries @ routing.T).max(axis=1) > 0.9999)]
         queries = queries[:args.queries]
         report.update(source=str(args.snapshot), manifest_ann_index={
