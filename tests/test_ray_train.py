@@ -2,7 +2,8 @@
 Ray cluster train towers that load, export to ONNX and score like the one-process training.
 
 The dataset is tests/test_models.py's taste groups (users mostly meet items of their own group). The item id
-tables are made sparse (SparseEmbeddingConfig.min_rows), so the sparse gradients' all-reduce runs too. Like
+tables are made sparse (SparseEmbeddingConfig.min_rows), so the sparse gradients' all-reduce runs too, and the
+items carry a dense content vector (the item tower's content input). Like
 tests/test_ray_parity.py, the test fails where Ray is missing unless RECSYS_SKIP_RAY=1.
 """
 from __future__ import annotations
@@ -45,6 +46,11 @@ def trained(tmp_path_factory):
     from export.distributed.ray_train import train_two_tower_ray
 
     ds = _synthetic_dataset()
+    # a dense content vector per item (the synthetic catalogue's Dataset.item_content), which the item tower
+    # takes as an input: its group, plus noise
+    rng = np.random.default_rng(3)
+    ds = dataclasses.replace(ds, item_content=(np.eye(N_GROUPS)[np.arange(ds.n_items) % N_GROUPS]
+                                               + 0.3 * rng.standard_normal((ds.n_items, N_GROUPS))).astype(np.float32))
     torch.set_num_threads(1)
     local = train_two_tower(ds, ds.interactions, CFG)
     storage = tmp_path_factory.mktemp("ray-train")
@@ -67,6 +73,7 @@ def test_ray_train_log_and_checkpoint_cleanup(trained):
     assert 0.5 <= log["busiest_share"] < 1.0
     np.testing.assert_array_equal(item_tower.train_counts, np.bincount(ds.interactions.item, minlength=ds.n_items))
     assert not user_tower.training and not item_tower.training
+    assert item_tower.content is not None and item_tower.content.in_features == N_GROUPS
     assert list(storage.iterdir()) == []   # the checkpoint went back to the driver and was removed
 
 

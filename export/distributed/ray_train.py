@@ -34,6 +34,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,30 +47,18 @@ from common.log import get_logger
 from export.data.dataset import Dataset, Interactions
 from export.data.history import history_before
 from export.distributed.ray_i2i import ray_session, record_phase
-from export.models import two_tower as tt_module
 from export.models.fit import EmbeddingAdam
-from export.models.two_tower import ItemTower, TwoTowerConfig, UserTower, _drop_ids
+from export.models.two_tower import ItemTower, TwoTowerConfig, UserTower, _drop_ids, content_dim, item_content
 
 log = get_logger("export.ray_train")
 CHECKPOINT_FILE = "towers.pt"
-
-
-def _content(ds: Dataset) -> np.ndarray | None:
-    """The dataset's dense item content vectors (float32 [n_items, C]) when the towers take them, else None."""
-    fn = getattr(tt_module, "item_content", None)   # the content input, where this checkout's towers have it
-    content = fn(ds) if fn is not None else None
-    return None if content is None else content.numpy()
 
 
 def make_towers(ds: Dataset, cfg: TwoTowerConfig) -> tuple[UserTower, ItemTower]:
     """Both towers as ``train_two_tower`` builds them (seeded: the same initial weights in every process)."""
     torch.manual_seed(cfg.seed)
     user_tower = UserTower(ds.n_users, ds.user_cat_vocab, ds.n_items, cfg)
-    content_dim = getattr(tt_module, "content_dim", None)
-    if content_dim is not None and content_dim(ds) > 0:
-        item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg, content_dim(ds))
-    else:
-        item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg)
+    item_tower = ItemTower(ds.n_items, ds.item_cat_vocab, len(ds.item_bag_names), cfg, content_dim(ds))
     return user_tower, item_tower
 
 
@@ -110,14 +99,18 @@ def _train_loop(config: dict) -> None:
                           parallel_strategy_kwargs={"find_unused_parameters": item_tower.n_bag == 0})
     model.train()
 
-    users = torch.from_numpy(data["user"])
-    items = torch.from_numpy(data["item"])
-    hist = torch.from_numpy(data["hist"])
-    user_cat = torch.from_numpy(data["user_cat"])
-    item_cat = torch.from_numpy(data["item_cat"])
-    item_bag = torch.from_numpy(data["item_bag"])
-    content = None if data["content"] is None else torch.from_numpy(data["content"])
-    log_q = torch.from_numpy(data["log_q"])
+    # the arrays come out of the object store read-only (zero-copy) and are only ever indexed, never written:
+    # torch's warning about non-writable arrays does not apply
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        users = torch.from_numpy(data["user"])
+        items = torch.from_numpy(data["item"])
+        hist = torch.from_numpy(data["hist"])
+        user_cat = torch.from_numpy(data["user_cat"])
+        item_cat = torch.from_numpy(data["item_cat"])
+        item_bag = torch.from_numpy(data["item_bag"])
+        content = None if data["content"] is None else torch.from_numpy(data["content"])
+        log_q = torch.from_numpy(data["log_q"])
     n = int(users.shape[0])
     shard = n // world
     order_gen = torch.Generator().manual_seed(cfg.seed)          # the same permutation on every worker
@@ -210,7 +203,7 @@ def train_two_tower_ray(ds: Dataset, train: Interactions, cfg: TwoTowerConfig, r
             "user_cat": ds.user_cat.astype(np.int64).reshape(ds.n_users, -1),
             "item_cat": ds.item_cat.astype(np.int64).reshape(ds.n_items, -1),
             "item_bag": ds.item_bag.astype(np.float32).reshape(ds.n_items, -1),
-            "content": _content(ds),
+            "content": None if (content := item_content(ds)) is None else content.numpy(),
             "log_q": np.log(np.maximum(counts, 1.0) / max(len(train), 1)).astype(np.float32)}
     ref = ray.put(data)
     del data
