@@ -60,6 +60,11 @@ class SequenceConfig:
     negatives: int = 2048           # sampled-softmax negatives per batch above full_softmax_max_items
     sparse: SparseEmbeddingConfig = field(default_factory=SparseEmbeddingConfig)   # large item tables
     seed: int = 0
+    # torch threads while the encoder trains (the export's ``threads`` again afterwards): a GRU step's ops are
+    # too small to split, and two threads spin at every barrier when a neighbour holds a core. Measured on the
+    # 2-core VM at load 5: 0.07 s wall per batch of 256 with 1 thread against 0.16-0.21 s with 2; inside a full
+    # export at load 10-15, 2 threads took ~70 min for the two cuts' encoders
+    threads: int = 1
 
     def validate(self) -> None:
         self.sparse.validate()
@@ -67,6 +72,8 @@ class SequenceConfig:
             raise ValueError(f"sequence.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.dim < 1 or self.history_len < 1 or self.layers < 1 or self.heads < 1 or self.dim % self.heads:
             raise ValueError("sequence: dim, history_len, layers, heads must be >= 1 and heads must divide dim")
+        if self.threads < 1:
+            raise ValueError(f"sequence.threads must be >= 1, got {self.threads}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ValueError("sequence: epochs >= 1, batch_size >= 2 and lr > 0")
 

@@ -106,7 +106,7 @@ def add_sequence(config, data, cuts, lap=lambda step: None):
     cfg: SequenceConfig = config.sequence
     if cfg.kind == "none":
         return data, cuts, None
-    _torch_threads(config.threads)
+    _torch_threads(cfg.threads)
     ds, split = data.ds, data.split
     curve: list[float] = []
 
@@ -116,6 +116,7 @@ def add_sequence(config, data, cuts, lap=lambda step: None):
 
     _, log_a = train_into(ds.n_items, ds.n_users, data.cut_train, cfg, cuts.build_a.path, on_epoch)
     _, log_b = train_into(ds.n_items, ds.n_users, split.train, cfg, cuts.build_b.path)
+    _torch_threads(config.threads)   # the rankers below train on the export's threads
     lap("sequence_train")
     rep_b_small = cuts.rep_b.subset(config.ranker.curve_users, config.rank_replay.seed)   # the curves' users
     cols = []
@@ -150,8 +151,9 @@ def publish_sequence(config, data, record: dict | None, path: Path, history: np.
     if record is None or not record.get("served"):
         return record
     ds = data.ds
-    _torch_threads(config.threads)
+    _torch_threads(config.sequence.threads)
     model, tlog = train_sequence(ds.n_items, data.split.known, ds.n_users, config.sequence)
+    _torch_threads(config.threads)
     export_sequence(model, path)
     hist = np.asarray(history, np.int64)[:, -config.sequence.history_len:]
     torch_states = user_states(model, hist)
