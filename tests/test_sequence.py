@@ -28,6 +28,7 @@ from export.models.sequence import (
     train_sequence,
     user_states,
 )
+from export.models.fit import SparseEmbeddingConfig
 from tests.test_models import _synthetic_dataset
 
 torch.set_num_threads(1)
@@ -76,6 +77,18 @@ def test_sampled_softmax_trains(ds):
                          negatives=16)
     _, log = train_sequence(ds.n_items, ds.interactions, ds.n_users, cfg)
     assert log["softmax"] == "sampled (16)" and np.isfinite(log["epoch_loss"]).all()
+
+
+@pytest.mark.parametrize("full_max", [10, 10**6], ids=["sampled", "full"])
+def test_sparse_item_table_trains(ds, full_max):
+    """A catalogue past ``sparse.min_rows`` trains its item table with sparse gradients (SparseAdam): the output
+    side must read the table through the embedding, not index its weight (a dense gradient, which SparseAdam
+    refuses; a 10^5-item synthetic export died on it)."""
+    cfg = SequenceConfig(kind="gru", dim=8, history_len=HL, epochs=2, batch_size=64, full_softmax_max_items=full_max,
+                         negatives=16, sparse=SparseEmbeddingConfig(min_rows=1))
+    model, log = train_sequence(ds.n_items, ds.interactions, ds.n_users, cfg)
+    assert model.item_emb.sparse and np.isfinite(log["epoch_loss"]).all()
+    assert log["epoch_loss"][-1] < log["epoch_loss"][0]
 
 
 def test_onnx_states_and_scores_match_torch(trained, ds, tmp_path):

@@ -140,6 +140,12 @@ class SequenceEncoder(nn.Module):
         """float32 [n_items, dim]: the item side of the score (row i is dense item i)."""
         return self.item_emb.weight[1:]
 
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """float32 [len(items), dim]: the item side for dense ids ``items``, through the embedding's forward, so a
+        table trained sparse (``sparse.min_rows``) gets a sparse gradient; indexing ``item_vectors()`` would give
+        it a dense one, which SparseAdam refuses."""
+        return self.item_emb(items + 1)
+
 
 def train_sequence(n_items: int, train: Interactions, n_users: int, cfg: SequenceConfig,
                    on_epoch=None) -> tuple[SequenceEncoder, dict]:
@@ -157,18 +163,18 @@ def train_sequence(n_items: int, train: Interactions, n_users: int, cfg: Sequenc
     hist_t = torch.from_numpy(hist[rows].astype(np.int64))
     target = torch.from_numpy(train.item[rows].astype(np.int64))
     full = n_items <= cfg.full_softmax_max_items
+    all_items = torch.arange(n_items)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
         if idx.numel() < 2:
             return None
         state = model(hist_t[idx])
         y = target[idx]
-        vecs = model.item_vectors()
         if full:
-            return F.cross_entropy(state @ vecs.T, y)
+            return F.cross_entropy(state @ model.item_rows(all_items).T, y)
         neg = torch.randint(0, n_items, (cfg.negatives,), generator=gen)
         cand = torch.cat([y, neg])
-        logits = state @ vecs[cand].T
+        logits = state @ model.item_rows(cand).T
         hit = y.unsqueeze(1) == cand.unsqueeze(0)
         hit[:, :y.numel()].fill_diagonal_(False)
         return F.cross_entropy(logits.masked_fill(hit, float("-inf")), torch.arange(y.numel()))
