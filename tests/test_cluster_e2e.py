@@ -24,7 +24,8 @@ def cluster(snapshot_root, tmp_path_factory):
     config = ClusterConfig(snapshot=str(snapshot_root), gateway_port=0, local_stages=[], replicas={},
                            run_dir=str(tmp_path_factory.mktemp("cluster")),
                            # generous deadline: CI machines are slow and the first calls JIT
-                           overrides={"gateway": ["deadline_ms=2000"]})
+                           # and the full level-0 counts on every call: the lists are compared with the export's
+                           overrides={"gateway": ["deadline_ms=2000", "quality.enabled=false"]})
     with Cluster(config) as running:
         yield running
     for proc in running.procs.values():
@@ -245,10 +246,18 @@ def test_served_lists_agree_with_the_manifests_funnel_table(client, snapshot):
     from export.evaluation.funnel import evaluate_funnel
     from tools.evaluate import compare, served_lists, served_table, test_truth
 
+    from rank_server.config import RankConfig
+
     ds, truth = test_truth(snapshot)
     users = np.unique(truth.user)[:60]
     truth = truth.subset(np.isin(truth.user, users))
-    offline = evaluate_funnel(snapshot, ds, truth)["rows"]["rerank"]
+    # at the counts the gateway asks for by default (quality level 0), which a fresh export chooses below 50:
+    # the k = 50 request behind recall@50 then runs on counts raised to 50, offline as served
+    level = (snapshot.manifest.get("quality_levels") or [None])[0]
+    counts = {} if level is None else {
+        "recall_n": level["recall_n"], "rank_n": level["rank_n"],
+        "rank_config": RankConfig(snapshot=str(snapshot.path), prerank_keep=level["prerank_keep"])}
+    offline = evaluate_funnel(snapshot, ds, truth, **counts)["rows"]["rerank"]
     _, lists, lists50, counts = served_lists(
         lambda user, k, ts, dl: client.recommend(user, k=k, timestamp=ts, deadline_ms=dl), ds, truth, snapshot,
         deadline_ms=5000)

@@ -13,7 +13,8 @@ For every user with held-out items, exactly what the gateway does with its confi
 
 Metrics per list (:func:`list_row`): recall@10, NDCG@10, recall@50, distinct genres@10 (genres covered by
 the first 10 items' genre bags) and ILS@10 (mean pairwise cosine of their item vectors; lower = more diverse).
-The rerank row's recall@50 comes from a second rerank with k = 50.
+The rerank row's recall@50 comes from a second request with k = 50: its counts raised to 50 as the gateway
+raises them, then reranked to 50.
 """
 from __future__ import annotations
 
@@ -101,6 +102,11 @@ def evaluate_funnel(snapshot: Snapshot, ds: Dataset, truth: Interactions, recall
     emb = snapshot.load_array("item_emb.npy")
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
+    # the gateway raises every count to the request's k (gateway.funnel.recommend), so the k = 50 request behind
+    # the final row's recall@50 runs on at least 50 candidates at each stage even when the counts are smaller
+    recall_50, rank_n_50 = max(recall_n, 50), max(rank_n, 50)
+    cfg_50 = dataclasses.replace(rank_cfg, prerank_keep=max(rank_cfg.prerank_keep, 50))
+    raise_50 = (recall_50, rank_n_50, cfg_50.prerank_keep) != (recall_n, rank_n, rank_cfg.prerank_keep)
     indptr, items_truth, users, first_ts = truth_users(truth, ds.n_users, max_users, seed)
     width = max(50, k)
     lists = {name: np.full((users.size, width), -1, np.int64)
@@ -129,10 +135,17 @@ def evaluate_funnel(snapshot: Snapshot, ds: Dataset, truth: Interactions, recall
         for name, state in alt_states.items():
             alt = rank(state, rank_cfg, user_id, rec.ids, ts, info)
             lists[name][row] = _pad(alt.item_idx[np.lexsort((np.arange(alt.fused.size), -alt.fused))], width)
+        cand50, scores50 = cand, scores
+        if raise_50:
+            rec50 = rec if recall_50 == recall_n else recall(recall_state, recall_cfg, user_id, recall_50)
+            res50 = rank(rank_state, cfg_50, user_id, rec50.ids, ts,
+                         RecallInfo(rec50.channel_masks, rec50.channel_names, rec50.scores))
+            top50 = np.lexsort((np.arange(res50.fused.size), -res50.fused))[:rank_n_50]
+            cand50, scores50 = res50.item_idx[top50], res50.fused[top50]
         for name, params in variants.items():
-            for kk, out in ((k, final[name]), (50, final50[name])):
-                picked = rerank_ruled(emb, cand, scores, min(kk, cand.size), params, items, rules)
-                out[row] = _pad(cand[picked.positions], out.shape[1])
+            for kk, out, c, sc in ((k, final[name], cand, scores), (50, final50[name], cand50, scores50)):
+                picked = rerank_ruled(emb, c, sc, min(kk, c.size), params, items, rules)
+                out[row] = _pad(c[picked.positions], out.shape[1])
     sub_indptr, sub_truth = truth_subset(indptr, items_truth, users)
     table = {name: list_row(lists[name], sub_indptr, sub_truth, items.bag, unit) for name in lists}
     for name in variants:
