@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.log import get_logger
@@ -48,7 +47,8 @@ from export.data.dataset import Dataset, Interactions
 from export.data.history import history_before
 from export.distributed.ray_i2i import ray_session, record_phase
 from export.models.fit import EmbeddingAdam
-from export.models.two_tower import ItemTower, TwoTowerConfig, UserTower, _drop_ids, content_dim, item_content
+from export.models.two_tower import (ItemTower, TwoTowerConfig, UserTower, _drop_ids, content_dim, in_batch_loss,
+                                     item_content)
 
 log = get_logger("export.ray_train")
 CHECKPOINT_FILE = "towers.pt"
@@ -90,7 +90,7 @@ def _train_loop(config: dict) -> None:
     cfg: TwoTowerConfig = config["cfg"]
     data = ray.get(config["data"])
     ds_shape = config["shape"]
-    n_users, n_items = ds_shape["n_users"], ds_shape["n_items"]
+    n_items = ds_shape["n_items"]
     user_tower, item_tower = make_towers(config["ds_meta"], cfg)
     # EmbeddingAdam switches the large id tables to sparse gradients: before DDP sees the module
     opt = EmbeddingAdam([user_tower, item_tower], cfg.lr, cfg.weight_decay, cfg.sparse, decoupled=True)
@@ -126,16 +126,7 @@ def _train_loop(config: dict) -> None:
         u_vec, i_vec = model(_drop_ids(u + 1, cfg.id_dropout, gen), user_cat[u], hist[idx].long(),
                              _drop_ids(i_in + 1, cfg.id_dropout, gen), item_cat[i_in], item_bag[i_in],
                              None if content is None else content[i_in])
-        logits = u_vec @ i_vec.T / cfg.temperature
-        if cfg.logq_correction and cfg.uniform_negatives > 0:
-            q = torch.exp(log_q[cand]) * idx.numel() + cfg.uniform_negatives / n_items
-            logits = logits - torch.log(q).unsqueeze(0)
-        elif cfg.logq_correction:
-            logits = logits - log_q[i].unsqueeze(0)
-        dup = i.unsqueeze(1) == cand.unsqueeze(0)
-        dup[:, :idx.numel()].fill_diagonal_(False)
-        logits = logits.masked_fill(dup, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(idx.numel()))
+        return in_batch_loss(u_vec, i_vec, i, cand, log_q, cfg, n_items)
 
     epoch_loss, steps = [], 0
     for _ in range(cfg.epochs):

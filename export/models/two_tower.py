@@ -163,6 +163,26 @@ def item_content(ds: Dataset) -> torch.Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(content, np.float32))
 
 
+def in_batch_loss(u_vec: torch.Tensor, i_vec: torch.Tensor, i: torch.Tensor, cand: torch.Tensor,
+                  log_q: torch.Tensor, cfg: TwoTowerConfig, n_items: int) -> torch.Tensor:
+    """Softmax over the batch's positives ``i`` (then any uniform negatives: ``cand`` is ``i`` followed by them),
+    row r's label its own positive; ``i_vec`` the vectors of ``cand``. With ``logq_correction`` each logit
+    loses the log of its candidate's expected count among the negatives (popular items are drawn as in-batch
+    negatives more often than the softmax assumes)."""
+    b = i.numel()
+    logits = u_vec @ i_vec.T / cfg.temperature
+    if cfg.logq_correction and cfg.uniform_negatives > 0:
+        # log of each candidate's expected count among the batch's negatives, over both draws
+        q = torch.exp(log_q[cand]) * b + cfg.uniform_negatives / n_items
+        logits = logits - torch.log(q).unsqueeze(0)
+    elif cfg.logq_correction:
+        logits = logits - log_q[i].unsqueeze(0)
+    # Another row (or drawn negative) with the same positive item is not a negative.
+    dup = i.unsqueeze(1) == cand.unsqueeze(0)
+    dup[:, :b].fill_diagonal_(False)
+    return F.cross_entropy(logits.masked_fill(dup, float("-inf")), torch.arange(b))
+
+
 def _drop_ids(codes: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Replace each code by 0 with probability ``p`` (cold-start training)."""
     if p <= 0:
@@ -221,18 +241,7 @@ def train_two_tower(
             cand = torch.cat([i, extra])
             i_vec = torch.cat([i_vec, item_tower(_drop_ids(extra + 1, cfg.id_dropout, gen), item_cat[extra],
                                                  item_bag[extra], None if content is None else content[extra])])
-        logits = u_vec @ i_vec.T / cfg.temperature
-        if cfg.logq_correction and cfg.uniform_negatives > 0:
-            # log of each candidate's expected count among the batch's negatives, over both draws
-            q = torch.exp(log_q[cand]) * idx.numel() + cfg.uniform_negatives / ds.n_items
-            logits = logits - torch.log(q).unsqueeze(0)
-        elif cfg.logq_correction:
-            logits = logits - log_q[i].unsqueeze(0)
-        # Another row (or drawn negative) with the same positive item is not a negative.
-        dup = i.unsqueeze(1) == cand.unsqueeze(0)
-        dup[:, :idx.numel()].fill_diagonal_(False)
-        logits = logits.masked_fill(dup, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(idx.numel()))
+        return in_batch_loss(u_vec, i_vec, i, cand, log_q, cfg, ds.n_items)
 
     log["epoch_loss"] = fit(opt, n, cfg.batch_size, cfg.epochs, gen, batch_loss)
     user_tower.eval()
