@@ -80,7 +80,7 @@ class FeedbackWriter:
         warm_up(log)   # Numba's passes loaded (or compiled) now, not inside the first Feedback calls
         self._synced: queue.SimpleQueue = queue.SimpleQueue()   # committed groups' outcomes, in commit order
         self._syncer = None
-        if getattr(store.config, "sync_pipeline", False):
+        if store.config.sync_pipeline:
             self._syncer = threading.Thread(target=self._sync_run, name="feedback-syncer", daemon=True)
             self._syncer.start()
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
