@@ -171,7 +171,7 @@ class _DatasetMeta:
         self.n_users, self.n_items = ds.n_users, ds.n_items
         self.user_cat_vocab, self.item_cat_vocab = list(ds.user_cat_vocab), list(ds.item_cat_vocab)
         self.item_bag_names = list(ds.item_bag_names)
-        content = getattr(ds, "item_content", None)
+        content = ds.item_content
         # content_dim() reads .shape[1]: a zero-row array of the same width stands in for the vectors
         self.item_content = None if content is None else np.zeros((0, content.shape[1]), np.float32)
 

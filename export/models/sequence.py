@@ -15,7 +15,7 @@ training exactly the window serving gives it. The loss is a softmax over the who
 (a sampled softmax with the accidental hits masked).
 
 Serving encodes once per request (``state`` from the history) and scores candidates with one gather and one
-matrix-vector product (:func:`sequence_scores`); the ONNX graph holds the encoder only.
+matrix-vector product (``common.sequence_features.SequenceScorer.scores``); the ONNX graph holds the encoder only.
 """
 from __future__ import annotations
 
@@ -207,10 +207,6 @@ def item_vectors(model: SequenceEncoder) -> np.ndarray:
     with torch.no_grad():
         return model.item_vectors().detach().numpy().astype(np.float32).copy()
 
-
-def sequence_scores(state: np.ndarray, item_vecs: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """float32 [C]: ``state · item_vecs[c]`` for one request's candidates (dense ids)."""
-    return item_vecs[np.asarray(cand, np.int64)] @ np.asarray(state, np.float32).reshape(-1)
 
 
 def next_item_ndcg(model: SequenceEncoder, history: Interactions, truth: Interactions, n_users: int,

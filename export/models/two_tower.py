@@ -149,13 +149,13 @@ class ItemTower(nn.Module):
 
 def content_dim(ds: Dataset) -> int:
     """Width of the dataset's item content vectors (0: it has none)."""
-    content = getattr(ds, "item_content", None)
+    content = ds.item_content
     return 0 if content is None else int(content.shape[1])
 
 
 def item_content(ds: Dataset) -> torch.Tensor | None:
     """The dataset's item content vectors as float32 [n_items, C], or None."""
-    content = getattr(ds, "item_content", None)
+    content = ds.item_content
     if content is None:
         return None
     if content.shape[0] != ds.n_items:

@@ -107,7 +107,7 @@ def content_table(content_emb: np.ndarray, ds: Dataset, train: Interactions, top
     distinct cold rows (inner product, M 16, ef max(2 top_m, 100), ``threads`` threads) finds each row's nearest.
     """
     n = ds.n_items
-    content = getattr(ds, "item_content", None)
+    content = ds.item_content
     if content is not None:     # continuous vectors: every item's features are its own
         row = np.arange(n, dtype=np.int32)
         first = np.arange(n)
