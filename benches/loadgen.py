@@ -42,6 +42,18 @@ class Sample:
     degraded: tuple[str, ...] = ()
     items: int = 0                   # items in the reply (fill rate under filters)
     level: int = 0                   # the quality level the reply was served at (gateway.quality)
+    shed: str = ""                   # RESOURCE_EXHAUSTED: which admission rule refused it (:func:`shed_reason`)
+
+
+def shed_reason(details: str) -> str:
+    """The admission rule named in a RESOURCE_EXHAUSTED message (``gateway.admission.Admission.admit``):
+    "estimate" (requests take too long now), "throttle" (stages running out of time), "in_flight" (the cap),
+    else "other"."""
+    for key, words in (("estimate", "requests take"), ("throttle", "running out of time"),
+                       ("in_flight", "requests in progress")):
+        if words in details:
+            return key
+    return "other"
 
 
 @dataclass
@@ -74,6 +86,7 @@ class RateResult:
                "ok": len(ok), "good": good, "degraded_replies": n_degraded, "late": late,
                "late_over_deadline_plus_5ms": sum(1 for s in ok if s.ms > self.deadline_ms + 5.0),
                "errors": errors, "error_count": sum(errors.values()), "degraded": degraded,
+               "shed_reasons": dict(collections.Counter(s.shed for s in self.samples if s.shed)),
                "goodput": good / self.duration_s if self.duration_s else 0.0,
                "achieved_rate": len(ok) / self.duration_s if self.duration_s else 0.0,
                "late_sends": self.late_sends, "latency_ms": percentiles([s.ms for s in ok]),
@@ -123,7 +136,9 @@ def run_schedule(addr: str, users: list[str], phases: list[tuple[float, float]],
                                 reply.quality_level)
                 timings = [(t.stage, t.ms) for t in reply.stage_timings]
             except grpc.RpcError as exc:
-                sample, timings = Sample(at, elapsed, exc.code().name), []
+                code = exc.code()
+                reason = shed_reason(exc.details() or "") if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""
+                sample, timings = Sample(at, elapsed, code.name, shed=reason), []
             with lock:
                 result.samples.append(sample)
                 for stage, ms in timings:

@@ -277,6 +277,9 @@ async def rank_stage(req: _Request, trace: _Trace, recalled: _Recalled) -> _Rank
     rank_n = req.counts.rank_n
     cand, cand_scores, masks = recalled.cand, recalled.scores, recalled.masks
     try:
+        if req.counts.skip_rank:  # a quality level, not a failure: recall's order, nothing degraded
+            cand = cand[:rank_n]
+            return _Ranked(cand, cand_scores[:rank_n], masks[:rank_n], [], np.zeros((cand.size, 0), np.float32))
         if cand.size == 0:
             raise StageFailed("nothing to rank")
         reply = await req.call("rank", rank_pb2.RankRequest(
@@ -366,8 +369,9 @@ async def run_funnel(stages: Stages, snapshot: Snapshot, popular: np.ndarray, co
     ``recall_n`` and ``rank_n`` with the rank server's own pre-rank cut. Each is raised to ``k`` at least.
     """
     counts = counts or Level(config.recall_n, 0, config.rank_n)
-    counts = Level(max(counts.recall_n, k), max(counts.prerank_keep, k) if counts.prerank_keep else 0,
-                   max(counts.rank_n, k), counts.prerank_order)
+    counts = replace(counts, recall_n=max(counts.recall_n, k),
+                     prerank_keep=max(counts.prerank_keep, k) if counts.prerank_keep else 0,
+                     rank_n=max(counts.rank_n, k))
     req = _Request(stages, config, user_id, k, context, exclude_ids, deadline,
                    config.reserve_ms / 1000.0 + extra_reserve_s, metadata, experiment or Assignment(), counts)
     budget_ms = (deadline - time.monotonic()) * 1000.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COUNT_KEYS = ("recall_n", "prerank_keep", "rank_n")
+FLAG_KEYS = ("prerank_order", "skip_rank")   # a level's manifest flags, Level's fields in order
 
 
 @dataclass
@@ -45,12 +46,16 @@ class QualityConfig:
 @dataclass(frozen=True)
 class Level:
     """The candidate counts of one quality level; ``prerank_keep`` 0 leaves the rank server's own.
-    ``prerank_order``: rank serves its pre-rank's order and skips the ranker (the deepest level)."""
+    ``prerank_order``: rank serves its pre-rank's order and skips the ranker. ``skip_rank``: the rank server is
+    not called at all, and recall's first ``rank_n`` go to rerank in recall's order (the deepest level): a stage
+    call is a fixed cost per request (its round trip, the request's decoding, the user's features) that fewer
+    candidates do not remove. Rerank is never skipped: it keeps the business rules (``rerank_server``)."""
 
     recall_n: int
     prerank_keep: int
     rank_n: int
     prerank_order: bool = False
+    skip_rank: bool = False
 
 
 def default_levels(exported: dict, recall_n: int, rank_n: int, depth: int = 3) -> list[Level]:
@@ -66,7 +71,7 @@ def levels_for(manifest: dict, recall_n: int, rank_n: int, max_level: int) -> li
     :func:`default_levels`), each count capped by the gateway's ``recall_n`` / ``rank_n``, and every level
     kept in order ``rank_n <= prerank_keep <= recall_n`` (a stage never gets more than the one before kept)."""
     measured = manifest.get("quality_levels") or []
-    raw = ([Level(*(int(level[key]) for key in COUNT_KEYS), bool(level.get("prerank_order", False)))
+    raw = ([Level(*(int(level[key]) for key in COUNT_KEYS), *(bool(level.get(key, False)) for key in FLAG_KEYS))
             for level in measured] if measured
            else default_levels(manifest.get("stage_counts") or {}, recall_n, rank_n))
     out = []
@@ -74,7 +79,7 @@ def levels_for(manifest: dict, recall_n: int, rank_n: int, max_level: int) -> li
         r = min(level.recall_n, recall_n)
         p = min(level.prerank_keep, r) if level.prerank_keep else 0
         n = min(level.rank_n, rank_n, p or r)
-        out.append(Level(r, p, n, level.prerank_order))
+        out.append(Level(r, p, n, level.prerank_order, level.skip_rank))
     return out
 
 

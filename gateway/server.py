@@ -167,7 +167,9 @@ class GatewayServicer(recommend_grpc.RecommendServiceServicer):
         if blocklist.size and (blocklist[0] < 0 or blocklist[-1] >= n_items):
             raise ValueError(f"self-test: {snapshot.path / 'blocklist.npy'} holds ids outside 0..{n_items - 1}")
         self.log.info("snapshot_loaded", version=snapshot.version, n_items=int(state.titles.shape[0]),
-                      quality_levels=[[lv.recall_n, lv.prerank_keep, lv.rank_n] for lv in levels])
+                      quality_levels=[[lv.recall_n, lv.prerank_keep, lv.rank_n,
+                                       "skip_rank" if lv.skip_rank else "prerank" if lv.prerank_order else "model"]
+                                      for lv in levels])
         return state
 
     def stages_hold(self, version: str) -> bool:

@@ -158,3 +158,30 @@ def test_popular_fallback_keeps_only_eligible_items(world):
     assert "recall" in result.degraded and result.item_idx.size == 10
     assert compiled.matches(result.item_idx).all()
     assert result.eligible_items == int(compiled.mask().sum())
+
+
+def test_skip_rank_level_serves_recall_order_without_calling_rank(world):
+    """The quality factor's deepest level (``Level.skip_rank``): no rank call, recall's first ``rank_n`` go to
+    rerank in recall's order with recall's scores, and the reply is not degraded (a level, not a failure)."""
+    from gateway.quality import Level
+
+    snapshot, popular, config, stages = world
+    called = []
+
+    def rank(req, timeout, metadata):
+        called.append(req)
+        return stages["rank"](req, timeout, metadata)
+
+    seen = []
+
+    def rerank(req, timeout, metadata):
+        seen.append(wire.decode(req.item_idx, wire.INT32, "item_idx"))
+        return stages["rerank"](req, timeout, metadata)
+
+    result = asyncio.run(run_funnel(Stages(**{**stages, "rank": rank, "rerank": rerank}), snapshot, popular, config,
+                                    "1", 10, recsys_pb2.Context(), [], time.monotonic() + 0.2,
+                                    counts=Level(200, 30, 30, skip_rank=True)))
+    assert called == [] and result.degraded == [] and result.task_names == []
+    recalled = np.arange(0, min(snapshot.item_ids.shape[0], 600), 2, dtype=np.int32)[:200]
+    assert np.array_equal(seen[0], recalled[:30])                  # recall's order, cut to rank_n
+    assert np.array_equal(result.item_idx, recalled[:10][::-1])   # the fake rerank reverses its first k

@@ -101,3 +101,22 @@ def test_the_deepest_level_skips_the_ranker_and_level_zero_never_does():
     manifest = {"quality_levels": levels}
     served = levels_for(manifest, 1000, 200, max_level=len(levels))
     assert served[-1].prerank_order and served[-1].recall_n == smallest["recall_n"]
+
+
+def test_skip_rank_is_the_deepest_level_and_never_level_zero():
+    curve = _curve({})
+    smallest = curve["points"][-1]
+    pre = {**smallest, "prerank_order": True, "ndcg@10": 0.19}
+    skip = {**smallest, "skip_rank": True, "ndcg@10": 0.3}          # even the best score is never level 0
+    for p in (pre, skip):
+        p["work"] = work(p)
+    curve["points"] += [pre, skip]
+    assert skip["work"] == 0.25 * smallest["rank_n"] < pre["work"] < smallest["work"]
+    chosen = choose_counts(curve, max_cost=0.0)
+    assert not chosen.get("skip_rank") and not chosen.get("prerank_order")
+    levels = quality_levels(curve, chosen)
+    assert levels[-1]["skip_rank"] and levels[-2]["prerank_order"] and not levels[-2]["skip_rank"]
+    assert not any(lv["skip_rank"] for lv in levels[:-1])
+    served = levels_for({"quality_levels": levels}, 1000, 200, max_level=len(levels))
+    assert served[-1].skip_rank and not served[-1].prerank_order and served[-2].prerank_order
+    assert not any(lv.skip_rank for lv in served[:-1])

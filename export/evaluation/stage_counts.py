@@ -12,9 +12,10 @@ chosen the way every other serving choice is, on the validation funnel:
   of the reference (the largest counts, the funnel the models were fitted for);
 * :func:`quality_levels` lays out the steps the gateway's quality factor takes under load (issue 27): from the
   chosen point, fewer recall candidates first, then a smaller pre-rank cut and rank list, then the smallest
-  counts of the grid, and last those counts in the pre-rank's order without the ranker (the MMoE student
-  over its rows is most of rank's CPU), each with its validation NDCG@10, so an operator knows what a step
-  costs before it is taken. Level 0 always runs the ranker.
+  counts of the grid, then those counts in the pre-rank's order without the ranker (the MMoE student over its
+  rows), and last without the rank call at all (recall's order into rerank: the rank server's round trip,
+  features and pre-rank are a third of a request's CPU, which no count removes), each with its validation
+  NDCG@10, so an operator knows what a step costs before it is taken. Level 0 always runs the ranker.
 
 "Cheapest" is by :func:`work`, candidates handled weighted by what each costs per row on the serving path
 (``benches.stage_cost``: recall's merge, the candidate features and the pre-rank are linear in ``recall_n``;
@@ -49,11 +50,20 @@ ROW_WEIGHTS = {"recall_n": 1.0, "prerank_keep": 4.0, "rank_n": 0.25}
 DEFAULT_GRID = {"recall_n": [1000, 500, 250, 125], "prerank_keep": [200, 100, 50, 25], "rank_n": [200, 100, 50, 25]}
 
 
+DEEPER_KEYS = ("prerank_order", "skip_rank")   # the flags of the points beyond the grid (quality levels only)
+
+
+def deeper(point: dict) -> bool:
+    """Whether ``point`` is one of the curve's points beyond the grid (a quality level, never level 0)."""
+    return any(point.get(key) for key in DEEPER_KEYS)
+
+
 def work(point: dict) -> float:
     """The weighted candidate count of a grid point: what :func:`choose_counts` minimises (in the pre-rank's
-    order the ranker's rows cost nothing)."""
-    return float(sum(ROW_WEIGHTS[key] * point[key] for key in ROW_WEIGHTS
-                     if not (key == "prerank_keep" and point.get("prerank_order"))))
+    order the ranker's rows cost nothing; with rank skipped, none of the rank server's rows do)."""
+    skipped = ({"recall_n", "prerank_keep"} if point.get("skip_rank")   # the rank server's rows: none
+               else {"prerank_keep"} if point.get("prerank_order") else set())
+    return float(sum(ROW_WEIGHTS[key] * point[key] for key in ROW_WEIGHTS if key not in skipped))
 
 
 def grid_points(grid: dict[str, list[int]], k: int) -> list[dict[str, int]]:
@@ -74,12 +84,15 @@ def count_curve(snapshot: Snapshot, ds: Dataset, truth: Interactions, rerank: Re
     ``truth``: ``{"users", "seconds", "reference", "points": [{recall_n, prerank_keep, rank_n, work, ndcg@10,
     recall@10}]}``. ``rerank``: the rerank the servers run (method and parameters). One recall per ``recall_n``
     and one rank per ``(recall_n, prerank_keep)`` per user (pre-rank cuts are not nested under every fusion
-    form, so each is run, not sliced). One more point: the grid's smallest counts in the pre-rank's order
-    (``prerank_order``, the deepest quality level), where the snapshot serves the ranker's order."""
+    form, so each is run, not sliced). Two more points at the grid's smallest counts, the quality factor's
+    deepest levels: the pre-rank's order (``prerank_order``, where the snapshot serves the ranker's order), and
+    no rank call (``skip_rank``: recall's first ``rank_n`` reranked in recall's order, as the gateway serves it)."""
     t0 = time.perf_counter()
     points = grid_points(grid or DEFAULT_GRID, k)
+    smallest = points[-1]
     if snapshot.manifest.get("rank_order", "model") == "model":
-        points.append({**points[-1], "prerank_order": True})
+        points.append({**smallest, "prerank_order": True})
+    points.append({**smallest, "skip_rank": True})
     recall_cfg = RecallConfig(snapshot=str(snapshot.path))
     rank_cfg = RankConfig(snapshot=str(snapshot.path), prerank_keep=max(p["prerank_keep"] for p in points))
     rerank_cfg = RerankConfig(snapshot=str(snapshot.path)).for_snapshot(snapshot)
@@ -103,7 +116,10 @@ def count_curve(snapshot: Snapshot, ds: Dataset, truth: Interactions, rerank: Re
             if ids.size == 0:
                 continue
             pre = bool(point.get("prerank_order"))
-            if (r, p, pre) not in ranked:
+            if point.get("skip_rank"):   # recall's order and scores, as the gateway's funnel passes them on
+                ranked[(r, p, "skip")] = (ids, np.asarray(info.scores, np.float32))
+                pre = "skip"
+            elif (r, p, pre) not in ranked:
                 res = rank(rank_state, rank_cfg, user_id, ids, ts, info, prerank_keep=p, prerank_order=pre)
                 order = np.lexsort((np.arange(res.fused.size), -res.fused))
                 ranked[(r, p, pre)] = (res.item_idx[order], res.fused[order])
@@ -124,8 +140,8 @@ def count_curve(snapshot: Snapshot, ds: Dataset, truth: Interactions, rerank: Re
 def choose_counts(curve: dict, max_cost: float = 0.005) -> dict:
     """The cheapest point (least :func:`work`; ties: the better NDCG@10) whose final NDCG@10 is at least
     ``(1 - max_cost)`` of the reference point's (the grid's largest counts), the ranker running (the
-    ``prerank_order`` point is a quality level, never the default). Returns the point."""
-    points = [p for p in curve["points"] if not p.get("prerank_order")]
+    ``prerank_order`` and ``skip_rank`` points are quality levels, never the default). Returns the point."""
+    points = [p for p in curve["points"] if not deeper(p)]
     ref = next(p for p in points if all(p[key] == curve["reference"][key] for key in ROW_WEIGHTS))
     floor = (1.0 - max_cost) * ref["ndcg@10"]
     ok = [p for p in points if p["ndcg@10"] >= floor]
@@ -136,9 +152,11 @@ def quality_levels(curve: dict, chosen: dict) -> list[dict]:
     """The quality factor's levels, level 0 the ``chosen`` point: 1 = the next smaller ``recall_n`` of the grid
     (same cuts), 2 = the next smaller value of every count, 3 = the grid's smallest counts; steps that are not
     cheaper than the level before are left out; last, the smallest counts in the pre-rank's order where the
-    curve measured it. Each level carries its validation NDCG@10 and its cost against level 0."""
-    points = [p for p in curve["points"] if not p.get("prerank_order")]
+    curve measured it, and then without the rank call. Each level carries its validation NDCG@10 and its cost
+    against level 0."""
+    points = [p for p in curve["points"] if not deeper(p)]
     skip_ranker = [p for p in curve["points"] if p.get("prerank_order")]
+    skip_rank = [p for p in curve["points"] if p.get("skip_rank")]
     by_key = {tuple(p[key] for key in ROW_WEIGHTS): p for p in points}
     values = {key: sorted({p[key] for p in points}, reverse=True) for key in ROW_WEIGHTS}
 
@@ -157,14 +175,15 @@ def quality_levels(curve: dict, chosen: dict) -> list[dict]:
              find(smaller("recall_n", c["recall_n"]), c["prerank_keep"], c["rank_n"]),
              find(smaller("recall_n", c["recall_n"]), smaller("prerank_keep", c["prerank_keep"]),
                   smaller("rank_n", c["rank_n"])),
-             find(values["recall_n"][-1], values["prerank_keep"][-1], values["rank_n"][-1]), *skip_ranker]
+             find(values["recall_n"][-1], values["prerank_keep"][-1], values["rank_n"][-1]), *skip_ranker,
+             *skip_rank]
     levels: list[dict] = []
     for step in steps:
         if step is None or (levels and step["work"] >= levels[-1]["work"]):
             continue
         base = levels[0]["ndcg@10"] if levels else step["ndcg@10"]
         levels.append({"level": len(levels), **{key: step[key] for key in ROW_WEIGHTS},
-                       "prerank_order": bool(step.get("prerank_order")),
+                       **{key: bool(step.get(key)) for key in DEEPER_KEYS},
                        "ndcg@10": step["ndcg@10"], "recall@10": step["recall@10"],
                        "ndcg_cost": round(1.0 - step["ndcg@10"] / base, 4) if base > 0 else 0.0,
                        "work": step["work"]})
