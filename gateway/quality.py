@@ -1,11 +1,13 @@
 """The quality factor: less work per request before any request is refused (docs/ARCHITECTURE.md §4).
 
-Shedding (``gateway.admission``) answers overload by refusing requests. Most of a request's CPU goes to work
-that grows with the funnel's candidate counts (recall's merge, the candidate features and pre-rank over
-``recall_n`` rows, the student over ``prerank_keep``, rerank over ``rank_n``), and the list loses little when
-they shrink (the export measures how little). So when recent requests run slow the gateway first asks the
-stages for fewer candidates, one level at a time, and sheds only what the levels cannot absorb (Twitter's
-product-mixer lowers a component's candidate count the same way when its latency runs over target).
+Shedding (``gateway.admission``) answers overload by refusing requests. Part of a request's CPU grows with the
+funnel's candidate counts (recall's merge, the candidate features and pre-rank over ``recall_n`` rows, the
+student over ``prerank_keep``, rerank over ``rank_n``), and the list loses little when they shrink (the export
+measures how little). So when recent requests run slow the gateway first asks the stages for fewer candidates,
+one level at a time, and sheds only what the levels cannot absorb (Twitter's product-mixer lowers a component's
+candidate count the same way when its latency runs over target). Most of the CPU is per call, though (at the
+chosen counts the MMoE over 25 rows is 0.5-1 of 11-13 CPU-ms), so the deepest level skips the rank call
+(``Level.skip_rank``, docs/results/2026-12-07-overload-quality.md).
 
 Levels come from the snapshot's manifest (``quality_levels``, ``export.evaluation.stage_counts``: each
 level's counts and its validation NDCG@10), capped by this gateway's ``recall_n`` / ``rank_n``. A snapshot

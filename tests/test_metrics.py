@@ -106,3 +106,12 @@ def test_recall_shape_errors_and_empty_truth():
     with pytest.raises(ValueError):
         recall_at_k(np.zeros((2, 3), np.int32), np.array([0, 1]), np.array([1]), 2)
     assert math.isnan(recall_at_k(np.zeros((2, 3), np.int32), np.array([0, 0, 0]), np.array([], int), 2))
+
+
+def test_concentration_counts_distinct_items_and_the_top_share():
+    from export.evaluation.metrics import concentration
+
+    lists = np.array([[3, 1, -1], [3, 2, 2], [4, -1, -1], [-1, -1, -1]])
+    got = concentration(lists)
+    assert got == {"lists": 3, "distinct": 4, "top_share": 2 / 3}   # item 3 in 2 of the 3 non-empty lists
+    assert concentration(np.full((2, 3), -1)) == {"lists": 0, "distinct": 0, "top_share": 0.0}

@@ -33,36 +33,46 @@ def rig(snapshot, snapshot_root, tmp_path_factory):
     assert proc.poll() is not None
 
 
-def _levels(stub, n: int) -> list[int]:
+def _levels(stub, n: int, fake=None) -> list[int]:
+    """The levels of ``n`` calls; with ``fake``, its ``last["rank"]`` is the last call's rank request (None: the
+    call did not reach rank, as at a ``skip_rank`` level)."""
     request = recommend_pb2.RecommendRequest(user_id="1", k=10)
-    return [stub.Recommend(request, timeout=5).quality_level for _ in range(n)]
+    served = []
+    for _ in range(n):
+        if fake is not None:
+            fake.last["rank"] = None
+        served.append(stub.Recommend(request, timeout=5).quality_level)
+    return served
 
 
 def test_levels_step_down_while_slow_and_back_up_after(rig):
     fake, stub, snapshot = rig
     # the snapshot's levels as this gateway serves them (default recall_n 1000, rank_n 200); k = 10 floors them
     levels = levels_for(snapshot.manifest, 1000, 200, 8)
-    assert len(levels) > 1, levels   # the pre-rank-order level at least, below a ranker-ordered level 0
+    assert len(levels) > 1, levels   # the pre-rank-order level and the no-rank level, below a ranker-ordered level 0
 
     def sent_at(level: int) -> None:   # the last request's counts are its level's
         want = levels[level]
         assert fake.last["recall"].n == max(want.recall_n, 10)
+        if want.skip_rank:   # the deepest level: recall's order into rerank, no rank call
+            assert fake.last["rank"] is None
+            return
         assert fake.last["rank"].prerank_keep == (max(want.prerank_keep, 10) if want.prerank_keep else 0)
         assert fake.last["rank"].prerank_order == want.prerank_order
 
     fake.mode.update(recall="ok", rank="ok", rerank="ok")
-    warm = _levels(stub, 300)   # the first calls (channels connecting, a busy machine) may run slow
+    warm = _levels(stub, 300, fake)   # the first calls (channels connecting, a busy machine) may run slow
     assert warm[-3:] == [0, 0, 0], warm
     sent_at(0)
 
     fake.mode["rank"] = "slow"
-    served = _levels(stub, 20)
+    served = _levels(stub, 20, fake)
     assert max(served) > 0, served
     top = served.index(max(served))
     assert served[: top + 1] == sorted(served[: top + 1]), served   # one level at a time, downward
     sent_at(served[-1])
 
     fake.mode["rank"] = "ok"
-    recovered = _levels(stub, 200)
+    recovered = _levels(stub, 200, fake)
     assert recovered[-1] == 0, recovered
     sent_at(0)

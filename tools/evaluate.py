@@ -3,7 +3,8 @@
 Sends ``Recommend`` through the public API for every test user the export evaluated (same split, same
 user sample, the user's first test timestamp as the request's context, as the export's table does), once
 with k = 10 and once with k = 50, and scores the served lists against the held-out items: recall@10,
-NDCG@10, recall@50, distinct genres@10, ILS@10 (``export.evaluation.funnel.list_row``). Then compares
+NDCG@10, recall@50, distinct genres@10, ILS@10 (``export.evaluation.funnel.list_row``), and says how spread the
+10-lists are (distinct items, the most common item's share: ``export.evaluation.metrics.concentration``). Then compares
 them with the manifest's ``metrics.funnel.test.rows.rerank`` (the export's offline number for the same
 lists): every metric must agree within ``--tolerance`` (default 0.002; absolute for the metrics in [0, 1],
 relative for genres@10), and every reply must be non-degraded; the exit status is 1 otherwise. The served
@@ -28,6 +29,7 @@ from common.config import load_config
 from common.snapshot import Snapshot, SnapshotError
 from export.evaluation.recall import truth_subset, truth_users
 from export.evaluation.funnel import list_row
+from export.evaluation.metrics import concentration
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "genres@10", "ils@10")
 
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     print("list".ljust(26) + "".join(m.rjust(11) for m in METRICS))
     for name, row in (("served (gateway)", served), ("manifest (export, test)", offline)):
         print(name.ljust(26) + "".join(f"{row[m]:11.4f}" for m in METRICS))
+    spread = concentration(lists)
+    print(f"spread of the 10-lists: {spread['distinct']} distinct items over {spread['lists']} lists, the most "
+          f"common item in {spread['top_share']:.1%} of them")
     ok = not bad and counts["degraded"] == 0 and counts["errors"] == 0
     print(("agree" if ok else "DISAGREE") + f" within {args.tolerance} on every metric"
           + (f"; differ on {', '.join(bad)}" if bad else ""))

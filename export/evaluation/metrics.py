@@ -192,3 +192,18 @@ def ndcg_at_k(
     per_user = ndcg_per_user(pred, truth_indptr, truth_items, k)
     has = ~np.isnan(per_user)
     return float(per_user[has].mean()) if has.any() else float("nan")
+
+
+def concentration(lists: np.ndarray) -> dict:
+    """How spread the served lists are (rows of dense item ids, -1 padded): ``distinct`` items across all lists,
+    and ``top_share``, the share of lists that hold the most common item. A ranker that collapses onto the head
+    shows here before it shows in NDCG (issue 30's guard: at least 600 distinct items over ML-100K's 943 users'
+    10-lists, no item in more than 20% of them)."""
+    lists = np.asarray(lists)
+    n_lists = int((lists >= 0).any(axis=1).sum()) if lists.ndim == 2 else 0
+    if n_lists == 0:
+        return {"lists": 0, "distinct": 0, "top_share": 0.0}
+    # each list counts an item once (a -1 pad is not an item)
+    per_list = [np.unique(row[row >= 0]) for row in lists]
+    counts = np.bincount(np.concatenate(per_list).astype(np.int64))
+    return {"lists": n_lists, "distinct": int((counts > 0).sum()), "top_share": float(counts.max() / n_lists)}
