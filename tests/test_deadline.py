@@ -29,10 +29,12 @@ N_REQUESTS = 7
 def rig(snapshot, snapshot_root, tmp_path_factory):
     server, fake, port = start_fake_stages(snapshot.version, snapshot.item_ids.shape[0])
     addr = f"127.0.0.1:{port}"
-    # budgets sum to 1: with every stage hanging the last call runs right up to the deadline
+    # budgets sum to 1: with every stage hanging the last call runs right up to the deadline. The quality factor
+    # off: with a stage hanging, requests take their whole deadline and it would step to the level that skips
+    # the rank call (tests/test_quality_e2e.py covers that); here every request runs the full funnel.
     proc, gw_port = start_gateway(snapshot_root, tmp_path_factory.mktemp("deadline"), [
         f"recall_addr={addr}", f"rank_addr={addr}", f"rerank_addr={addr}", "deadline_ms=2000",
-        "budget.recall=0.3", "budget.rank=0.5", "budget.rerank=0.2"])
+        "budget.recall=0.3", "budget.rank=0.5", "budget.rerank=0.2", "quality.enabled=false"])
     channel = grpc.insecure_channel(f"127.0.0.1:{gw_port}")
     try:
         yield fake, recsys_pb2_grpc.GatewayStub(channel)
