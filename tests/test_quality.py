@@ -80,10 +80,11 @@ def test_choose_counts_takes_the_cheapest_point_within_the_cost():
     strict = choose_counts(curve, max_cost=0.0)
     assert (strict["recall_n"], strict["prerank_keep"], strict["rank_n"]) == (1000, 200, 200)
     levels = quality_levels(curve, strict)
+    # (500, 200, 200) scores 0.1990 like the cheaper (500, 100, 100): left out
     assert [(lv["recall_n"], lv["prerank_keep"], lv["rank_n"]) for lv in levels] == \
-        [(1000, 200, 200), (500, 200, 200), (500, 100, 100), (250, 50, 50)]
-    assert [lv["level"] for lv in levels] == [0, 1, 2, 3]
-    assert levels[0]["ndcg_cost"] == 0.0 and levels[3]["ndcg_cost"] == pytest.approx(0.05)
+        [(1000, 200, 200), (500, 100, 100), (250, 50, 50)]
+    assert [lv["level"] for lv in levels] == [0, 1, 2]
+    assert levels[0]["ndcg_cost"] == 0.0 and levels[2]["ndcg_cost"] == pytest.approx(0.05)
     assert all(a["work"] > b["work"] for a, b in zip(levels, levels[1:]))
 
 
@@ -107,7 +108,7 @@ def test_skip_rank_is_the_deepest_level_and_never_level_zero():
     curve = _curve({})
     smallest = curve["points"][-1]
     pre = {**smallest, "prerank_order": True, "ndcg@10": 0.19}
-    skip = {**smallest, "skip_rank": True, "ndcg@10": 0.3}          # even the best score is never level 0
+    skip = {**smallest, "skip_rank": True, "ndcg@10": 0.18}
     for p in (pre, skip):
         p["work"] = work(p)
     curve["points"] += [pre, skip]
@@ -120,3 +121,25 @@ def test_skip_rank_is_the_deepest_level_and_never_level_zero():
     served = levels_for({"quality_levels": levels}, 1000, 200, max_level=len(levels))
     assert served[-1].skip_rank and not served[-1].prerank_order and served[-2].prerank_order
     assert not any(lv.skip_rank for lv in served[:-1])
+
+
+def test_a_level_that_scores_no_better_than_a_deeper_one_is_left_out():
+    ndcg = {(1000, 200, 200): 0.2000}
+    for p in _curve({})["points"]:
+        ndcg.setdefault((p["recall_n"], p["prerank_keep"], p["rank_n"]), 0.1950)
+    curve = _curve(ndcg)
+    smallest = curve["points"][-1]
+    pre = {**smallest, "prerank_order": True, "ndcg@10": 0.17}
+    skip = {**smallest, "skip_rank": True, "ndcg@10": 0.18}          # cheaper and better than pre: pre goes
+    for p in (pre, skip):
+        p["work"] = work(p)
+    curve["points"] += [pre, skip]
+    chosen = choose_counts(curve, max_cost=0.0)
+    levels = quality_levels(curve, chosen)
+    assert [lv["level"] for lv in levels] == list(range(len(levels)))
+    assert levels[-1]["skip_rank"] and not any(lv["prerank_order"] for lv in levels)
+    assert all(a["ndcg@10"] > b["ndcg@10"] and a["work"] > b["work"] for a, b in zip(levels[1:], levels[2:]))
+    skip["ndcg@10"] = 0.3                                           # even the best score is never level 0 ...
+    levels = quality_levels(curve, chosen)
+    assert [(lv["level"], lv["skip_rank"]) for lv in levels] == [(0, False), (1, True)]   # ... but all else goes
+    assert levels[1]["ndcg_cost"] == pytest.approx(1 - 0.3 / 0.2)
