@@ -72,6 +72,34 @@ def test_training_lowers_the_loss_and_beats_chance(trained, ds):
     assert np.nanmean(next_item_ndcg(model, hist, truth, ds.n_users, HL)) > 0.0
 
 
+def test_next_item_ndcg_in_blocks_and_on_a_sample_equals_the_whole_matrix(trained, ds):
+    """The blocked scoring (a 10^6-item catalogue cannot hold every user's scores at once) against the whole
+    score matrix in numpy, and a sample's values against the same users' rows of the whole."""
+    from export.evaluation.metrics import ndcg_per_user
+    from export.models.sequence import item_vectors, last_n, user_states
+
+    model, _ = trained
+    cut = len(ds.interactions) * 2 // 3
+    index = np.arange(len(ds.interactions))
+    hist, truth = ds.interactions.subset(index < cut), ds.interactions.subset(index >= cut)
+    users = np.unique(truth.user)
+    scores = user_states(model, last_n(hist, ds.n_users, HL)[users]) @ item_vectors(model).T
+    row_of = {int(u): j for j, u in enumerate(users)}
+    for u, i in zip(hist.user, hist.item):
+        if int(u) in row_of:
+            scores[row_of[int(u)], i] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    order = np.argsort(truth.user, kind="stable")
+    t_user, t_item = truth.user[order], truth.item[order].astype(np.int64)
+    indptr = np.r_[np.searchsorted(t_user, users), t_user.size].astype(np.int64)
+    reference = ndcg_per_user(top, indptr, t_item, 10)
+    blocked = next_item_ndcg(model, hist, truth, ds.n_users, HL, block_cells=3 * ds.n_items)   # 3 users a block
+    np.testing.assert_allclose(blocked, reference, rtol=1e-6)
+    sample = next_item_ndcg(model, hist, truth, ds.n_users, HL, max_users=7, seed=3, block_cells=1)
+    picked = np.sort(np.random.default_rng(3).choice(users, 7, replace=False))
+    np.testing.assert_allclose(sample, reference[np.searchsorted(users, picked)], rtol=1e-6)
+
+
 def test_sampled_softmax_trains(ds):
     cfg = SequenceConfig(kind="gru", dim=8, history_len=HL, epochs=2, batch_size=64, full_softmax_max_items=10,
                          negatives=16)

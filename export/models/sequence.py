@@ -210,21 +210,37 @@ def item_vectors(model: SequenceEncoder) -> np.ndarray:
 
 
 def next_item_ndcg(model: SequenceEncoder, history: Interactions, truth: Interactions, n_users: int,
-                   history_len: int, k: int = 10) -> np.ndarray:
-    """The encoder alone as a recommender: per user with ``truth`` rows, NDCG@k of its top-k over the whole
-    catalogue (items in ``history`` excluded) against ``truth``'s items; float64 [users with truth]."""
+                   history_len: int, k: int = 10, max_users: int = 0, seed: int = 0,
+                   block_cells: int = 1 << 25) -> np.ndarray:
+    """The encoder alone as a recommender: per user with ``truth`` rows (a seeded sample of ``max_users`` of
+    them; 0: all), NDCG@k of its top-k over the whole catalogue (items in ``history`` excluded) against
+    ``truth``'s items; float64 [users]. Scored in blocks of users of at most ``block_cells`` scores (128 MB):
+    every user at once would be 368 GiB at 10^5 users and 10^6 items."""
     from export.evaluation.metrics import ndcg_per_user
 
     users = np.unique(truth.user)
-    hist = last_n(history, n_users, history_len)[users]
-    scores = user_states(model, hist) @ item_vectors(model).T          # [U, n_items]
-    pos = {int(u): j for j, u in enumerate(users)}
-    rows = np.array([pos.get(int(u), -1) for u in history.user])
-    keep = rows >= 0
-    scores[rows[keep], history.item[keep]] = -np.inf
-    top = np.argsort(-scores, axis=1)[:, :k]
-    order = np.argsort(truth.user, kind="stable")
-    t_user, t_item = truth.user[order], truth.item[order].astype(np.int64)
+    if max_users and users.size > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    states = user_states(model, last_n(history, n_users, history_len)[users])
+    items = item_vectors(model)
+    pos = np.full(n_users, -1, np.int64)
+    pos[users] = np.arange(users.size)
+    rows = pos[history.user]
+    seen = rows >= 0
+    seen_row, seen_item = rows[seen], history.item[seen].astype(np.int64)
+    top = np.empty((users.size, min(k, items.shape[0])), np.int64)
+    step = max(1, block_cells // max(1, items.shape[0]))
+    for s in range(0, users.size, step):
+        scores = states[s:s + step] @ items.T                          # [block, n_items]
+        in_block = (seen_row >= s) & (seen_row < s + step)
+        scores[seen_row[in_block] - s, seen_item[in_block]] = -np.inf
+        part = np.argpartition(-scores, top.shape[1] - 1, axis=1)[:, :top.shape[1]]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        top[s:s + step] = np.take_along_axis(part, order, axis=1)
+    t_keep = pos[truth.user] >= 0
+    t_user, t_item = truth.user[t_keep], truth.item[t_keep].astype(np.int64)
+    order = np.argsort(t_user, kind="stable")
+    t_user, t_item = t_user[order], t_item[order]
     indptr = np.r_[np.searchsorted(t_user, users), t_user.size].astype(np.int64)
     return ndcg_per_user(top, indptr, t_item, k)
 

@@ -112,7 +112,7 @@ def add_sequence(config, data, cuts, lap=lambda step: None):
 
     def on_epoch(model, epoch):   # the encoder alone on validation (next item, whole catalogue)
         curve.append(round(float(np.nanmean(next_item_ndcg(model, split.train, split.valid, ds.n_users,
-                                                            cfg.history_len))), 4))
+                                                            cfg.history_len, max_users=config.eval_users))), 4))
 
     _, log_a = train_into(ds.n_items, ds.n_users, data.cut_train, cfg, cuts.build_a.path, on_epoch)
     _, log_b = train_into(ds.n_items, ds.n_users, split.train, cfg, cuts.build_b.path)
