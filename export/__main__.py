@@ -93,8 +93,10 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
     DeepFM on at most 300,000 rows (sampled users; ``two_tower.max_train_rows`` trains the towers on more:
     10^6 rows took over 20 minutes of a loaded 2-core machine at 10^6 items), the MMoE family and the pre-rank
     on the replay of 5,000 sampled users (``rank_replay.max_users``: replaying all 10^5 users took ~7 ms each
-    and, before the replay kept only its training sample, 24 GB). The ANN index holds the items the two-tower
-    saw (``export.recall.ann_index``). Id tables of 10^5 rows or more train with sparse gradients (``export.models.fit``).
+    and, before the replay kept only its training sample, 24 GB). The ANN index holds every item, the ones the
+    two-tower did not see by their features-only vector (``export.recall.ann_index``). The sequence encoder
+    trains one epoch of 2,048-row batches. Id tables of 10^5 rows or more train with sparse gradients
+    (``export.models.fit``).
     The recall merge is fitted on 1,000 validation users (``recall_fit_users``): 2,000 took 70 s of an
     11-minute 10^6 export on a slow day, and fits on 1,000 held on the other 1,000 (``export.recall.merge_fit``)."""
     out = ["dataset=synthetic", f"synthetic.n_items={n_items}", "eval_users=500"]
@@ -106,7 +108,10 @@ def synthetic_overrides(n_items: int, users: int | None = None, interactions: in
         out += ["two_tower.epochs=1", "deepfm.epochs=1", "mmoe.epochs=1", "mmoe_teacher.epochs=1",
                 "max_train_rows=300000", "two_tower.batch_size=2048", "deepfm.batch_size=8192",
                 "mmoe.batch_size=8192", "mmoe_teacher.batch_size=8192", "prerank.epochs=1", "prerank.batch_size=8192",
-                "rank_replay.max_users=5000", "recall_fit_users=1000"]
+                "rank_replay.max_users=5000", "recall_fit_users=1000",
+                # the sequence encoder trains twice on the whole cut (3.1 M rows at 10^6 items): one epoch of
+                # larger batches, as the other models (8 epochs of 256 were over 4 minutes an epoch there)
+                "sequence.epochs=1", "sequence.batch_size=2048"]
     return out
 
 
