@@ -207,6 +207,13 @@ class Snapshot:
     def schema(self) -> dict[str, Any]:
         return self.manifest["schema"]
 
+    def has_file(self, name: str) -> bool:
+        """Whether the snapshot holds ``name``: listed in a published manifest's hashed ``files``; on disk for
+        a snapshot under construction, whose unhashed manifest has no ``files`` yet (the export evaluates it
+        before it publishes, and an optional table missing there would read as an empty channel)."""
+        files = self.manifest.get("files")
+        return name in files if files is not None else (self.path / name).is_file()
+
     def file(self, name: str) -> Path:
         """Path of a file of the snapshot; ``SnapshotError`` naming it when it is absent."""
         path = self.path / name

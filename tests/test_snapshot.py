@@ -35,6 +35,26 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(snap.features.array("item_cat"), np.eye(3))
 
 
+def test_has_file_reads_the_hashed_list_once_published_and_the_disk_before(tmp_path):
+    """The export evaluates a snapshot under construction (an unhashed manifest without ``files``): its
+    optional tables must count as present there, or the content channel read as empty in every export-time
+    metric (recall_merge's fit, metrics.recall: 0 at every K at 10^6, 0.59 cold recall@200 once published)."""
+    from export.recall.build import write_manifest
+    from recall_server.channels import content
+
+    builder = SnapshotBuilder(tmp_path, "v1")
+    builder.save_npz(content.FILE, row=np.zeros(3, np.int32), indptr=np.array([0, 1], np.int64),
+                     indices=np.array([2], np.int32), scores=np.array([0.5], np.float32))
+    write_manifest(builder.path, {"schema": {"n_items": 3}})
+    building = Snapshot.open(builder.path, verify=False)
+    assert building.has_file(content.FILE) and not building.has_file("popular.npy")
+    assert content.load(building, None)[2].tolist() == [2]
+    published = Snapshot.open(builder.publish({"schema": {"n_items": 3}}), verify=False)
+    assert published.has_file(content.FILE) and content.load(published, None)[2].tolist() == [2]
+    (published.path / "stray.npy").write_bytes(b"")
+    assert not published.has_file("stray.npy")          # published: only what the manifest hashed
+
+
 def test_current_flips_to_new_version_and_rejects_missing(tmp_path):
     _build(tmp_path, "v1")
     _build(tmp_path, "v2")

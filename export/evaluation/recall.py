@@ -90,7 +90,7 @@ def evaluate_recall(snapshot: Snapshot, ds: Dataset, test: Interactions, ks: lis
     indptr, items, users, _ = truth_users(test, ds.n_users)
     sub_indptr, sub_items = truth_subset(indptr, items, users)
     cold_indptr = cold_items = None
-    if ITEM_STATS_FILE in snapshot.manifest.get("files", {}) or (snapshot.path / ITEM_STATS_FILE).is_file():
+    if snapshot.has_file(ITEM_STATS_FILE):
         known_count = snapshot.load_npz(ITEM_STATS_FILE)["count"]
         cold = known_count[sub_items] == 0
         if cold.any():   # the truth CSR cut to cold items (rows keep their users; empty rows are skipped)

@@ -18,7 +18,7 @@ FILE = "i2i_content.npz"
 
 def load(snapshot, config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """``(row, indptr, indices, scores)``, validated; None when the snapshot has no content table."""
-    if FILE not in snapshot.manifest.get("files", {}):
+    if not snapshot.has_file(FILE):
         return None
     n_items = int(snapshot.schema["n_items"])
     path = snapshot.path / FILE
