@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             cef = max(args.coarse_ef, nprobe) if args.coarse_ef else max(2 * nprobe, 64)
             coarse.set_ef(cef)
             got = [search(q, nprobe) for q in queries]
-            rec = float(np.mean([np.intersect1d(g, x).size / x.size for g, x in zip(got, exact)]))
+            rec = overlap(got, exact)
             found = coarse.knn_query(queries, k=nprobe)[0]
             best = np.argpartition(-csims, nprobe - 1, axis=1)[:, :nprobe]
             row = {"index": name, "nprobe": nprobe, "coarse_ef": cef, "recall@100_vs_exact": round(rec, 4),
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         exact_name = name.replace("hnsw coarse", "exact coarse")
         for nprobe in nprobes:
             got = [search(q, nprobe, exact_lists) for q in queries]
-            rec = float(np.mean([np.intersect1d(g, x).size / x.size for g, x in zip(got, exact)]))
+            rec = overlap(got, exact)
             row = {"index": exact_name, "nprobe": nprobe, "recall@100_vs_exact": round(rec, 4),
                    **_lat(lambda q: search(q, nprobe, exact_lists), timed)}
             report["rows"].append(row)
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 return [row[row < n][:100] for row in lab]
             got = search(queries)
             short = float(np.mean([g.size < 100 for g in got]))
-            rec = float(np.mean([np.intersect1d(g, x).size / x.size for g, x in zip(got, exact)]))
+            rec = overlap(got, exact)
             row = {"index": name.replace("routing nodes", "routing nodes visible, filtered after"), "ef": ef,
                    "recall@100_vs_exact": round(rec, 4), "share_under_100_items": round(short, 4),
                    **_lat(lambda q: search(q.reshape(1, -1)), timed)}
